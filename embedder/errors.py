@@ -1,0 +1,34 @@
+"""The facesearch error hierarchy: one base class, one subclass per kind of failure."""
+
+
+class FaceSearchError(Exception):
+    """Base of every error facesearch raises on purpose; the CLI prints it as `Error: ...`."""
+
+
+class ImageReadError(FaceSearchError):
+    """A file could not be read as an image. `path` names the file."""
+
+    def __init__(self, path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"cannot read image '{self.path}': {reason}")
+
+
+class ModelSpecError(FaceSearchError):
+    """A model file or model card is missing, malformed or of an unsupported version."""
+
+
+class ExportParityError(FaceSearchError):
+    """An exported model does not reproduce the Keras model's embeddings."""
+
+
+class DatasetError(FaceSearchError):
+    """A training or gallery folder is missing, empty or malformed."""
+
+
+class IndexFormatError(FaceSearchError):
+    """An index directory is missing, damaged or of an unsupported format version."""
+
+
+class IndexMismatchError(FaceSearchError):
+    """An index was built with a different model than the one asked to use it."""
