@@ -1,1 +1,25 @@
-"""FAISS inner-product gallery index with identity metadata on disk: build, update, search."""
+"""FAISS inner-product gallery index with identity metadata on disk: build, update, search.
+
+Public API:
+
+- `build_index(source_dir, index_dir, embedder, ...) -> BuildReport`: create or update an index.
+- `GalleryIndex.open(index_dir, card=None)`: `.search`, `.records`, `.rank_identities`.
+- `rank_identities(gallery, vector, k, threshold) -> QueryResult`.
+
+Nothing here imports TensorFlow: this package is on the query path.
+"""
+
+from index.build import BuildReport, build_index
+from index.embedding import FACE_POLICIES
+from index.gallery import GalleryIndex
+from index.manifest import FORMAT_VERSION, Manifest, read_manifest
+from index.protocols import EmbedderLike, FaceCropLike, Progress
+from index.scan import IMAGE_EXTENSIONS, identity_of, scan_folder
+from index.search import UNKNOWN, IdentityMatch, QueryResult, rank_identities
+from index.store import FaceRecord, Photo
+
+__all__ = [
+    "FACE_POLICIES", "FORMAT_VERSION", "IMAGE_EXTENSIONS", "UNKNOWN", "BuildReport", "EmbedderLike",
+    "FaceCropLike", "FaceRecord", "GalleryIndex", "IdentityMatch", "Manifest", "Photo", "Progress",
+    "QueryResult", "build_index", "identity_of", "rank_identities", "read_manifest", "scan_folder",
+]
