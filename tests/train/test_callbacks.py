@@ -1,0 +1,33 @@
+"""PairVerification: the logged accuracy is the pure metric on the embedding view's outputs."""
+
+import keras
+import numpy as np
+
+from train.callbacks import PairVerification
+from train.config import PRESETS
+from train.data import make_image_dataset, scan_folder
+from train.metrics import best_threshold_accuracy, make_pairs, pair_scores
+from train.models import build_views
+
+TINY = PRESETS["tiny"]
+
+
+def test_pair_verification_logs_the_metric(synthetic_faces):
+    _, query_dir = synthetic_faces
+    data = scan_folder(query_dir).subset(np.arange(60))  # 6 identities
+    pairs, same = make_pairs(data.labels, 100, seed=0)
+    keras.utils.set_random_seed(0)
+    views = build_views(TINY, data.num_classes)
+    images = make_image_dataset(data.paths, TINY)
+
+    embeddings = views.embedding_model.predict(images, verbose=0)
+    want = best_threshold_accuracy(pair_scores(embeddings[pairs[:, 0]], embeddings[pairs[:, 1]]), same)
+
+    # Without an embedding model it truncates the model it is attached to.
+    callback = PairVerification(images, pairs, same)
+    callback.set_model(views.train_model)
+    callback.on_train_begin()
+    logs = {"loss": 1.0}
+    callback.on_epoch_end(0, logs)
+    assert logs == {"loss": 1.0, "val_pair_acc": want[0], "val_pair_threshold": want[1]}
+    assert callback.initial_accuracy == want[0]

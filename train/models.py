@@ -1,0 +1,126 @@
+"""One set of weights, two views: the ArcFace training model and the image -> embedding model."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+
+from embedder.errors import ModelSpecError
+from train.arcface import ArcFace
+from train.config import TrainConfig
+from train.mobilefacenet import EMBEDDING_LAYER, IMAGE_INPUT, mobilefacenet, weight_decay_regularizer
+
+LABEL_INPUT = "label"
+LOGITS_LAYER = "arcface"
+PROBABILITIES_LAYER = "probabilities"
+MODEL_FILE = "model.keras"
+CHECKPOINT_DIR = "checkpoints"
+
+
+@dataclass(frozen=True)
+class Views:
+    """Two functional models over the same layers (training one updates the other).
+
+    Attributes:
+        train_model: inputs `image` `(n, H, W, 3)` float32 and `label` `(n, C)` one-hot
+            -> `(n, C)` class probabilities through the ArcFace head.
+        embedding_model: input `image` -> `(n, d)` embeddings (not normalised), the
+            validation / inference / export view.
+    """
+
+    train_model: keras.Model
+    embedding_model: keras.Model
+
+
+def build_views(config: TrainConfig, num_classes: int) -> Views:
+    """Build MobileFaceNet + ArcFace as a training view and an embedding view.
+
+    Args:
+        config: backbone and head settings.
+        num_classes: C, the number of training labels.
+
+    Returns:
+        `Views` sharing every backbone layer.
+
+    Raises:
+        ModelSpecError: `num_classes` < 1.
+    """
+    if num_classes < 1:
+        raise ModelSpecError(f"need at least one class to build the ArcFace head, got {num_classes}")
+    image = keras.Input((config.input_height, config.input_width, 3), dtype="float32", name=IMAGE_INPUT)
+    label = keras.Input((num_classes,), dtype="float32", name=LABEL_INPUT)
+    embedding = mobilefacenet(image, config)
+    head = ArcFace(num_classes, scale=config.arcface_scale, margin=config.arcface_margin,
+                   kernel_regularizer=weight_decay_regularizer(config.head_weight_decay), name=LOGITS_LAYER)
+    logits = head([embedding, label])
+    # The loss still sees the logits: Keras' cross-entropy reads them back from a Softmax output.
+    probabilities = keras.layers.Softmax(name=PROBABILITIES_LAYER)(logits)
+    train_model = keras.Model({IMAGE_INPUT: image, LABEL_INPUT: label}, probabilities, name=f"{config.name}_arcface")
+    return Views(train_model=train_model, embedding_model=keras.Model(image, embedding, name=config.name))
+
+
+def embedding_view(model: keras.Model) -> keras.Model:
+    """Truncate a model to its `image` input and the layer named `embedding`.
+
+    Works on a training model built by `build_views` or loaded from a `.keras` file; the
+    returned model shares the given model's weights.
+
+    Args:
+        model: a functional model with an input named `image` and a layer named `embedding`.
+
+    Returns:
+        A model `(n, H, W, 3)` float32 -> `(n, d)`.
+
+    Raises:
+        ModelSpecError: the model has no such input or layer.
+    """
+    try:
+        image = model.get_layer(IMAGE_INPUT).output
+        embedding = model.get_layer(EMBEDDING_LAYER).output
+    except (ValueError, AttributeError) as e:
+        raise ModelSpecError(
+            f"model '{model.name}' has no input '{IMAGE_INPUT}' and layer '{EMBEDDING_LAYER}' "
+            f"({e}); was it built by train.models.build_views?"
+        ) from e
+    return keras.Model(image, embedding, name=f"{model.name}_embedding")
+
+
+def load_checkpoint(path: str | os.PathLike) -> keras.Model:
+    """Load a training or embedding model saved by `train.fit`.
+
+    Args:
+        path: a `.keras` file, or a run folder: its `model.keras`, else its latest
+            `checkpoints/epoch-NNN.keras` (a run that was interrupted).
+
+    Returns:
+        The loaded (compiled, if it was saved compiled) Keras model.
+
+    Raises:
+        ModelSpecError: nothing to load at `path`, or the file is not a loadable Keras model.
+    """
+    file = _resolve_checkpoint(Path(path))
+    try:
+        return keras.saving.load_model(file, custom_objects={"ArcFace": ArcFace})
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise ModelSpecError(f"cannot load Keras model '{file}': {e}") from e
+
+
+def _resolve_checkpoint(path: Path) -> Path:
+    if path.is_file():
+        if path.suffix != ".keras":
+            raise ModelSpecError(f"'{path}' is not a .keras file; pass a run folder or a .keras checkpoint")
+        return path
+    if path.is_dir():
+        if (path / MODEL_FILE).is_file():
+            return path / MODEL_FILE
+        checkpoints = sorted((path / CHECKPOINT_DIR).glob("epoch-*.keras"))
+        if checkpoints:
+            return checkpoints[-1]
+        raise ModelSpecError(
+            f"run folder '{path}' holds no {MODEL_FILE} and no {CHECKPOINT_DIR}/epoch-*.keras; "
+            "is it a folder made by `facesearch train`?"
+        )
+    raise ModelSpecError(f"no model at '{path}': pass a .keras file or a training run folder")
