@@ -1,0 +1,108 @@
+"""train -> export -> build-index -> query through the CLI, on held-out synthetic faces."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from clitools import ENROLLED, STRANGERS, invoke, invoke_json
+
+
+def test_training_lifted_pair_verification(trained_run):
+    _, summary = trained_run
+    assert summary["num_classes"] == ENROLLED
+    assert summary["val_pair_acc"] >= 0.95, summary
+    assert summary["initial_val_pair_acc"] < 0.8, summary
+
+
+def test_export_proved_parity_and_wrote_a_card(model_dir):
+    card = json.loads((model_dir / "model_card.json").read_text())
+    report = json.loads((model_dir / "export_report.json").read_text())
+    assert (card["input_height"], card["input_width"], card["embedding_size"]) == (112, 96, 128)
+    assert card["alignment_template"] == "sphereface-112x96"
+    assert report["onnx_min_cosine"] >= 0.99999 and report["savedmodel_min_cosine"] >= 0.99999
+    assert (model_dir / "savedmodel").is_dir()
+
+
+@pytest.fixture(scope="module")
+def index_dir(faces, model_dir, tmp_path_factory):
+    index = tmp_path_factory.mktemp("index") / "gallery.index"
+    report = invoke_json("build-index", faces / "gallery", "--model", model_dir, "--index", index)
+    assert (report["added"], report["vectors"], report["identities"]) == (3 * ENROLLED, 3 * ENROLLED, ENROLLED)
+    return index
+
+
+def test_query_finds_the_right_identity_for_held_out_faces(faces, index_dir):
+    right = 0
+    for identity in range(ENROLLED):
+        probe = faces / "probes" / f"id_{identity:02d}" / "033.png"
+        answer = invoke_json("query", probe, "--index", index_dir, "-k", "3")
+        (face,) = answer["faces"]
+        assert len(face["matches"]) == 3
+        scores = [m["score"] for m in face["matches"]]
+        assert scores == sorted(scores, reverse=True)
+        assert len({m["identity"] for m in face["matches"]}) == 3  # ranked by identity, not by photo
+        right += face["verdict"] == f"id_{identity:02d}"
+    assert right >= ENROLLED - 1, f"{right}/{ENROLLED} held-out faces identified"
+
+
+def test_query_scores_match_a_brute_force_reference(faces, index_dir, model_dir):
+    from embedder.runtime import Embedder
+
+    embedder = Embedder(model_dir)
+    gallery = sorted((faces / "gallery").glob("*/*.png"))
+    xb = embedder.embed([embedder.faces(p)[0].image for p in gallery])
+    probe = faces / "probes" / "id_05" / "033.png"
+    q = embedder.embed([embedder.faces(probe)[0].image])[0]
+    scores = xb @ q
+    best = {}
+    for path, score in zip(gallery, scores):
+        best[path.parent.name] = max(best.get(path.parent.name, -2.0), float(score))
+    want = sorted(best.items(), key=lambda kv: -kv[1])[:5]
+
+    (face,) = invoke_json("query", probe, "--index", index_dir)["faces"]
+    got = [(m["identity"], m["score"]) for m in face["matches"]]
+    assert [g[0] for g in got] == [w[0] for w in want]
+    np.testing.assert_allclose([g[1] for g in got], [w[1] for w in want], rtol=1e-5, atol=1e-6)
+
+
+def test_query_text_output_and_unknown_verdict(faces, index_dir):
+    probe = faces / "probes" / "id_03" / "033.png"
+    r = invoke("query", probe, "--index", index_dir)
+    assert r.exit_code == 0, r.output
+    assert r.stdout.splitlines()[0].startswith("id_03 (score ")
+    r = invoke("query", probe, "--index", index_dir, "--threshold", "0.9999")
+    assert r.exit_code == 0, r.output
+    assert r.stdout.startswith("unknown (best score")
+    answer = invoke_json("query", probe, "--index", index_dir, "--threshold", "0.9999")
+    assert answer["faces"][0]["verdict"] == "unknown" and answer["faces"][0]["known"] is False
+    assert set(answer) == {"image", "index", "model", "threshold", "faces"}
+
+
+def test_strangers_score_lower_than_enrolled_people(faces, index_dir):
+    def best(identity):
+        probe = faces / "probes" / f"id_{identity:02d}" / "033.png"
+        return invoke_json("query", probe, "--index", index_dir)["faces"][0]["matches"][0]["score"]
+
+    enrolled = [best(i) for i in range(ENROLLED)]
+    strangers = [best(i) for i in range(ENROLLED, ENROLLED + STRANGERS)]
+    assert max(strangers) < np.median(enrolled), (strangers, enrolled)
+
+
+def test_rebuild_embeds_only_what_changed(faces, model_dir, tmp_path):
+    gallery = tmp_path / "gallery"
+    shutil.copytree(faces / "gallery", gallery)
+    index = tmp_path / "index"
+    invoke_json("build-index", gallery, "--model", model_dir, "--index", index)
+
+    again = invoke_json("build-index", gallery, "--index", index)  # the model comes from the index
+    assert (again["added"], again["removed"], again["unchanged"], again["written"]) == (0, 0, 3 * ENROLLED, False)
+
+    shutil.rmtree(gallery / "id_00")
+    shutil.copy(faces / "probes" / "id_01" / "033.png", gallery / "id_01" / "new.png")
+    third = invoke_json("build-index", gallery, "--index", index)
+    assert (third["added"], third["removed"], third["unchanged"]) == (1, 3, 3 * ENROLLED - 3)
+    assert (third["vectors"], third["identities"]) == (3 * ENROLLED - 2, ENROLLED - 1)
