@@ -32,3 +32,11 @@ class IndexFormatError(FaceSearchError):
 
 class IndexMismatchError(FaceSearchError):
     """An index was built with a different model than the one asked to use it."""
+
+
+class NoFaceFoundError(FaceSearchError):
+    """A photo that had to show a face shows none the detector can find. `path` names the photo."""
+
+    def __init__(self, path, hint: str = ""):
+        self.path = str(path)
+        super().__init__(f"no face found in '{self.path}'" + (f": {hint}" if hint else ""))

@@ -1,17 +1,20 @@
-"""The embedder runtime: ONNX Runtime over an exported model; images in, L2-normalised vectors out.
+"""The embedder runtime: photos in, detected and aligned faces, then L2-normalised vectors out.
 
-Imports no TensorFlow: this is the query path.
+Imports no TensorFlow: this is the query path (detection runs on ONNX Runtime too, embedder.detect).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from embedder.align import PREALIGNED, AlignmentTemplate, align_face, get_template
+from embedder.detect import Detector, DetectorConfig
 from embedder.errors import ModelSpecError
 from embedder.images import read_image, resize
 from embedder.model_card import ModelCard, sha256_file
@@ -24,24 +27,36 @@ class FaceCrop:
     Attributes:
         image: (H, W, 3) uint8 RGB at the model's input size.
         box: (x1, y1, x2, y2) in the original photo's pixels, or None for a pre-aligned crop.
+        score: the detector's face score in [0, 1], or None for a pre-aligned crop.
+        landmarks: (5, 2) float32 (x, y) in the photo (eyes, nose tip, mouth corners), or None.
     """
 
     image: np.ndarray
     box: tuple[float, float, float, float] | None = None
+    score: float | None = None
+    landmarks: np.ndarray | None = None
 
 
 class Embedder:
     """Embeds face crops with an exported ONNX model; one session, reused for every call.
 
+    `faces` finds every face of a photo (MTCNN, `embedder.detect`) and aligns it to the model card's
+    `alignment_template` (`embedder.align`); with `aligned=True`, or a card whose template is one
+    of `embedder.align.PREALIGNED` ("none"), the photo is taken as one ready-made crop instead.
+
     Args:
         model_dir: a folder written by `facesearch export` (model.onnx + model_card.json).
         threads: ONNX Runtime intra-op threads; None lets ONNX Runtime use every core.
+        aligned: take photos as already aligned crops (no detection); None: decided by the card.
+        detector: detection options (`embedder.detect.DetectorConfig`); None: the defaults.
 
     Raises:
-        ModelSpecError: the folder, card or ONNX file is missing, or the file does not match its card.
+        ModelSpecError: the folder, card or ONNX file is missing, the file does not match its card,
+            or the card names an unknown template or one of another size than the model input.
     """
 
-    def __init__(self, model_dir: str | os.PathLike, *, threads: int | None = None):
+    def __init__(self, model_dir: str | os.PathLike, *, threads: int | None = None, aligned: bool | None = None,
+                 detector: DetectorConfig | None = None):
         import onnxruntime as ort  # deferred: keeps `import embedder.runtime` cheap for --help
 
         self.model_dir = Path(model_dir).resolve()
@@ -63,22 +78,47 @@ class Embedder:
         self._check_signature()
         self._mean = np.asarray(self.card.mean, dtype=np.float32)
         self._inv_std = 1.0 / np.asarray(self.card.std, dtype=np.float32)
+        self.aligned = self.card.alignment_template in PREALIGNED if aligned is None else bool(aligned)
+        self.template = None if self.aligned else self._template()
+        self.detector_config = detector or DetectorConfig()
+        self._detector: Detector | None = None
+        self._detector_lock = threading.Lock()
 
     @property
     def input_size(self) -> tuple[int, int]:
         """(height, width) the model takes."""
         return self.card.input_height, self.card.input_width
 
-    def faces(self, path: str | os.PathLike) -> list[FaceCrop]:
-        """The faces of one photo, as crops ready for `embed`.
+    @property
+    def detector(self) -> Detector:
+        """The face detector, built on first use (thread-safe)."""
+        with self._detector_lock:
+            if self._detector is None:
+                self._detector = Detector(self.detector_config)
+            return self._detector
 
-        The photo is taken as an already aligned face crop and resized to the model input.
+    def faces(self, path: str | os.PathLike) -> list[FaceCrop]:
+        """The faces of one photo, as crops ready for `embed`; safe to call from several threads.
+
+        Returns:
+            Every face found, highest detector score first, each aligned to the card's template
+            (box, score, landmarks filled); an empty list when the photo has no face. In aligned
+            mode: the whole photo resized to the model input, as one crop without a box.
 
         Raises:
             ImageReadError: the file is not a readable image.
         """
-        image = read_image(path, min_size=self.input_size)
-        return [FaceCrop(resize(image, *self.input_size), None)]
+        if self.aligned:
+            image = read_image(path, min_size=self.input_size)
+            return [FaceCrop(resize(image, *self.input_size), None)]
+        return self.faces_in(read_image(path))
+
+    def faces_in(self, image: np.ndarray) -> list[FaceCrop]:
+        """Detect and align every face of a decoded (H, W, 3) uint8 RGB photo (see `faces`)."""
+        if self.template is None:  # aligned mode
+            return [FaceCrop(resize(image, *self.input_size), None)]
+        return [FaceCrop(align_face(image, d.landmarks, self.template), d.box, d.score, d.landmarks)
+                for d in self.detector.detect(image)]
 
     def embed(self, crops: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
         """Embed face crops.
@@ -115,6 +155,15 @@ class Embedder:
         y = y.reshape(len(x), -1).astype(np.float32, copy=False)
         norms = np.linalg.norm(y, axis=1, keepdims=True)
         return y / np.maximum(norms, 1e-12)
+
+    def _template(self) -> AlignmentTemplate:
+        template = get_template(self.card.alignment_template)
+        if (template.height, template.width) != self.input_size:
+            raise ModelSpecError(
+                f"model {self.card.describe()} takes {self.input_size[0]}x{self.input_size[1]} inputs but its "
+                f"alignment template '{template.name}' makes {template.height}x{template.width} crops: "
+                "fix alignment_template in its model_card.json")
+        return template
 
     def _check_signature(self) -> None:
         inputs = {i.name: i.shape for i in self._session.get_inputs()}

@@ -1,0 +1,56 @@
+"""Pictures of what the detector found: boxes and landmarks drawn on the photo, aligned crops on disk."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from embedder.align import AlignmentTemplate, align_face
+from embedder.atomic import atomic_path
+from embedder.detect import Detection
+
+# Left eye, right eye, nose, left and right mouth corner.
+LANDMARK_COLOURS = ((0, 160, 255), (0, 160, 255), (255, 200, 0), (255, 0, 160), (255, 0, 160))
+
+
+def draw_detections(image: np.ndarray, detections: Sequence[Detection], out: str | os.PathLike) -> Path:
+    """Write `image` with each face's box, score and 5 landmarks drawn on it (format from `out`'s suffix).
+
+    Args:
+        image: (H, W, 3) uint8 RGB photo.
+        detections: faces found in it.
+        out: file to write (atomically).
+
+    Returns:
+        The path written.
+    """
+    canvas = Image.fromarray(image)
+    draw = ImageDraw.Draw(canvas)
+    width = max(1, round(max(image.shape[:2]) / 250))
+    for n, d in enumerate(detections, 1):
+        draw.rectangle(d.box, outline=(0, 255, 0), width=width)
+        draw.text((d.box[0] + 2, d.box[1] + 2), f"{n}: {d.score:.2f}", fill=(0, 255, 0))
+        for (x, y), colour in zip(d.landmarks, LANDMARK_COLOURS):
+            r = width + 1
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=colour)
+    return _save(canvas, Path(out))
+
+
+def write_crops(image: np.ndarray, detections: Sequence[Detection], template: AlignmentTemplate,
+                folder: str | os.PathLike, stem: str = "face") -> list[Path]:
+    """Write each face aligned to `template` as `folder/<stem>_<n>.png` (n from 1, best score first)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return [_save(Image.fromarray(align_face(image, d.landmarks, template)), folder / f"{stem}_{n}.png")
+            for n, d in enumerate(detections, 1)]
+
+
+def _save(img: Image.Image, path: Path) -> Path:
+    fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
+    with atomic_path(path) as tmp:
+        img.save(tmp, format=fmt)
+    return path
