@@ -6,7 +6,7 @@ import numpy as np
 from train.callbacks import PairVerification
 from train.config import PRESETS
 from train.data import make_image_dataset, scan_folder
-from train.metrics import best_threshold_accuracy, make_pairs, pair_scores
+from train.metrics import make_pairs, pair_scores, verify_pairs
 from train.models import build_views
 
 TINY = PRESETS["tiny"]
@@ -21,7 +21,8 @@ def test_pair_verification_logs_the_metric(synthetic_faces):
     images = make_image_dataset(data.paths, TINY)
 
     embeddings = views.embedding_model.predict(images, verbose=0)
-    want = best_threshold_accuracy(pair_scores(embeddings[pairs[:, 0]], embeddings[pairs[:, 1]]), same)
+    want = verify_pairs(pair_scores(embeddings[pairs[:, 0]], embeddings[pairs[:, 1]]), same, folds=10)
+    assert want.folds == 10  # the k-fold figure, not the threshold fit on the pairs it is measured on
 
     # Without an embedding model it truncates the model it is attached to.
     callback = PairVerification(images, pairs, same)
@@ -29,5 +30,6 @@ def test_pair_verification_logs_the_metric(synthetic_faces):
     callback.on_train_begin()
     logs = {"loss": 1.0}
     callback.on_epoch_end(0, logs)
-    assert logs == {"loss": 1.0, "val_pair_acc": want[0], "val_pair_threshold": want[1]}
-    assert callback.initial_accuracy == want[0]
+    assert logs == {"loss": 1.0, "val_pair_acc": want.accuracy, "val_pair_threshold": want.threshold,
+                    "val_pair_auc": want.auc}
+    assert callback.initial_accuracy == want.accuracy
