@@ -12,7 +12,8 @@ from embedder.errors import ModelSpecError
 
 
 def resolve_model(model: Path | None, recorded: Path | None = None) -> Path:
-    """The model folder to use: --model, else $FACESEARCH_MODEL, else the one an index recorded."""
+    """The model folder to use: --model, else $FACESEARCH_MODEL, else the one an index recorded,
+    else the default model (dlib-resnet-v1), converted into the cache at first use."""
     if model is not None:
         return model
     if os.environ.get("FACESEARCH_MODEL"):
@@ -22,8 +23,13 @@ def resolve_model(model: Path | None, recorded: Path | None = None) -> Path:
             raise ModelSpecError(f"the model this index was built with ('{recorded}') is gone: "
                                  "pass --model with the same model, or rebuild the index")
         return recorded
-    raise ModelSpecError("no model given: pass --model DIR (a folder made by `facesearch export`) "
-                         "or set FACESEARCH_MODEL")
+    from cli.models import stderr_progress
+    from embedder.dlib_install import MODEL_NAME, default_model_dir
+
+    try:
+        return default_model_dir(progress=stderr_progress())
+    except ModelSpecError as e:
+        raise ModelSpecError(f"no model given and the default model '{MODEL_NAME}' is not installed: {e}") from e
 
 
 def _recorded_model(index: Path) -> Path | None:
@@ -34,37 +40,91 @@ def _recorded_model(index: Path) -> Path | None:
     return Path(read_manifest(index).model_dir)
 
 
+def detector_config(min_face_size: int | None = None, face_threshold: float | None = None):
+    """The detection options with the CLI's overrides (None keeps a default)."""
+    import dataclasses
+
+    from embedder.detect import DetectorConfig
+
+    overrides = {k: v for k, v in {"min_face_size": min_face_size, "score_threshold": face_threshold}.items()
+                 if v is not None}
+    return dataclasses.replace(DetectorConfig(), **overrides)
+
+
 def run_build_index(directory: Path, *, model: Path | None, index: Path, batch_size: int, strict: bool,
-                    rebuild: bool, progress: bool) -> dict:
+                    rebuild: bool, progress: bool, faces: str = "largest", aligned: bool = False,
+                    min_face_size: int | None = None, face_threshold: float | None = None) -> dict:
     """Build or update the index at `index` from `directory`; returns the build report."""
     from cli.progress import PhaseProgress
     from embedder.runtime import Embedder
     from index import build_index
 
-    embedder = Embedder(resolve_model(model, _recorded_model(index)))
+    embedder = Embedder(resolve_model(model, _recorded_model(index)), aligned=aligned or None,
+                        detector=detector_config(min_face_size, face_threshold))
     with PhaseProgress(enabled=progress) as bar:
         report = build_index(directory, index, embedder, batch_size=batch_size, strict=strict,
-                             rebuild=rebuild, progress=bar)
-    return report.to_dict() | {"model": embedder.card.name, "model_dir": str(embedder.model_dir)}
+                             rebuild=rebuild, faces=faces, progress=bar)
+    return report.to_dict() | {"model": embedder.card.name, "model_dir": str(embedder.model_dir),
+                               "faces_policy": faces, "aligned": embedder.aligned}
 
 
-def run_query(image: Path, *, index: Path, model: Path | None, k: int, threshold: float | None) -> dict:
-    """Answer every face in `image` with its top-k identities and a verdict."""
+def run_query(image: Path, *, index: Path, model: Path | None, k: int, threshold: float | None,
+              aligned: bool = False, min_face_size: int | None = None, face_threshold: float | None = None) -> dict:
+    """Answer every face in `image` with its top-k identities and a verdict.
+
+    Raises:
+        NoFaceFoundError: the detector finds no face in `image`.
+    """
+    from embedder.errors import NoFaceFoundError
     from embedder.runtime import Embedder
     from index import GalleryIndex
 
     with GalleryIndex.open(index) as gallery:
-        embedder = Embedder(resolve_model(model, gallery.model_dir))
+        embedder = Embedder(resolve_model(model, gallery.model_dir), aligned=aligned or None,
+                            detector=detector_config(min_face_size, face_threshold))
         gallery.check_model(embedder.card)
+        # The model folder's card, not the index's copy of it: `eval lfw --calibrate` may have
+        # calibrated the model's thresholds after the index was built (same weights, same index).
+        used_threshold = embedder.card.default_threshold if threshold is None else float(threshold)
         crops = embedder.faces(image)
+        if not crops:
+            raise NoFaceFoundError(image, "try a lower --min-face-size or --face-threshold, or --aligned "
+                                          "if the photo is already a face crop")
         vectors = embedder.embed([c.image for c in crops])
         faces = []
         for crop, vector in zip(crops, vectors):
-            result = gallery.rank_identities(vector, k=k, threshold=threshold)
+            result = gallery.rank_identities(vector, k=k, threshold=used_threshold)
             faces.append({"box": None if crop.box is None else [float(v) for v in crop.box]} | result.to_dict())
-        used_threshold = gallery.card.default_threshold if threshold is None else float(threshold)
     return {"image": str(image), "index": str(Path(index).resolve()), "model": embedder.card.name,
             "threshold": used_threshold, "faces": faces}
+
+
+def run_detect(image: Path, *, out: Path | None, crops: Path | None, model: Path | None, template: str | None,
+               min_face_size: int | None = None, face_threshold: float | None = None) -> dict:
+    """Detect and align every face of `image`; optionally draw them and write the aligned crops.
+
+    The template is --template, else the model card's (--model or $FACESEARCH_MODEL), else arcface-112x112.
+    """
+    from embedder.align import ARCFACE_112X112, PREALIGNED, get_template
+    from embedder.detect import Detector
+    from embedder.detect_draw import draw_detections, write_crops
+    from embedder.images import read_image
+    from embedder.model_card import ModelCard
+
+    if template is None and (model is not None or os.environ.get("FACESEARCH_MODEL")):
+        template = ModelCard.load(resolve_model(model)).alignment_template
+    tmpl = get_template(template) if template and template not in PREALIGNED else ARCFACE_112X112
+    photo = read_image(image)
+    detections = Detector(detector_config(min_face_size, face_threshold)).detect(photo)
+    answer = {"image": str(image), "width": photo.shape[1], "height": photo.shape[0], "template": tmpl.name,
+              "faces": [{"box": [float(v) for v in d.box], "score": d.score,
+                         "landmarks": [[float(x), float(y)] for x, y in d.landmarks]} for d in detections]}
+    if out is not None:
+        draw_detections(photo, detections, out)
+        answer["annotated"] = str(out)
+    if crops is not None:
+        answer["crops"] = [str(p) for p in write_crops(photo, detections, tmpl, crops, stem=Path(image).stem)]
+    return answer
 
 
 def run_train(data: Path, out: Path, *, preset: str, epochs: int | None, batch_size: int | None,

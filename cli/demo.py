@@ -52,7 +52,7 @@ def run_demo(workdir: Path) -> dict:
     from cli.output import format_build_report
 
     report = run_build_index(gallery, model=model_dir, index=index_dir, batch_size=64, strict=False,
-                             rebuild=False, progress=True)
+                             rebuild=False, progress=True, aligned=True)
     print(format_build_report(report), file=sys.stderr)
     _step(f"querying {probes}: held-out images of the enrolled identities, and {VISITORS} strangers")
     return _query_probes(probes, index_dir, model_dir, enrolled=IDENTITIES)
@@ -62,7 +62,7 @@ def _query_probes(probes: Path, index_dir: Path, model_dir: Path, enrolled: int)
     from embedder.runtime import Embedder
     from index import GalleryIndex
 
-    embedder = Embedder(model_dir)
+    embedder = Embedder(model_dir, aligned=True)
     right = known_total = rejected = strangers = 0
     with GalleryIndex.open(index_dir, embedder.card) as gallery:
         paths = sorted(probes.glob("*/*.png"))

@@ -28,7 +28,10 @@ DEFAULT_INDEX = Path(os.environ.get("FACESEARCH_INDEX", "facesearch-index"))
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of text.")]
 IndexOpt = Annotated[Path, typer.Option("--index", help="Index folder (default $FACESEARCH_INDEX or ./facesearch-index).")]
-ModelOpt = Annotated[Optional[Path], typer.Option("--model", help="Model folder made by `facesearch export` (default $FACESEARCH_MODEL).")]
+ModelOpt = Annotated[Optional[Path], typer.Option("--model", help="Model folder made by `facesearch export` (default $FACESEARCH_MODEL, else the index's model, else dlib-resnet-v1).")]
+AlignedOpt = Annotated[bool, typer.Option("--aligned", help="Photos are already aligned face crops: skip detection, resize each whole photo.")]
+MinFaceOpt = Annotated[Optional[int], typer.Option("--min-face-size", min=4, help="Smallest face side to look for, in pixels (default 20).")]
+FaceThresholdOpt = Annotated[Optional[float], typer.Option("--face-threshold", min=0.0, max=1.0, help="Detector score a face needs (default 0.8).")]
 
 
 def _friendly_errors(command):
@@ -105,13 +108,20 @@ def build_index(
     batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 64,
     strict: Annotated[bool, typer.Option(help="Stop at the first unreadable file instead of skipping it.")] = False,
     rebuild: Annotated[bool, typer.Option(help="Replace an index built with another model.")] = False,
+    faces: Annotated[str, typer.Option("--faces", help="Faces stored per photo: 'largest' or 'all'.")] = "largest",
+    aligned: AlignedOpt = False,
+    min_face_size: MinFaceOpt = None,
+    face_threshold: FaceThresholdOpt = None,
     json_out: JsonOpt = False,
 ):
     """Embed a folder of faces into an index; run again to add what is new and drop what is gone."""
     from cli.commands import run_build_index
 
+    if faces not in ("largest", "all"):
+        raise typer.BadParameter(f"expected 'largest' or 'all', got '{faces}'", param_hint="--faces")
     report = run_build_index(directory, model=model, index=index, batch_size=batch_size,
-                             strict=strict, rebuild=rebuild, progress=not json_out)
+                             strict=strict, rebuild=rebuild, progress=not json_out, faces=faces, aligned=aligned,
+                             min_face_size=min_face_size, face_threshold=face_threshold)
     if json_out:
         _print_json(report)
     else:
@@ -128,18 +138,47 @@ def query(
     model: ModelOpt = None,
     k: Annotated[int, typer.Option("-k", "--top-k", min=1, help="Identities to list.")] = 5,
     threshold: Annotated[Optional[float], typer.Option(help="Score below which the answer is 'unknown' (default: the model card's).")] = None,
+    aligned: AlignedOpt = False,
+    min_face_size: MinFaceOpt = None,
+    face_threshold: FaceThresholdOpt = None,
     json_out: JsonOpt = False,
 ):
-    """Find the most likely identities for the face in IMAGE."""
+    """Find the most likely identities for each face in IMAGE (exit 1 if it has none)."""
     from cli.commands import run_query
 
-    answer = run_query(image, index=index, model=model, k=k, threshold=threshold)
+    answer = run_query(image, index=index, model=model, k=k, threshold=threshold, aligned=aligned,
+                       min_face_size=min_face_size, face_threshold=face_threshold)
     if json_out:
         _print_json(answer)
     else:
         from cli.output import format_query
 
         typer.echo(format_query(answer))
+
+
+@app.command()
+@_friendly_errors
+def detect(
+    image: Annotated[Path, typer.Argument(help="A photo.")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write the photo with boxes and landmarks drawn (e.g. annotated.png).")] = None,
+    crops: Annotated[Optional[Path], typer.Option("--crops", help="Write each aligned face crop into this folder.")] = None,
+    model: Annotated[Optional[Path], typer.Option("--model", help="Align crops to this model's template (default $FACESEARCH_MODEL, else arcface-112x112).")] = None,
+    template: Annotated[Optional[str], typer.Option("--template", help="Alignment template: arcface-112x112, sphereface-112x96, ...")] = None,
+    min_face_size: MinFaceOpt = None,
+    face_threshold: FaceThresholdOpt = None,
+    json_out: JsonOpt = False,
+):
+    """Find every face in IMAGE: box, score and 5 landmarks; draw them and write aligned crops."""
+    from cli.commands import run_detect
+
+    answer = run_detect(image, out=out, crops=crops, model=model, template=template,
+                        min_face_size=min_face_size, face_threshold=face_threshold)
+    if json_out:
+        _print_json(answer)
+    else:
+        from cli.output import format_detect
+
+        typer.echo(format_detect(answer))
 
 
 @app.command()
@@ -151,6 +190,67 @@ def demo(
     from cli.demo import run_demo
 
     run_demo(workdir)
+
+
+eval_app = typer.Typer(help="Measure a model: LFW pair verification, gallery/probe identification.",
+                       no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.command("lfw")
+@_friendly_errors
+def eval_lfw(
+    lfw_dir: Annotated[Optional[Path], typer.Option("--lfw-dir", help="LFW folder with pairs.txt and images_deepfunneled/ (default $FACESEARCH_LFW).")] = None,
+    model: ModelOpt = None,
+    pairs: Annotated[Path, typer.Option(help="Pair file, relative to --lfw-dir: pairs.txt (10 folds) or pairsDevTest.txt.")] = Path("pairs.txt"),
+    images_dir: Annotated[Optional[Path], typer.Option(help="Folder of <name>/<name>_NNNN.jpg (default: found in --lfw-dir).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 64,
+    roc: Annotated[Optional[Path], typer.Option(help="ROC curve PNG to write.")] = Path("lfw-roc.png"),
+    no_roc: Annotated[bool, typer.Option("--no-roc", help="Write no ROC curve.")] = False,
+    calibrate: Annotated[bool, typer.Option(help="Store the best-accuracy and FAR=1e-3 thresholds in the model card (used by query).")] = False,
+    aligned: AlignedOpt = False,
+    json_out: JsonOpt = False,
+):
+    """Pair verification on LFW: 10-fold accuracy, ROC/AUC, TAR at FAR 1e-3 and 1e-2, best threshold."""
+    from cli.evaluate import run_eval_lfw
+
+    result = run_eval_lfw(lfw_dir, model=model, pairs_file=pairs, images_dir=images_dir, batch_size=batch_size,
+                          roc_png=None if no_roc else roc, calibrate=calibrate, aligned=aligned,
+                          progress=not json_out)
+    if json_out:
+        _print_json(result)
+    else:
+        from cli.output import format_eval_lfw
+
+        typer.echo(format_eval_lfw(result))
+
+
+@eval_app.command("identify")
+@_friendly_errors
+def eval_identify(
+    gallery: Annotated[Path, typer.Option("--gallery", help="Gallery folder: DIR/<identity>/*.jpg (indexed in a temporary folder).")],
+    probes: Annotated[Path, typer.Option("--probes", help="Probe folder: DIR/<identity>/*.jpg; identities without a gallery folder are impostors.")],
+    model: ModelOpt = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 64,
+    aligned: AlignedOpt = False,
+    json_out: JsonOpt = False,
+):
+    """Identification: rank-1/rank-5 of enrolled probes, open-set DIR at false alarm rates for impostors."""
+    from cli.evaluate import run_eval_identify
+
+    result = run_eval_identify(gallery, probes, model=model, batch_size=batch_size, aligned=aligned,
+                               progress=not json_out)
+    if json_out:
+        _print_json(result)
+    else:
+        from cli.output import format_eval_identify
+
+        typer.echo(format_eval_identify(result))
+
+
+from cli.models import models_app  # noqa: E402  (its commands use the helpers above at call time)
+
+app.add_typer(models_app, name="models")
 
 
 def main() -> None:

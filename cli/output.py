@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 def format_query(answer: dict) -> str:
     """Render a query answer: one block per face, its verdict, then the top identities."""
@@ -18,6 +20,20 @@ def format_query(answer: dict) -> str:
             lines.append(f"{header}{verdict} (score {best:.3f}, threshold {answer['threshold']:.3f})")
         for rank, match in enumerate(face["matches"], 1):
             lines.append(f"  {rank}. {match['identity']:<30} {match['score']:.3f}  {match['path']}")
+    return "\n".join(lines)
+
+
+def format_detect(answer: dict) -> str:
+    """Render a detection: one line per face (box, score), then what was written."""
+    faces = answer["faces"]
+    lines = [f"{len(faces)} face(s) in {answer['image']} ({answer['width']}x{answer['height']})"]
+    for n, face in enumerate(faces, 1):
+        lines.append(f"  {n}. box {','.join(f'{v:.0f}' for v in face['box'])}  score {face['score']:.3f}")
+    if answer.get("annotated"):
+        lines.append(f"annotated: {answer['annotated']}")
+    if answer.get("crops") is not None:
+        lines.append(f"{len(answer['crops'])} crop(s) aligned to {answer['template']}: "
+                     + (str(Path(answer['crops'][0]).parent) if answer["crops"] else "none"))
     return "\n".join(lines)
 
 
@@ -67,4 +83,57 @@ def format_export(result: dict) -> str:
             lines.append(f"{fmt}: min cosine vs Keras {parity[f'{fmt}_min_cosine']:.7f} over "
                          f"{parity['parity_samples']} inputs (required {parity['min_cosine_required']})")
     lines.append(f"next: facesearch build-index PHOTOS_DIR --model {result['model_dir']}")
+    return "\n".join(lines)
+
+
+def _failures(result: dict, what: str) -> list[str]:
+    failures = result["failures"]
+    if not failures:
+        return []
+    lines = [f"{len(failures)} {what} gave no face vector (failure to enrol; left out of the figures):"]
+    lines += [f"  {f['path']}: {f['reason']}" for f in failures[:10]]
+    return lines + ([f"  ... and {len(failures) - 10} more (see --json)"] if len(failures) > 10 else [])
+
+
+def format_eval_lfw(result: dict) -> str:
+    """Render `eval lfw`: k-fold accuracy, AUC, TAR at FAR, best threshold, ROC file, calibration."""
+    v = result["verification"]
+    lines = [f"model {result['model']} on {result['pairs_file']}: {v['pairs']} pairs ({v['positives']} same, "
+             f"{v['negatives']} different), {result['images']} images embedded once at "
+             f"{result['images_per_second']:.1f} images/s"]
+    lines += _failures(result, "image(s)")
+    if result["pairs_excluded"]:
+        lines.append(f"{result['pairs_excluded']} pair(s) left out: an image gave no face vector")
+    how = (f"{v['folds']}-fold, threshold chosen on the other folds" if v["folds"] > 1
+           else "one fold: threshold fit on these pairs")
+    lines.append(f"accuracy      {v['accuracy']:.4f} +/- {v['accuracy_std']:.4f} ({how})")
+    lines.append(f"AUC           {v['auc']:.4f}")
+    for p in v["tar_at_far"]:
+        lines.append(f"TAR @ FAR {p['far_target']:<5g} {p['tar']:.4f} (threshold {p['threshold']:.4f}, "
+                     f"measured FAR {p['far']:.4f})")
+    lines.append(f"best threshold {v['threshold']:.4f} (accuracy {v['best_accuracy']:.4f} on all pairs)")
+    if result["roc_png"]:
+        lines.append(f"ROC curve: {result['roc_png']}")
+    if result["calibrated"] is not None:
+        lines.append(f"calibrated {result['model_dir']}/model_card.json: "
+                     + ", ".join(f"{k} = {t:.4f}" for k, t in sorted(result["calibrated"].items()))
+                     + " (query's 'unknown' now uses far_1e-3)")
+    return "\n".join(lines)
+
+
+def format_eval_identify(result: dict) -> str:
+    """Render `eval identify`: rank-k rates of known probes, open-set DIR at false alarm rates."""
+    r = result["identification"]
+    lines = [f"model {result['model']}: gallery {result['gallery']} ({result['gallery_faces']} faces of "
+             f"{result['gallery_identities']} identities), probes {result['probes']} ({r['known_probes']} of "
+             f"enrolled identities, {r['unknown_probes']} impostors)"]
+    lines += _failures(result, "probe(s)")
+    lines += [f"rank-{k} identification {rate:.4f}" for k, rate in r["rank_rates"].items()]
+    if not r["open_set"]:
+        lines.append("no impostor probes (identities without a gallery folder): no open-set figures")
+    for p in r["open_set"]:
+        at = (f"at FAR {p['far_target']:g}" if p["far_target"] is not None
+              else "at the model card's threshold")
+        far = "n/a" if p["far"] != p["far"] else f"{p['far']:.4f}"  # NaN without impostors
+        lines.append(f"open-set {at}: DIR {p['dir']:.4f}, false alarms {far} (threshold {p['threshold']:.4f})")
     return "\n".join(lines)

@@ -23,12 +23,12 @@ def gallery(faces, tmp_path):
 @pytest.fixture
 def index(gallery, model_dir, tmp_path):
     path = tmp_path / "index"
-    invoke_json("build-index", gallery, "--model", model_dir, "--index", path)
+    invoke_json("build-index", "--aligned", gallery, "--model", model_dir, "--index", path)
     return path
 
 
 def _answer(index, faces, identity="id_04"):
-    return invoke_json("query", faces / "probes" / identity / "033.png", "--index", index)["faces"][0]
+    return invoke_json("query", "--aligned", faces / "probes" / identity / "033.png", "--index", index)["faces"][0]
 
 
 def _fails(*args, match):
@@ -40,9 +40,9 @@ def _fails(*args, match):
 
 
 def test_missing_and_empty_folders(model_dir, tmp_path):
-    _fails("build-index", tmp_path / "absent", "--model", model_dir, "--index", tmp_path / "i", match="absent")
+    _fails("build-index", "--aligned", tmp_path / "absent", "--model", model_dir, "--index", tmp_path / "i", match="absent")
     (tmp_path / "empty").mkdir()
-    _fails("build-index", tmp_path / "empty", "--model", model_dir, "--index", tmp_path / "i", match="empty")
+    _fails("build-index", "--aligned", tmp_path / "empty", "--model", model_dir, "--index", tmp_path / "i", match="empty")
     assert not (tmp_path / "i" / "manifest.json").exists()
 
 
@@ -57,14 +57,14 @@ def _add_bad_files(gallery):
 def test_unreadable_files_are_skipped_counted_and_listed(gallery, index, faces):
     before = _answer(index, faces)
     _add_bad_files(gallery)
-    report = invoke_json("build-index", gallery, "--index", index)
+    report = invoke_json("build-index", "--aligned", gallery, "--index", index)
     skipped = {item["path"]: item["reason"] for item in report["skipped"]}
     assert set(skipped) == {"id_00/zero.jpg", "id_00/notes.png", "id_01/cut.jpg"}
     assert "empty" in skipped["id_00/zero.jpg"] and "truncated" in skipped["id_01/cut.jpg"]
     assert report["vectors"] == 3 * ENROLLED
     assert _answer(index, faces) == before
 
-    r = invoke("build-index", gallery, "--index", index)  # the text report lists them too
+    r = invoke("build-index", "--aligned", gallery, "--index", index)  # the text report lists them too
     assert r.exit_code == 0 and "skipped 3 unreadable file(s)" in r.stdout and "id_01/cut.jpg" in r.stdout
 
 
@@ -73,38 +73,41 @@ def test_strict_makes_a_bad_file_fatal_and_keeps_the_index(gallery, index, faces
     manifest = (index / "manifest.json").read_bytes()
     _add_bad_files(gallery)
     shutil.copy(faces / "probes" / "id_02" / "033.png", gallery / "id_02" / "new.png")
-    _fails("build-index", gallery, "--index", index, "--strict", match="cannot read image")
+    _fails("build-index", "--aligned", gallery, "--index", index, "--strict", match="cannot read image")
     assert (index / "manifest.json").read_bytes() == manifest
     assert _answer(index, faces) == before
 
 
 def test_unreadable_query_image(index, tmp_path):
     (tmp_path / "q.jpg").write_bytes(b"\xff\xd8\xff garbage")
-    _fails("query", tmp_path / "q.jpg", "--index", index, match="q.jpg")
-    _fails("query", tmp_path / "absent.jpg", "--index", index, match="no such file")
+    _fails("query", "--aligned", tmp_path / "q.jpg", "--index", index, match="q.jpg")
+    _fails("query", "--aligned", tmp_path / "absent.jpg", "--index", index, match="no such file")
 
 
 def test_missing_index(tmp_path, faces):
-    _fails("query", faces / "probes" / "id_00" / "033.png", "--index", tmp_path / "nothing", match="build-index")
+    _fails("query", "--aligned", faces / "probes" / "id_00" / "033.png", "--index", tmp_path / "nothing", match="build-index")
 
 
 def test_index_of_another_model_is_refused(gallery, index, faces, other_model_dir):
     before = _answer(index, faces)
     probe = faces / "probes" / "id_04" / "033.png"
-    r = _fails("query", probe, "--index", index, "--model", other_model_dir, match="pass --model or rebuild")
+    r = _fails("query", "--aligned", probe, "--index", index, "--model", other_model_dir, match="pass --model or rebuild")
     assert "index was built with model" in r.stderr
-    _fails("build-index", gallery, "--index", index, "--model", other_model_dir, match="rebuild")
+    _fails("build-index", "--aligned", gallery, "--index", index, "--model", other_model_dir, match="rebuild")
     assert _answer(index, faces) == before  # still loadable, unchanged
 
-    rebuilt = invoke_json("build-index", gallery, "--index", index, "--model", other_model_dir, "--rebuild")
+    rebuilt = invoke_json("build-index", "--aligned", gallery, "--index", index, "--model", other_model_dir, "--rebuild")
     assert rebuilt["rebuilt"] and rebuilt["vectors"] == 3 * ENROLLED
-    assert invoke_json("query", probe, "--index", index)["model"] == json.loads(
+    assert invoke_json("query", "--aligned", probe, "--index", index)["model"] == json.loads(
         (other_model_dir / "model_card.json").read_text())["name"]
 
 
 def test_no_model_anywhere(gallery, tmp_path, monkeypatch):
     monkeypatch.delenv("FACESEARCH_MODEL", raising=False)
-    _fails("build-index", gallery, "--index", tmp_path / "i", match="no model given")
+    # No default model in the cache, and none to convert: its weight package "is not installed".
+    monkeypatch.setenv("FACESEARCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("embedder.dlib_format.WEIGHTS_PACKAGES", ("no_such_package",))
+    _fails("build-index", "--aligned", gallery, "--index", tmp_path / "i", match="no model given")
 
 
 def test_export_refuses_a_missing_checkpoint(tmp_path):

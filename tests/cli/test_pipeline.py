@@ -30,7 +30,7 @@ def test_export_proved_parity_and_wrote_a_card(model_dir):
 @pytest.fixture(scope="module")
 def index_dir(faces, model_dir, tmp_path_factory):
     index = tmp_path_factory.mktemp("index") / "gallery.index"
-    report = invoke_json("build-index", faces / "gallery", "--model", model_dir, "--index", index)
+    report = invoke_json("build-index", "--aligned", faces / "gallery", "--model", model_dir, "--index", index)
     assert (report["added"], report["vectors"], report["identities"]) == (3 * ENROLLED, 3 * ENROLLED, ENROLLED)
     return index
 
@@ -39,7 +39,7 @@ def test_query_finds_the_right_identity_for_held_out_faces(faces, index_dir):
     right = 0
     for identity in range(ENROLLED):
         probe = faces / "probes" / f"id_{identity:02d}" / "033.png"
-        answer = invoke_json("query", probe, "--index", index_dir, "-k", "3")
+        answer = invoke_json("query", "--aligned", probe, "--index", index_dir, "-k", "3")
         (face,) = answer["faces"]
         assert len(face["matches"]) == 3
         scores = [m["score"] for m in face["matches"]]
@@ -52,7 +52,7 @@ def test_query_finds_the_right_identity_for_held_out_faces(faces, index_dir):
 def test_query_scores_match_a_brute_force_reference(faces, index_dir, model_dir):
     from embedder.runtime import Embedder
 
-    embedder = Embedder(model_dir)
+    embedder = Embedder(model_dir, aligned=True)
     gallery = sorted((faces / "gallery").glob("*/*.png"))
     xb = embedder.embed([embedder.faces(p)[0].image for p in gallery])
     probe = faces / "probes" / "id_05" / "033.png"
@@ -63,7 +63,7 @@ def test_query_scores_match_a_brute_force_reference(faces, index_dir, model_dir)
         best[path.parent.name] = max(best.get(path.parent.name, -2.0), float(score))
     want = sorted(best.items(), key=lambda kv: -kv[1])[:5]
 
-    (face,) = invoke_json("query", probe, "--index", index_dir)["faces"]
+    (face,) = invoke_json("query", "--aligned", probe, "--index", index_dir)["faces"]
     got = [(m["identity"], m["score"]) for m in face["matches"]]
     assert [g[0] for g in got] == [w[0] for w in want]
     np.testing.assert_allclose([g[1] for g in got], [w[1] for w in want], rtol=1e-5, atol=1e-6)
@@ -71,13 +71,13 @@ def test_query_scores_match_a_brute_force_reference(faces, index_dir, model_dir)
 
 def test_query_text_output_and_unknown_verdict(faces, index_dir):
     probe = faces / "probes" / "id_03" / "033.png"
-    r = invoke("query", probe, "--index", index_dir)
+    r = invoke("query", "--aligned", probe, "--index", index_dir)
     assert r.exit_code == 0, r.output
     assert r.stdout.splitlines()[0].startswith("id_03 (score ")
-    r = invoke("query", probe, "--index", index_dir, "--threshold", "0.9999")
+    r = invoke("query", "--aligned", probe, "--index", index_dir, "--threshold", "0.9999")
     assert r.exit_code == 0, r.output
     assert r.stdout.startswith("unknown (best score")
-    answer = invoke_json("query", probe, "--index", index_dir, "--threshold", "0.9999")
+    answer = invoke_json("query", "--aligned", probe, "--index", index_dir, "--threshold", "0.9999")
     assert answer["faces"][0]["verdict"] == "unknown" and answer["faces"][0]["known"] is False
     assert set(answer) == {"image", "index", "model", "threshold", "faces"}
 
@@ -85,7 +85,7 @@ def test_query_text_output_and_unknown_verdict(faces, index_dir):
 def test_strangers_score_lower_than_enrolled_people(faces, index_dir):
     def best(identity):
         probe = faces / "probes" / f"id_{identity:02d}" / "033.png"
-        return invoke_json("query", probe, "--index", index_dir)["faces"][0]["matches"][0]["score"]
+        return invoke_json("query", "--aligned", probe, "--index", index_dir)["faces"][0]["matches"][0]["score"]
 
     enrolled = [best(i) for i in range(ENROLLED)]
     strangers = [best(i) for i in range(ENROLLED, ENROLLED + STRANGERS)]
@@ -96,13 +96,13 @@ def test_rebuild_embeds_only_what_changed(faces, model_dir, tmp_path):
     gallery = tmp_path / "gallery"
     shutil.copytree(faces / "gallery", gallery)
     index = tmp_path / "index"
-    invoke_json("build-index", gallery, "--model", model_dir, "--index", index)
+    invoke_json("build-index", "--aligned", gallery, "--model", model_dir, "--index", index)
 
-    again = invoke_json("build-index", gallery, "--index", index)  # the model comes from the index
+    again = invoke_json("build-index", "--aligned", gallery, "--index", index)  # the model comes from the index
     assert (again["added"], again["removed"], again["unchanged"], again["written"]) == (0, 0, 3 * ENROLLED, False)
 
     shutil.rmtree(gallery / "id_00")
     shutil.copy(faces / "probes" / "id_01" / "033.png", gallery / "id_01" / "new.png")
-    third = invoke_json("build-index", gallery, "--index", index)
+    third = invoke_json("build-index", "--aligned", gallery, "--index", index)
     assert (third["added"], third["removed"], third["unchanged"]) == (1, 3, 3 * ENROLLED - 3)
     assert (third["vectors"], third["identities"]) == (3 * ENROLLED - 2, ENROLLED - 1)

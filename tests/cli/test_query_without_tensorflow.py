@@ -13,7 +13,7 @@ from clitools import invoke_json
 
 def test_query_never_imports_tensorflow(faces, model_dir, tmp_path):
     index = tmp_path / "index"
-    invoke_json("build-index", faces / "gallery", "--model", model_dir, "--index", index)
+    invoke_json("build-index", "--aligned", faces / "gallery", "--model", model_dir, "--index", index)
     probe = faces / "probes" / "id_07" / "033.png"
 
     # 1. In a fresh interpreter: run the command, then look at what was imported.
@@ -21,7 +21,7 @@ def test_query_never_imports_tensorflow(faces, model_dir, tmp_path):
         import sys
         from cli.main import app
         try:
-            app(["query", {str(probe)!r}, "--index", {str(index)!r}, "--json"])
+            app(["query", "--aligned", {str(probe)!r}, "--index", {str(index)!r}, "--json"])
         except SystemExit as e:
             assert not e.code, e.code
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "tf2onnx"))
@@ -39,7 +39,7 @@ def test_query_never_imports_tensorflow(faces, model_dir, tmp_path):
     exe = shutil.which("facesearch", path=os.path.dirname(sys.executable))
     assert exe, "the facesearch console script is not installed next to this Python"
     env = os.environ | {"PYTHONPATH": str(poison.parent)}
-    out = subprocess.run([exe, "query", str(probe), "--index", str(index)], capture_output=True, text=True,
+    out = subprocess.run([exe, "query", "--aligned", str(probe), "--index", str(index)], capture_output=True, text=True,
                          env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("id_07"), out.stdout
