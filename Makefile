@@ -1,13 +1,17 @@
 # Quick start: `make demo` runs the main job, `make test` runs the tests. Each sets up its own
 # virtual environment first (Python 3.11+, from PyPI).
+#   make demo PHOTOS=DIR   real photos (DIR/<person>/<photo>.jpg) with the default model; PHOTOS
+#                          defaults to LFW where it lies beside the checkout (../shared/lfw)
+#   make demo PHOTOS=      no photos: train a tiny model on generated faces and query it
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+PHOTOS ?= $(wildcard ../shared/lfw/images_deepfunneled)
 
 .PHONY: demo test test-all clean
 
 demo: $(VENV)/.installed
-	$(BIN)/facesearch demo --workdir .demo
+	$(BIN)/facesearch demo --workdir .demo $(if $(PHOTOS),--photos "$(PHOTOS)")
 
 test: $(VENV)/.installed
 	$(BIN)/pytest

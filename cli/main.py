@@ -185,11 +185,12 @@ def detect(
 @_friendly_errors
 def demo(
     workdir: Annotated[Path, typer.Option(help="Folder for the demo's data, model and index.")] = Path(".demo"),
+    photos: Annotated[Optional[Path], typer.Option(help="Real photos, DIR/<person>/<photo>.jpg: index a few of each person with the default model and query held-out ones.")] = None,
 ):
-    """Run the whole pipeline on a generated face set: train, export, build an index, query it."""
+    """Run the main job end to end: on real photos (--photos) with the default model, else train on a generated face set."""
     from cli.demo import run_demo
 
-    run_demo(workdir)
+    run_demo(workdir, photos)
 
 
 eval_app = typer.Typer(help="Measure a model: LFW pair verification, gallery/probe identification.",

@@ -21,12 +21,16 @@ class AlignmentTemplate:
 
     Attributes:
         points: (5, 2) float32 (x, y) target positions in the crop.
+        weights: (5,) per-point weights of the least-squares fit onto `points` (a point's residual
+            counts `weight` times), or None for equal weights. Part of the template's definition:
+            a model trained or fitted with one weighting should be aligned with the same one.
     """
 
     name: str
     height: int
     width: int
     points: np.ndarray
+    weights: np.ndarray | None = None
 
 
 # insightface's ArcFace template (`insightface.utils.face_align.arcface_dst`), 112x112.
@@ -53,6 +57,9 @@ def register_template(template: AlignmentTemplate) -> None:
     """Make a template available by name (e.g. for a model with its own crop geometry)."""
     if template.points.shape != (5, 2):
         raise ValueError(f"a template has 5 (x, y) points, got shape {template.points.shape}")
+    if template.weights is not None and (np.shape(template.weights) != (5,) or np.any(template.weights < 0)
+                                         or not np.any(template.weights > 0)):
+        raise ValueError(f"a template's weights are 5 non-negative numbers, not all 0, got {template.weights}")
     TEMPLATES[template.name] = template
 
 
@@ -69,15 +76,16 @@ def get_template(name: str) -> AlignmentTemplate:
                              f"(or one of {sorted(PREALIGNED)} for pre-aligned crops)") from None
 
 
-def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+def similarity_transform(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     """The similarity (rotation, uniform scale, translation) mapping `src` onto `dst` in least squares.
 
     Solves  [x'; y'] = [[a, -b], [b, a]] [x; y] + [tx; ty]  for (a, b, tx, ty) over all points
-    (no reflection).
+    (no reflection), minimising  sum_i w_i |M [x_i, y_i, 1] - dst_i|^2.
 
     Args:
         src: (n, 2) points, n >= 2.
         dst: (n, 2) points.
+        weights: (n,) non-negative per-point weights, or None for equal weights.
 
     Returns:
         (2, 3) float64 matrix M with dst ~= M @ [x, y, 1].
@@ -89,7 +97,14 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     x, y = src[:, 0], src[:, 1]
     ones, zeros = np.ones_like(x), np.zeros_like(x)
     rows = np.concatenate([np.stack([x, -y, ones, zeros], 1), np.stack([y, x, zeros, ones], 1)])
-    (a, b, tx, ty), *_ = np.linalg.lstsq(rows, np.concatenate([dst[:, 0], dst[:, 1]]), rcond=None)
+    target = np.concatenate([dst[:, 0], dst[:, 1]])
+    if weights is not None:
+        weights = np.asarray(weights, dtype=np.float64)
+        if weights.shape != (len(src),) or np.any(weights < 0):
+            raise ValueError(f"expected {len(src)} non-negative weights, got {weights}")
+        root = np.sqrt(np.concatenate([weights, weights]))  # each point's x and y rows
+        rows, target = rows * root[:, None], target * root
+    (a, b, tx, ty), *_ = np.linalg.lstsq(rows, target, rcond=None)
     return np.array([[a, -b, tx], [b, a, ty]])
 
 
@@ -128,5 +143,5 @@ def align_face(image: np.ndarray, landmarks: np.ndarray, template: AlignmentTemp
     Returns:
         (template.height, template.width, 3) uint8 RGB.
     """
-    matrix = similarity_transform(landmarks, template.points)
+    matrix = similarity_transform(landmarks, template.points, template.weights)
     return warp_affine(image, matrix, template.height, template.width)

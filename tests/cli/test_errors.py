@@ -112,3 +112,10 @@ def test_no_model_anywhere(gallery, tmp_path, monkeypatch):
 
 def test_export_refuses_a_missing_checkpoint(tmp_path):
     _fails("export", tmp_path / "nope.keras", "--out", tmp_path / "m", match="nope.keras")
+
+
+def test_photo_demo_needs_people_with_two_photos(tmp_path):
+    (tmp_path / "photos" / "solo").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "photos" / "solo" / "a.jpg")
+    _fails("demo", "--workdir", tmp_path / "w", "--photos", tmp_path / "photos", match="2 or more photos")
+    _fails("demo", "--workdir", tmp_path / "w", "--photos", tmp_path / "absent", match="not a folder")
