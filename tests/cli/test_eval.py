@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -164,16 +162,10 @@ def test_eval_identify_needs_enrolled_probes(faces, model_dir, tmp_path):
     assert r.exit_code == 1 and "has a folder in the gallery" in r.stderr, r.output
 
 
-def test_eval_never_imports_tensorflow(faces, fake_lfw, model_dir, tmp_path):
-    # A `tensorflow` that fails loudly if imported, in front of the real one.
-    poison = tmp_path / "poison" / "tensorflow"
-    poison.mkdir(parents=True)
-    (poison / "__init__.py").write_text("raise ImportError('tensorflow was imported by eval')\n")
-    env = os.environ | {"PYTHONPATH": str(poison.parent)}
+def test_eval_never_imports_tensorflow(faces, fake_lfw, model_dir, without_tensorflow):
     for args in (["lfw", "--lfw-dir", fake_lfw, "--no-roc"],
                  ["identify", "--gallery", faces / "gallery", "--probes", faces / "probes"]):
-        out = subprocess.run([sys.executable, "-m", "cli.main", "eval", *map(str, args), "--model", str(model_dir),
-                              "--aligned", "--json"], capture_output=True, text=True, env=env, timeout=120)
+        out = without_tensorflow("eval", *args, "--model", model_dir, "--aligned", "--json")
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout)["model_dir"] == str(model_dir.resolve())
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -11,7 +9,7 @@ import textwrap
 from clitools import invoke_json
 
 
-def test_query_never_imports_tensorflow(faces, model_dir, tmp_path):
+def test_query_never_imports_tensorflow(faces, model_dir, tmp_path, without_tensorflow):
     index = tmp_path / "index"
     invoke_json("build-index", "--aligned", faces / "gallery", "--model", model_dir, "--index", index)
     probe = faces / "probes" / "id_07" / "033.png"
@@ -33,13 +31,6 @@ def test_query_never_imports_tensorflow(faces, model_dir, tmp_path):
     assert '"verdict": "id_07"' in out.stdout
 
     # 2. The installed console script, with a `tensorflow` that fails loudly if imported.
-    poison = tmp_path / "poison" / "tensorflow"
-    poison.mkdir(parents=True)
-    (poison / "__init__.py").write_text("raise ImportError('tensorflow was imported on the query path')\n")
-    exe = shutil.which("facesearch", path=os.path.dirname(sys.executable))
-    assert exe, "the facesearch console script is not installed next to this Python"
-    env = os.environ | {"PYTHONPATH": str(poison.parent)}
-    out = subprocess.run([exe, "query", "--aligned", str(probe), "--index", str(index)], capture_output=True, text=True,
-                         env=env, timeout=120)
+    out = without_tensorflow("query", "--aligned", probe, "--index", index)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("id_07"), out.stdout

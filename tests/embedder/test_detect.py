@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import textwrap
 import threading
 from pathlib import Path
@@ -186,11 +184,7 @@ def test_detector_is_thread_safe(detector):
         np.testing.assert_array_equal(g, want[i % len(images)])
 
 
-def test_detection_never_imports_tensorflow(tmp_path):
-    poison = tmp_path / "poison"
-    for name in ("tensorflow", "keras"):
-        (poison / name).mkdir(parents=True)
-        (poison / name / "__init__.py").write_text(f"raise ImportError('{name} was imported by detection')\n")
+def test_detection_never_imports_tensorflow(without_tensorflow):
     photo = LFW_IMAGES / PHOTOS[0]
     script = textwrap.dedent(f"""
         import sys
@@ -202,8 +196,7 @@ def test_detection_never_imports_tensorflow(tmp_path):
         faces = Detector().detect(image)
         print("FACES", len(faces), sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "mtcnn")))
     """)
-    env = os.environ | {"PYTHONPATH": str(poison)}
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    out = without_tensorflow(script=script)
     assert out.returncode == 0, out.stderr
     expected = 1 if photo.is_file() else 0
     assert f"FACES {expected} []" in out.stdout, out.stdout

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -132,15 +130,8 @@ def test_build_index_and_query_use_it_by_default(in_cache, tmp_path):
         assert json.loads(r.stdout)["faces"][0]["verdict"] == name
 
 
-def test_default_model_needs_no_tensorflow_once_installed(in_cache, tmp_path):
+def test_default_model_needs_no_tensorflow_once_installed(in_cache, tmp_path, without_tensorflow):
     gallery = _lfw_gallery(tmp_path / "gallery", photos=(1,))
-    poison = tmp_path / "poison" / "tensorflow"
-    poison.mkdir(parents=True)
-    (poison / "__init__.py").write_text("raise ImportError('tensorflow was imported on the query path')\n")
-    exe = shutil.which("facesearch", path=os.path.dirname(sys.executable))
-    assert exe, "the facesearch console script is not installed next to this Python"
-    env = os.environ | {"PYTHONPATH": str(poison.parent)}
-    out = subprocess.run([exe, "build-index", str(gallery), "--index", str(tmp_path / "i"), "--json"],
-                         capture_output=True, text=True, env=env, timeout=120)
+    out = without_tensorflow("build-index", gallery, "--index", tmp_path / "i", "--json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["model"] == MODEL_NAME
