@@ -15,6 +15,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from embedder import DEFAULT_BATCH_SIZE
+
 IDENTITIES = 20  # enrolled; the demo trains on them
 VISITORS = 2  # extra identities, never trained on or enrolled: they should be "unknown"
 TRAIN_PER_IDENTITY = 30
@@ -62,7 +64,7 @@ def run_synthetic_demo(workdir: Path) -> dict:
     from cli.commands import run_build_index
     from cli.output import format_build_report
 
-    report = run_build_index(gallery, model=model_dir, index=index_dir, batch_size=64, strict=False,
+    report = run_build_index(gallery, model=model_dir, index=index_dir, batch_size=DEFAULT_BATCH_SIZE, strict=False,
                              rebuild=False, progress=True, aligned=True)
     print(format_build_report(report), file=sys.stderr)
     _step(f"querying {probes}: held-out images of the enrolled identities, and {VISITORS} strangers")
@@ -132,7 +134,7 @@ def run_photo_demo(photos: Path, workdir: Path) -> dict:
     probes += [(people[name][0], None) for name in strangers]
     _step(f"indexing {sum(len(people[n][:-1][:PHOTOS_PER_PERSON]) for n in enrolled)} photos of "
           f"{len(enrolled)} people from {photos} into {index_dir} (the default model is converted at first use)")
-    report = run_build_index(gallery, model=None, index=index_dir, batch_size=64, strict=False,
+    report = run_build_index(gallery, model=None, index=index_dir, batch_size=DEFAULT_BATCH_SIZE, strict=False,
                              rebuild=True, progress=True)
     print(format_build_report(report), file=sys.stderr)
     _step(f"querying each person's held-out photo, and {len(strangers)} people who were never enrolled")

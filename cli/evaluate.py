@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from embedder import DEFAULT_BATCH_SIZE
 from embedder.errors import DatasetError, ImageReadError, ModelSpecError
 
 ProgressFn = Callable[[str, int, int], None]
@@ -33,7 +34,7 @@ class Embedded:
     seconds: float
 
 
-def embed_largest_faces(embedder, paths: Sequence[Path], *, batch_size: int = 64, workers: int | None = None,
+def embed_largest_faces(embedder, paths: Sequence[Path], *, batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None,
                         progress: ProgressFn | None = None, phase: str = "embed") -> Embedded:
     """Embed the largest face of each photo, reading the next batch while the current one is embedded.
 
@@ -92,7 +93,7 @@ def resolve_lfw_dir(lfw_dir: Path | None) -> Path:
 
 
 def run_eval_lfw(lfw_dir: Path | None, *, model: Path | None, pairs_file: Path = Path("pairs.txt"),
-                 images_dir: Path | None = None, batch_size: int = 64, roc_png: Path | None = None,
+                 images_dir: Path | None = None, batch_size: int = DEFAULT_BATCH_SIZE, roc_png: Path | None = None,
                  calibrate: bool = False, aligned: bool = False, progress: bool = True) -> dict:
     """Verification figures on an LFW pair file; optionally a ROC PNG and a calibrated model card.
 
@@ -164,7 +165,7 @@ def calibrate_card(model_dir: Path, card, thresholds: dict[str, float]) -> dict[
     return merged
 
 
-def run_eval_identify(gallery: Path, probes: Path, *, model: Path | None, batch_size: int = 64,
+def run_eval_identify(gallery: Path, probes: Path, *, model: Path | None, batch_size: int = DEFAULT_BATCH_SIZE,
                       aligned: bool = False, progress: bool = True) -> dict:
     """Rank-1/rank-5 and open-set figures of the probes against a temporary index of the gallery.
 

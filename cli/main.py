@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from embedder import DEFAULT_BATCH_SIZE
 from embedder.errors import FaceSearchError
 
 app = typer.Typer(
@@ -55,26 +56,60 @@ def _print_json(obj) -> None:
 @app.command()
 @_friendly_errors
 def train(
-    data: Annotated[Path, typer.Argument(help="Training folder: DATA/<identity>/*.jpg.")],
-    out: Annotated[Path, typer.Option("--out", help="Run folder: checkpoints, config, logs.")],
+    data: Annotated[Path, typer.Argument(help="Training folder DATA/<identity>/*.jpg; with --list, the image root its paths start from; or a shard folder from `facesearch prepare`.")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="Run folder: checkpoints, config, logs.")] = None,
+    list_file: Annotated[Optional[Path], typer.Option("--list", help="List file of 'relative/path.jpg label' lines (CASIA-WebFace-112X96.txt style) under DATA.")] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Run folder to continue from its latest checkpoint, with its config.json (--epochs may raise the total).")] = None,
+    init_weights: Annotated[Optional[Path], typer.Option("--init-weights", help="A .keras model or run folder: load its weights by layer name, skipping layers of other shapes.")] = None,
     preset: Annotated[str, typer.Option(help="Model/training preset: mobilefacenet or tiny.")] = "mobilefacenet",
     epochs: Annotated[Optional[int], typer.Option(help="Epochs (default from the preset).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Batch size (default from the preset).")] = None,
     input_size: Annotated[Optional[str], typer.Option(help="HxW model input: 112x96 or 112x112.")] = None,
+    val_fraction: Annotated[Optional[float], typer.Option(help="Share of each identity held out for pair verification, seeded (default from the preset; the seed used 0.05).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
     json_out: JsonOpt = False,
 ):
-    """Train MobileFaceNet + ArcFace on a folder of aligned face crops."""
+    """Train MobileFaceNet + ArcFace on a folder of aligned face crops, or on a list file."""
     from cli.commands import run_train
 
     result = run_train(data, out, preset=preset, epochs=epochs, batch_size=batch_size,
-                       input_size=input_size, seed=seed)
+                       input_size=input_size, seed=seed, list_file=list_file, resume=resume,
+                       init_weights=init_weights, val_fraction=val_fraction)
     if json_out:
         _print_json(result)
     else:
         from cli.output import format_train
 
         typer.echo(format_train(result))
+
+
+# A top-level `prepare`, not `train prepare`: `train` takes DATA as its first argument, and a Click
+# group cannot tell `train prepare X` from `train DATA` without guessing, so `facesearch train DATA`
+# stays a plain command and its input step is a sibling.
+@app.command()
+@_friendly_errors
+def prepare(
+    data: Annotated[Path, typer.Argument(help="Training folder DATA/<identity>/*.jpg; with --list, the image root.")],
+    out: Annotated[Path, typer.Option("--out", help="Shard folder to write: one TFRecord per identity, val.tfrecord, shards.json.")],
+    list_file: Annotated[Optional[Path], typer.Option("--list", help="List file of 'relative/path.jpg label' lines under DATA.")] = None,
+    val_fraction: Annotated[float, typer.Option(min=0.0, max=0.99, help="Share of each identity held out for pair verification, seeded.")] = 0.05,
+    seed: Annotated[int, typer.Option(help="Seed of the hold-out choice.")] = 0,
+    json_out: JsonOpt = False,
+):
+    """Write per-identity TFRecord shards for `facesearch train SHARDS --out RUN` (pairs of one identity per batch)."""
+    from cli.commands import run_prepare
+
+    result = run_prepare(data, out, list_file=list_file, val_fraction=val_fraction, seed=seed,
+                         progress=not json_out)
+    if json_out:
+        _print_json(result)
+    else:
+        typer.echo(f"wrote {result['num_shards']} shards ({result['num_train']} images of {result['num_classes']} "
+                   f"identities) and {result['num_val']} held-out images to {result['out_dir']}; "
+                   f"skipped {len(result['skipped'])} unreadable")
+        for path in result["skipped"][:10]:
+            typer.echo(f"  unreadable: {path}")
+        typer.echo(f"next: facesearch train {result['out_dir']} --out RUN_DIR")
 
 
 @app.command()
@@ -105,7 +140,7 @@ def build_index(
     directory: Annotated[Path, typer.Argument(help="Gallery folder: DIR/<identity>/*.jpg (or DIR/<identity>.jpg).")],
     model: ModelOpt = None,
     index: IndexOpt = DEFAULT_INDEX,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 64,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = DEFAULT_BATCH_SIZE,
     strict: Annotated[bool, typer.Option(help="Stop at the first unreadable file instead of skipping it.")] = False,
     rebuild: Annotated[bool, typer.Option(help="Replace an index built with another model.")] = False,
     faces: Annotated[str, typer.Option("--faces", help="Faces stored per photo: 'largest' or 'all'.")] = "largest",
@@ -205,7 +240,7 @@ def eval_lfw(
     model: ModelOpt = None,
     pairs: Annotated[Path, typer.Option(help="Pair file, relative to --lfw-dir: pairs.txt (10 folds) or pairsDevTest.txt.")] = Path("pairs.txt"),
     images_dir: Annotated[Optional[Path], typer.Option(help="Folder of <name>/<name>_NNNN.jpg (default: found in --lfw-dir).")] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 64,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = DEFAULT_BATCH_SIZE,
     roc: Annotated[Optional[Path], typer.Option(help="ROC curve PNG to write.")] = Path("lfw-roc.png"),
     no_roc: Annotated[bool, typer.Option("--no-roc", help="Write no ROC curve.")] = False,
     calibrate: Annotated[bool, typer.Option(help="Store the best-accuracy and FAR=1e-3 thresholds in the model card (used by query).")] = False,
@@ -232,7 +267,7 @@ def eval_identify(
     gallery: Annotated[Path, typer.Option("--gallery", help="Gallery folder: DIR/<identity>/*.jpg (indexed in a temporary folder).")],
     probes: Annotated[Path, typer.Option("--probes", help="Probe folder: DIR/<identity>/*.jpg; identities without a gallery folder are impostors.")],
     model: ModelOpt = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 64,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = DEFAULT_BATCH_SIZE,
     aligned: AlignedOpt = False,
     json_out: JsonOpt = False,
 ):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from embedder import DEFAULT_BATCH_SIZE
 from embedder.align import PREALIGNED, AlignmentTemplate, align_face, get_template
 from embedder.detect import Detector, DetectorConfig
 from embedder.errors import ModelSpecError
@@ -72,6 +73,9 @@ class Embedder:
                 "after export; export the model again"
             )
         options = ort.SessionOptions()
+        # Idle ONNX Runtime threads spin by default, starving the threads that read photos beside
+        # them (index builds): with spinning off, build_index ran ~1.5x faster on 2 cores.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             options.intra_op_num_threads = threads
         self._session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
@@ -120,7 +124,7 @@ class Embedder:
         return [FaceCrop(align_face(image, d.landmarks, self.template), d.box, d.score, d.landmarks)
                 for d in self.detector.detect(image)]
 
-    def embed(self, crops: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
+    def embed(self, crops: Sequence[np.ndarray], batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
         """Embed face crops.
 
         Args:

@@ -17,6 +17,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from embedder import DEFAULT_BATCH_SIZE
 from embedder.errors import DatasetError, IndexFormatError
 from embedder.model_card import ModelCard, sha256_file
 from index.embedding import FACE_POLICIES, PhotoFaces, embed_photos
@@ -98,7 +99,7 @@ class _Changes:
 
 
 def build_index(source_dir: str | os.PathLike, index_dir: str | os.PathLike, embedder: EmbedderLike, *,
-                batch_size: int = 64, strict: bool = False, rebuild: bool = False, faces: str = "largest",
+                batch_size: int = DEFAULT_BATCH_SIZE, strict: bool = False, rebuild: bool = False, faces: str = "largest",
                 workers: int | None = None, progress: Progress | None = None) -> BuildReport:
     """Create or update the index in `index_dir` from the photos in `source_dir`.
 
