@@ -4,7 +4,11 @@ For each of N LFW photos: dlib's frontal detector and 5-point predictor give dli
 transform (embedder.dlib_chip.chip_to_image, which reproduces dlib.get_face_chip exactly);
 facesearch's MTCNN detector (embedder.detect) gives eye centres, nose tip and mouth corners; those
 points, mapped into the chip by the inverse of dlib's transform, are averaged over the photos.
-The printed points go into embedder.align.DLIB_150. With --check, the chips that facesearch's
+The printed points go into embedder.align.DLIB_150. It also prints each point's inverse variance
+(1 / (std_x^2 + std_y^2), scaled so the eyes get ~1), the weights a weighted fit would give them
+(AlignmentTemplate.weights; they would not move the points, each mean is its own least-squares
+estimate); DLIB_150 keeps equal weights, as such weights did not change LFW accuracy
+(benchmarks/align_weights.py, README). With --check, the chips that facesearch's
 aligner cuts with that template are compared with dlib's own chips of the same faces, through the
 installed dlib-resnet-v1 (descriptor cosine).
 
@@ -73,6 +77,9 @@ def main() -> None:
     for name, m, s in zip(("left eye", "right eye", "nose tip", "left mouth", "right mouth"), mean, std):
         print(f"  {name:<12} ({m[0]:7.2f}, {m[1]:7.2f})  std ({s[0]:.2f}, {s[1]:.2f})")
     print("DLIB_150 points:", np.array2string(mean.round(2), separator=", "))
+    inverse_variance = 1.0 / (std ** 2).sum(1)
+    print("inverse-variance weights:", np.array2string((inverse_variance / inverse_variance[:2].mean()).round(2),
+                                                       separator=", "))
     if args.check:
         _check(pairs)
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from embedder.align import (ARCFACE_112X112, SPHEREFACE_112X96, TEMPLATES, align_face, get_template,
-                            similarity_transform, warp_affine)
+                            register_template, similarity_transform, warp_affine)
 from embedder.errors import ModelSpecError
 
 
@@ -24,6 +26,62 @@ def test_similarity_transform_recovers_an_exact_rotation_scale_and_shift():
     # 90 degrees, scale 2, shift (3, 4): (1, 0) -> (3, 6), (0, 1) -> (1, 4).
     m = similarity_transform([(0, 0), (1, 0), (0, 1)], [(3, 4), (3, 6), (1, 4)])
     np.testing.assert_allclose(m, [[0, -2, 3], [2, 0, 4]], atol=1e-12)
+
+
+def _weighted_similarity_reference(src, dst, w):
+    """Weighted least squares by the normal equations of  min sum_i w_i |M [x_i, y_i, 1] - dst_i|^2."""
+    a_rows, targets, row_w = [], [], []
+    for (x, y), (u, v), wi in zip(src, dst, w):
+        a_rows += [[x, -y, 1, 0], [y, x, 0, 1]]
+        targets += [u, v]
+        row_w += [wi, wi]
+    a, t, wd = np.array(a_rows, float), np.array(targets, float), np.diag(row_w)
+    p, q, tx, ty = np.linalg.solve(a.T @ wd @ a, a.T @ wd @ t)
+    return np.array([[p, -q, tx], [q, p, ty]])
+
+
+def test_weighted_similarity_transform_matches_the_normal_equations_and_repeated_points():
+    rng = np.random.default_rng(0)
+    src = rng.uniform(0, 100, (5, 2))
+    dst = src @ [[0.9, -0.3], [0.3, 0.9]] + [10, -4] + rng.normal(0, 3, (5, 2))
+    w = np.array([1.0, 1.0, 0.5, 0.25, 0.25])
+    weighted = similarity_transform(src, dst, w)
+    np.testing.assert_allclose(weighted, _weighted_similarity_reference(src, dst, w), atol=1e-9)
+    assert not np.allclose(weighted, similarity_transform(src, dst), atol=1e-3)  # the weights matter
+    # Integer weights are repeated points; weight 0 drops a point; equal weights are no weights.
+    np.testing.assert_allclose(similarity_transform(src, dst, [2, 1, 1, 1, 3]),
+                               similarity_transform(src[[0, 0, 1, 2, 3, 4, 4, 4]], dst[[0, 0, 1, 2, 3, 4, 4, 4]]),
+                               atol=1e-9)
+    np.testing.assert_allclose(similarity_transform(src, dst, [1, 1, 1, 0, 0]), similarity_transform(src[:3], dst[:3]),
+                               atol=1e-9)
+    np.testing.assert_allclose(similarity_transform(src, dst, [0.5] * 5), similarity_transform(src, dst), atol=1e-9)
+
+
+def test_weighted_similarity_transform_rejects_bad_weights():
+    with pytest.raises(ValueError, match="weights"):
+        similarity_transform(np.zeros((5, 2)), np.zeros((5, 2)), [1, 1, 1, -1, 1])
+    with pytest.raises(ValueError, match="weights"):
+        similarity_transform(np.zeros((5, 2)), np.zeros((5, 2)), [1, 1, 1])
+
+
+def test_align_face_fits_with_the_template_weights():
+    # Eyes and nose exactly on a shifted copy of the template, mouth corners 12 px off: with the
+    # mouth weighted 0 the fit is the exact shift, so the crop is the photo moved back (to within
+    # 1 grey level: float32 points make the shift 3 and 2 px only to ~1e-6).
+    template = dataclasses.replace(ARCFACE_112X112, name="test-weighted", weights=np.float32([1, 1, 1, 0, 0]))
+    photo = np.random.default_rng(1).integers(0, 256, (112, 112, 3), dtype=np.uint8)
+    landmarks = template.points + [3.0, 2.0]
+    landmarks[3:] += [0.0, 12.0]
+    moved_back = photo[12:102, 13:103].astype(np.int16)
+    crop = align_face(photo, landmarks, template)
+    assert np.abs(crop[10:100, 10:100] - moved_back).max() <= 1
+    unweighted = align_face(photo, landmarks, dataclasses.replace(template, weights=None))
+    assert np.abs(unweighted[10:100, 10:100] - moved_back).mean() > 20  # noise photo: any misfit shows
+
+
+def test_register_template_rejects_bad_weights():
+    with pytest.raises(ValueError, match="weights"):
+        register_template(dataclasses.replace(ARCFACE_112X112, name="bad", weights=np.float32([1, 1, 1, 1])))
 
 
 def test_similarity_transform_rejects_mismatched_points():
