@@ -127,23 +127,53 @@ def run_detect(image: Path, *, out: Path | None, crops: Path | None, model: Path
     return answer
 
 
-def run_train(data: Path, out: Path, *, preset: str, epochs: int | None, batch_size: int | None,
-              input_size: str | None, seed: int | None) -> dict:
-    """Train a preset on a folder dataset, with CLI flags overriding the preset."""
+def run_train(data: Path, out: Path | None, *, preset: str, epochs: int | None, batch_size: int | None,
+              input_size: str | None, seed: int | None, list_file: Path | None = None,
+              resume: Path | None = None, init_weights: Path | None = None,
+              val_fraction: float | None = None) -> dict:
+    """Train a preset on a folder or list-file dataset, with CLI flags overriding the preset.
+
+    With `resume`, the run folder's own config.json is the base instead of the preset; flags
+    that change anything but `epochs` are refused by `train.fit.train`.
+    """
     import contextlib
     import dataclasses
     import sys
 
-    from train.config import get_preset
+    from embedder.errors import FaceSearchError
+    from train.config import TrainConfig, get_preset
     from train.fit import train
 
-    overrides = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "seed": seed}.items() if v is not None}
+    if resume is not None and out is not None and Path(out).resolve() != Path(resume).resolve():
+        raise FaceSearchError(f"--resume continues the run in '{resume}'; drop --out '{out}' (or make it the same)")
+    if resume is None and out is None:
+        raise FaceSearchError("pass --out RUN_DIR for a new run, or --resume RUN_DIR to continue one")
+    overrides = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "seed": seed,
+                                   "val_fraction": val_fraction}.items() if v is not None}
     if input_size is not None:
         overrides["input_height"], overrides["input_width"] = _parse_size(input_size)
-    config = dataclasses.replace(get_preset(preset), **overrides)
+    base = TrainConfig.load(resume) if resume is not None else get_preset(preset)
+    config = dataclasses.replace(base, **overrides)
     # Keras draws its progress bar on stdout; stdout is for results (and --json) only.
     with contextlib.redirect_stdout(sys.stderr):
-        return train(data, out, config).to_dict()
+        result = train(data, resume if resume is not None else out, config, list_file=list_file,
+                       resume=resume is not None, init_weights=init_weights)
+    return result.to_dict()
+
+
+def run_prepare(data: Path, out: Path, *, list_file: Path | None, val_fraction: float, seed: int,
+                progress: bool) -> dict:
+    """Write per-identity TFRecord shards of a folder or list-file dataset; returns a summary."""
+    from cli.progress import PhaseProgress
+    from train.data import scan_folder
+    from train.listfile import parse_list_file
+    from train.shards import write_shards
+
+    dataset = scan_folder(data) if list_file is None else parse_list_file(list_file, data)
+    with PhaseProgress(enabled=progress) as bar:
+        shards = write_shards(dataset, out, val_fraction=val_fraction, seed=seed, progress=bar)
+    return {"out_dir": str(Path(out).resolve()), "num_shards": len(shards.files), "num_classes": shards.num_classes,
+            "num_train": int(shards.counts.sum()), "num_val": shards.num_val, "skipped": list(shards.skipped)}
 
 
 def run_export(checkpoint: Path, out: Path, *, onnx: bool, savedmodel: bool, fuse_prelu: bool = False) -> dict:

@@ -168,7 +168,7 @@ def read_image(path: tf.Tensor, config: TrainConfig) -> tf.Tensor:
     return (image - 127.5) / 128.0
 
 
-def make_train_dataset(data: FolderDataset, config: TrainConfig) -> tf.data.Dataset:
+def make_train_dataset(data: FolderDataset, config: TrainConfig, skip_batches: int = 0) -> tf.data.Dataset:
     """Endless shuffled, flipped batches of `({"image", "label"}, one-hot label)` for the train view.
 
     Unreadable images are skipped with a TensorFlow warning (`fit.train` drops them up front with
@@ -178,6 +178,8 @@ def make_train_dataset(data: FolderDataset, config: TrainConfig) -> tf.data.Data
     Args:
         data: the training images.
         config: input size, batch size, flip and seed.
+        skip_batches: start this many batches into the stream (a resumed run picks up where the
+            interrupted one stopped); the skipped images are not read.
 
     Returns:
         Dataset of `({"image": (b, H, W, 3) float32, "label": (b, C) float32}, (b, C) float32)`;
@@ -188,7 +190,8 @@ def make_train_dataset(data: FolderDataset, config: TrainConfig) -> tf.data.Data
     ds = ds.shuffle(len(data.paths), seed=config.seed, reshuffle_each_iteration=True).repeat()
     # One stateless seed per element: flips are reproducible however the map is parallelised.
     seeds = tf.data.Dataset.random(seed=config.seed, rerandomize_each_iteration=True).batch(2)
-    ds = tf.data.Dataset.zip(ds, seeds)
+    # Skipped before the map: only paths and seeds are drawn, no image is decoded.
+    ds = tf.data.Dataset.zip(ds, seeds).skip(skip_batches * config.batch_size)
 
     def load(item, seed):
         path, label = item

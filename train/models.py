@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,8 @@ LOGITS_LAYER = "arcface"
 PROBABILITIES_LAYER = "probabilities"
 MODEL_FILE = "model.keras"
 CHECKPOINT_DIR = "checkpoints"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -124,3 +127,40 @@ def _resolve_checkpoint(path: Path) -> Path:
             "is it a folder made by `facesearch train`?"
         )
     raise ModelSpecError(f"no model at '{path}': pass a .keras file or a training run folder")
+
+
+def transfer_weights(target: keras.Model, source: keras.Model) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Copy weights layer by layer, matched by layer name, skipping layers whose shapes differ.
+
+    Used to start training from a pretrained model (`--init-weights`): e.g. a backbone trained
+    with another number of classes loads every layer but the ArcFace head.
+
+    Args:
+        target: the model to fill in place.
+        source: a model with (some of) the same layer names.
+
+    Returns:
+        `(loaded, skipped)`: names of the target's layers with weights that were copied, and of
+        those left as they were (absent from `source`, or with different weight shapes).
+    """
+    by_name = {layer.name: layer for layer in source.layers}
+    loaded, skipped = [], []
+    for layer in target.layers:
+        weights = layer.get_weights()
+        if not weights:
+            continue
+        match = by_name.get(layer.name)
+        if match is None:
+            skipped.append(layer.name)
+            log.info("init weights: layer '%s' is not in the source model; left as built", layer.name)
+            continue
+        source_weights = match.get_weights()
+        shapes, source_shapes = [w.shape for w in weights], [w.shape for w in source_weights]
+        if shapes != source_shapes:
+            skipped.append(layer.name)
+            log.info("init weights: layer '%s' has shapes %s here, %s in the source; left as built",
+                     layer.name, shapes, source_shapes)
+            continue
+        layer.set_weights(source_weights)
+        loaded.append(layer.name)
+    return tuple(loaded), tuple(skipped)
