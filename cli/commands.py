@@ -6,6 +6,7 @@ Each one imports what it needs when called: TensorFlow only in train/export.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from embedder.errors import ModelSpecError
@@ -127,14 +128,63 @@ def run_detect(image: Path, *, out: Path | None, crops: Path | None, model: Path
     return answer
 
 
+@dataclass(frozen=True)
+class TrainOptions:
+    """`facesearch train` flags that override config fields; None leaves the preset's (or the resumed run's)."""
+
+    val_fraction: float | None = None
+    val_pairs: Path | None = None
+    val_root: Path | None = None
+    lr_schedule: str | None = None
+    lr_steps: str | None = None
+    lr_factor: float | None = None
+    checkpoint_every: int | None = None
+    checkpoint_unit: str | None = None
+    keep_checkpoints: int | None = None
+    mixed_precision: str | None = None
+    cache: bool | None = None
+    cache_file: Path | None = None
+
+    def overrides(self) -> dict:
+        """The `TrainConfig` fields these flags set (paths made absolute: a resume may run elsewhere)."""
+        from embedder.errors import FaceSearchError
+
+        if self.cache and self.cache_file is not None:
+            raise FaceSearchError("pass --cache (in memory) or --cache-file PATH, not both")
+        fields = {"val_fraction": self.val_fraction, "lr_schedule": self.lr_schedule, "lr_factor": self.lr_factor,
+                  "checkpoint_every": self.checkpoint_every, "checkpoint_unit": self.checkpoint_unit,
+                  "keep_checkpoints": self.keep_checkpoints, "mixed_precision": self.mixed_precision}
+        if self.val_pairs is not None or self.val_root is not None:
+            if self.val_pairs is None or self.val_root is None:
+                raise FaceSearchError("--val-pairs FILE and --val-root DIR go together: pass both")
+            fields["val_pair_file"] = str(self.val_pairs.resolve())
+            fields["val_image_root"] = str(self.val_root.resolve())
+        if self.lr_steps is not None:
+            fields["lr_steps"] = _parse_epochs(self.lr_steps)
+        if self.cache is not None:
+            fields["cache"] = "memory" if self.cache else ""
+        if self.cache_file is not None:
+            fields["cache"] = str(self.cache_file.resolve())
+        return {k: v for k, v in fields.items() if v is not None}
+
+
+def _parse_epochs(text: str) -> tuple[int, ...]:
+    from embedder.errors import FaceSearchError
+
+    try:
+        return tuple(int(part) for part in text.replace(" ", "").split(",") if part)
+    except ValueError:
+        raise FaceSearchError(f"--lr-steps takes comma-separated epoch numbers such as 8,14; got '{text}'") from None
+
+
 def run_train(data: Path, out: Path | None, *, preset: str, epochs: int | None, batch_size: int | None,
               input_size: str | None, seed: int | None, list_file: Path | None = None,
               resume: Path | None = None, init_weights: Path | None = None,
-              val_fraction: float | None = None) -> dict:
-    """Train a preset on a folder or list-file dataset, with CLI flags overriding the preset.
+              options: TrainOptions = TrainOptions()) -> dict:
+    """Train a preset on a folder, list-file or shard dataset, with CLI flags overriding the preset.
 
     With `resume`, the run folder's own config.json is the base instead of the preset; flags
-    that change anything but `epochs` are refused by `train.fit.train`.
+    that change what `train.config.RESUMABLE_FIELDS` does not list are refused by `train.fit.train`.
     """
     import contextlib
     import dataclasses
@@ -148,8 +198,8 @@ def run_train(data: Path, out: Path | None, *, preset: str, epochs: int | None, 
         raise FaceSearchError(f"--resume continues the run in '{resume}'; drop --out '{out}' (or make it the same)")
     if resume is None and out is None:
         raise FaceSearchError("pass --out RUN_DIR for a new run, or --resume RUN_DIR to continue one")
-    overrides = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "seed": seed,
-                                   "val_fraction": val_fraction}.items() if v is not None}
+    overrides = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "seed": seed}.items() if v is not None}
+    overrides.update(options.overrides())
     if input_size is not None:
         overrides["input_height"], overrides["input_width"] = _parse_size(input_size)
     base = TrainConfig.load(resume) if resume is not None else get_preset(preset)

@@ -66,15 +66,31 @@ def train(
     batch_size: Annotated[Optional[int], typer.Option(help="Batch size (default from the preset).")] = None,
     input_size: Annotated[Optional[str], typer.Option(help="HxW model input: 112x96 or 112x112.")] = None,
     val_fraction: Annotated[Optional[float], typer.Option(help="Share of each identity held out for pair verification, seeded (default from the preset; the seed used 0.05).")] = None,
+    val_pairs: Annotated[Optional[Path], typer.Option("--val-pairs", help="LFW-format pair file (pairs.txt, pairsDevTest.txt) to verify at each epoch end instead of held-out images; needs --val-root.")] = None,
+    val_root: Annotated[Optional[Path], typer.Option("--val-root", help="Aligned crops of the --val-pairs images: DIR/<name>/<name>_0001.jpg|png.")] = None,
+    lr_schedule: Annotated[Optional[str], typer.Option("--lr-schedule", help="plateau: cut the rate by --lr-factor when val_pair_acc stalls; step: cut it at each of --lr-steps (default plateau).")] = None,
+    lr_steps: Annotated[Optional[str], typer.Option("--lr-steps", help="Epochs after which the step schedule cuts the rate, e.g. 8,14.")] = None,
+    lr_factor: Annotated[Optional[float], typer.Option("--lr-factor", help="Multiplier of each cut (default 0.1).")] = None,
+    checkpoint_every: Annotated[Optional[int], typer.Option("--checkpoint-every", min=1, help="Save a resumable checkpoint every N --checkpoint-unit (default 1 epoch).")] = None,
+    checkpoint_unit: Annotated[Optional[str], typer.Option("--checkpoint-unit", help="epochs or steps (optimizer steps, i.e. batches).")] = None,
+    keep_checkpoints: Annotated[Optional[int], typer.Option("--keep-checkpoints", min=0, help="Keep only the latest K checkpoints (default 0: keep all).")] = None,
+    mixed_precision: Annotated[Optional[str], typer.Option("--mixed-precision", help="auto (on when TensorFlow sees a GPU), on or off: float16 backbone, float32 head, loss and weights.")] = None,
+    cache: Annotated[Optional[bool], typer.Option("--cache/--no-cache", help="Keep the decoded, resized training images in memory after the first epoch (folder and list input).")] = None,
+    cache_file: Annotated[Optional[Path], typer.Option("--cache-file", help="Keep them in this file instead (reused by later runs: delete it when the data changes).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
     json_out: JsonOpt = False,
 ):
-    """Train MobileFaceNet + ArcFace on a folder of aligned face crops, or on a list file."""
-    from cli.commands import run_train
+    """Train MobileFaceNet + ArcFace on a folder of aligned face crops, a list file or shards."""
+    from cli.commands import TrainOptions, run_train
 
+    options = TrainOptions(val_fraction=val_fraction, val_pairs=val_pairs, val_root=val_root,
+                           lr_schedule=lr_schedule, lr_steps=lr_steps, lr_factor=lr_factor,
+                           checkpoint_every=checkpoint_every, checkpoint_unit=checkpoint_unit,
+                           keep_checkpoints=keep_checkpoints, mixed_precision=mixed_precision,
+                           cache=cache, cache_file=cache_file)
     result = run_train(data, out, preset=preset, epochs=epochs, batch_size=batch_size,
                        input_size=input_size, seed=seed, list_file=list_file, resume=resume,
-                       init_weights=init_weights, val_fraction=val_fraction)
+                       init_weights=init_weights, options=options)
     if json_out:
         _print_json(result)
     else:

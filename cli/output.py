@@ -64,13 +64,17 @@ def format_train(result: dict) -> str:
     """Render a training run's summary and the command that comes next."""
     lines = [f"trained on {result['num_train_images']} images of {result['num_classes']} identities "
              f"in {result['seconds']:.0f} s"]
-    if result.get("initial_epoch"):
-        lines.append(f"resumed after epoch {result['initial_epoch']}; optimizer step {result['optimizer_steps']}")
+    if result.get("initial_step"):
+        lines.append(f"resumed after epoch {result['initial_epoch']} (batch {result['initial_step']} of the stream); "
+                     f"optimizer step {result['optimizer_steps']}")
+    if result.get("mixed_precision"):
+        lines.append("mixed precision: float16 backbone, float32 head, loss and weights")
     if result.get("loaded_layers") or result.get("skipped_layers"):
         lines.append(f"init weights: {len(result['loaded_layers'])} layers loaded; left as built: "
                      f"{', '.join(result['skipped_layers']) or 'none'}")
     if result.get("val_pair_acc") is not None:
-        lines.append(f"pair verification on held-out images: {result['initial_val_pair_acc']:.3f} untrained -> "
+        lines.append(f"pair verification on {result.get('val_pairs_from', 'held-out images')}: "
+                     f"{result['initial_val_pair_acc']:.3f} untrained -> "
                      f"{result['val_pair_acc']:.3f} (threshold {result['val_pair_threshold']:.3f})")
     lines.append(f"checkpoint: {result['model_path']}")
     lines.append(f"next: facesearch export {result['out_dir']} --out MODEL_DIR")

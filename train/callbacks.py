@@ -1,4 +1,4 @@
-"""Keras callbacks around the pure metrics: pair verification on held-out images."""
+"""Keras callbacks around the pure metrics: pair verification on held-out images; the step learning-rate schedule."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from train.config import TrainConfig
 from train.metrics import VerificationReport, pair_scores, verify_pairs
 from train.models import embedding_view
 
@@ -18,18 +19,19 @@ class PairVerification(keras.callbacks.Callback):
     folds), `val_pair_threshold` the best single threshold on all the pairs, `val_pair_auc` the
     ROC AUC. They go into the epoch logs, so callbacks after this one in the list (CSVLogger,
     TensorBoard, ReduceLROnPlateau, History) see them. `initial_accuracy` holds the untrained
-    k-fold accuracy, measured at train begin; `report` the last full report.
+    k-fold accuracy, measured at the first train begin; `report` the last full report.
 
     Args:
         images: dataset of `(b, H, W, 3)` float32 batches, in a fixed order, no augmentation.
         pairs: `(p, 2)` int indices into the images, in dataset order.
         same: `(p,)` bool, True where the pair shows one label.
         embedding_model: the image -> embedding view; by default truncated from the trained model.
-        folds: folds of the k-fold accuracy (LFW's protocol uses 10).
+        folds: folds of the k-fold accuracy (LFW's protocol uses 10), or `(p,)` int fold ids
+            (those of a `pairs.txt`).
     """
 
     def __init__(self, images: tf.data.Dataset, pairs: np.ndarray, same: np.ndarray,
-                 embedding_model: keras.Model | None = None, folds: int = 10):
+                 embedding_model: keras.Model | None = None, folds: int | np.ndarray = 10):
         super().__init__()
         self.images = images
         self.pairs = np.asarray(pairs)
@@ -48,7 +50,8 @@ class PairVerification(keras.callbacks.Callback):
         return self.report
 
     def on_train_begin(self, logs=None):
-        self.initial_accuracy = self.evaluate().accuracy
+        if self.initial_accuracy is None:  # a resume in mid-epoch calls fit twice
+            self.initial_accuracy = self.evaluate().accuracy
 
     def on_epoch_end(self, epoch, logs=None):
         report = self.evaluate()
@@ -56,3 +59,20 @@ class PairVerification(keras.callbacks.Callback):
             logs["val_pair_acc"] = report.accuracy
             logs["val_pair_threshold"] = report.threshold
             logs["val_pair_auc"] = report.auc
+
+
+def step_learning_rate(epoch: int, config: TrainConfig) -> float:
+    """The step schedule: `learning_rate * lr_factor ** k` in epoch `epoch` (0-based), k = boundaries <= epoch.
+
+    With `lr_steps = (8, 14)` epochs 0-7 train at the base rate, 8-13 at `lr_factor` times it, 14 on at
+    `lr_factor ** 2` times it.
+    """
+    return config.learning_rate * config.lr_factor ** sum(1 for boundary in config.lr_steps if boundary <= epoch)
+
+
+def learning_rate_callback(config: TrainConfig, monitor: str, mode: str) -> keras.callbacks.Callback:
+    """The learning-rate callback of `config.lr_schedule`; both log `learning_rate` each epoch."""
+    if config.lr_schedule == "step":
+        return keras.callbacks.LearningRateScheduler(lambda epoch, lr: step_learning_rate(epoch, config))
+    return keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=mode, factor=config.lr_factor,
+                                             patience=config.lr_patience, min_lr=config.min_learning_rate)

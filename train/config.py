@@ -32,6 +32,14 @@ TINY_BOTTLENECKS: tuple[tuple[int, int, int, int], ...] = (
     (2, 32, 1, 2),
 )
 
+LR_SCHEDULES = ("plateau", "step")
+CHECKPOINT_UNITS = ("epochs", "steps")
+PRECISIONS = ("auto", "on", "off")
+# Fields a resumed run may change: they say how long to train, how to checkpoint, what to measure
+# and how to feed the data, not what the model is or which batches it sees.
+RESUMABLE_FIELDS = frozenset({"epochs", "checkpoint_every", "checkpoint_unit", "keep_checkpoints", "mixed_precision",
+                              "cache", "val_pair_file", "val_image_root"})
+
 _TEMPLATES = {(112, 96): "sphereface-112x96", (112, 112): "arcface-112x112"}
 
 
@@ -64,18 +72,35 @@ class TrainConfig:
     weight_decay: float = 4e-5
     # The paper uses 4e-4 for the layers after the global operator (embedding conv, classifier).
     head_weight_decay: float = 4e-4
+    # Learning rate: "plateau" multiplies it by lr_factor after lr_patience epochs without a better
+    # val_pair_acc (loss without pairs); "step" multiplies it by lr_factor at each epoch in lr_steps.
+    lr_schedule: str = "plateau"
+    lr_steps: tuple[int, ...] = ()
     lr_factor: float = 0.1
     lr_patience: int = 2
     min_learning_rate: float = 1e-5
     # Held-out images for the pair-verification callback.
     val_fraction: float = 0.1
     val_pairs: int = 1000
+    # Or an LFW-format pair file over aligned crops under val_image_root ("" = the held-out images).
+    val_pair_file: str = ""
+    val_image_root: str = ""
     flip: bool = True
     seed: int = 0
+    # Checkpoints (optimizer state included) every checkpoint_every epochs or optimizer steps;
+    # keep_checkpoints > 0 deletes all but the latest that many.
+    checkpoint_every: int = 1
+    checkpoint_unit: str = "epochs"
+    keep_checkpoints: int = 0
+    # "auto": mixed_float16 when TensorFlow sees a GPU; "on" / "off" force it.
+    mixed_precision: str = "auto"
+    # Decoded, resized training images kept after the first epoch: "" no, "memory", or a file path.
+    cache: str = ""
 
     def __post_init__(self) -> None:
         # JSON gives lists; keep the table hashable and comparable.
         object.__setattr__(self, "bottlenecks", tuple(tuple(int(v) for v in row) for row in self.bottlenecks))
+        object.__setattr__(self, "lr_steps", tuple(int(v) for v in self.lr_steps))
         _validate(self)
 
     @property
@@ -97,11 +122,12 @@ class TrainConfig:
         """JSON-ready dict of every field (the bottleneck table as lists)."""
         d = dataclasses.asdict(self)
         d["bottlenecks"] = [list(row) for row in self.bottlenecks]
+        d["lr_steps"] = list(self.lr_steps)
         return d
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "config") -> TrainConfig:
-        """Build a config from JSON data.
+        """Build a config from JSON data; keys it lacks (a config.json of an older version) take their defaults.
 
         Raises:
             ModelSpecError: `d` is not an object, has unknown keys or invalid values.
@@ -177,6 +203,26 @@ def _validate(c: TrainConfig) -> None:
         raise ModelSpecError("weight decays must be >= 0 and momentum in [0, 1)")
     if not 0.0 <= c.val_fraction < 1.0:
         raise ModelSpecError(f"val_fraction must be in [0, 1), got {c.val_fraction!r}")
+    _validate_schedule(c)
+    if bool(c.val_pair_file) != bool(c.val_image_root):
+        raise ModelSpecError("val_pair_file and val_image_root go together: pass --val-pairs FILE with --val-root DIR")
+
+
+def _validate_schedule(c: TrainConfig) -> None:
+    choices = {"lr_schedule": LR_SCHEDULES, "checkpoint_unit": CHECKPOINT_UNITS, "mixed_precision": PRECISIONS}
+    for field_name, allowed in choices.items():
+        if getattr(c, field_name) not in allowed:
+            raise ModelSpecError(f"{field_name} must be one of {', '.join(allowed)}, got {getattr(c, field_name)!r}")
+    if any(b < 1 for b in c.lr_steps) or list(c.lr_steps) != sorted(set(c.lr_steps)):
+        raise ModelSpecError(f"lr_steps must be increasing epoch numbers >= 1 (e.g. 8,14), got {list(c.lr_steps)}")
+    if c.lr_schedule == "step" and not c.lr_steps:
+        raise ModelSpecError("lr_schedule 'step' needs lr_steps, the epochs at which the rate drops "
+                             "(e.g. --lr-steps 8,14)")
+    if not 0.0 < c.lr_factor < 1.0:
+        raise ModelSpecError(f"lr_factor must be in (0, 1), got {c.lr_factor!r}")
+    if not isinstance(c.checkpoint_every, int) or c.checkpoint_every < 1 or c.keep_checkpoints < 0:
+        raise ModelSpecError(f"checkpoint_every must be >= 1 and keep_checkpoints >= 0 (0 keeps all), got "
+                             f"{c.checkpoint_every!r} and {c.keep_checkpoints!r}")
 
 
 PRESETS: dict[str, TrainConfig] = {

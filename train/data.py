@@ -175,11 +175,17 @@ def make_train_dataset(data: FolderDataset, config: TrainConfig, skip_batches: i
     `find_unreadable`, so this is a backstop). Shuffling and flips are seeded
     by `config.seed` and differ from epoch to epoch.
 
+    With `config.cache` ("memory" or a file path), images are decoded and resized once, in file
+    order, and cached before the shuffle and the flips (which must differ from epoch to epoch).
+    The stream is the same as without the cache: the shuffle draws its permutation from the seed
+    and the element count alone. The shuffle buffer then holds decoded images: a whole epoch,
+    `H * W * 3 * 4` bytes each (129 KB at 112x96), on top of a memory cache.
+
     Args:
         data: the training images.
-        config: input size, batch size, flip and seed.
+        config: input size, batch size, flip, seed and cache.
         skip_batches: start this many batches into the stream (a resumed run picks up where the
-            interrupted one stopped); the skipped images are not read.
+            interrupted one stopped); without a cache, the skipped images are not read.
 
     Returns:
         Dataset of `({"image": (b, H, W, 3) float32, "label": (b, C) float32}, (b, C) float32)`;
@@ -187,6 +193,9 @@ def make_train_dataset(data: FolderDataset, config: TrainConfig, skip_batches: i
     """
     depth = data.num_classes
     ds = tf.data.Dataset.from_tensor_slices((list(data.paths), data.labels))
+    if config.cache:
+        ds = ds.map(lambda path, label: (read_image(path, config), label), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.ignore_errors(log_warning=True).cache("" if config.cache == "memory" else config.cache)
     ds = ds.shuffle(len(data.paths), seed=config.seed, reshuffle_each_iteration=True).repeat()
     # One stateless seed per element: flips are reproducible however the map is parallelised.
     seeds = tf.data.Dataset.random(seed=config.seed, rerandomize_each_iteration=True).batch(2)
@@ -194,8 +203,8 @@ def make_train_dataset(data: FolderDataset, config: TrainConfig, skip_batches: i
     ds = tf.data.Dataset.zip(ds, seeds).skip(skip_batches * config.batch_size)
 
     def load(item, seed):
-        path, label = item
-        image = read_image(path, config)
+        source, label = item
+        image = source if config.cache else read_image(source, config)
         if config.flip:
             image = tf.image.stateless_random_flip_left_right(image, seed)
         one_hot = tf.one_hot(label, depth, dtype=tf.float32)

@@ -116,3 +116,37 @@ def _number(text: str) -> int:
     if value < 1:
         raise ValueError(text)
     return value
+
+
+# Extensions tried for each image of a pair file, in this order (LFW ships .jpg; aligned crops are often .png).
+PAIR_IMAGE_SUFFIXES = (".jpg", ".png", ".jpeg")
+
+
+def locate_images(pair_list: PairList, root: str | os.PathLike) -> list[str]:
+    """The file of each image of a pair list under `root` (`root/<name>/<name>_<nnnn>.jpg|png|jpeg`).
+
+    Args:
+        pair_list: from `read_pairs`.
+        root: the folder of per-person image folders.
+
+    Returns:
+        One path per `pair_list.images` entry, in the same order.
+
+    Raises:
+        DatasetError: `root` is not a folder, or some images are missing (the message names a few).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"pair image folder '{root}' does not exist; expected <root>/<name>/<name>_0001.jpg|png")
+    found, missing = [], []
+    for relative in pair_list.images:
+        stem = str(root / relative.removesuffix(".jpg"))  # a suffix of its own: names hold dots (A.J._Cook)
+        path = next((stem + s for s in PAIR_IMAGE_SUFFIXES if os.path.isfile(stem + s)), None)
+        found.append(path)
+        if path is None:
+            missing.append(relative)
+    if missing:
+        raise DatasetError(f"{len(missing)} of {len(found)} pair images are missing under '{root}', e.g. "
+                           f"{', '.join(missing[:3])} (tried {'/'.join(PAIR_IMAGE_SUFFIXES)}): "
+                           "pass the folder of aligned crops laid out as LFW is")
+    return found

@@ -116,7 +116,8 @@ def gdc(x, embedding_size: int, name: str, *, weight_decay: float = 0.0, head_we
     x = depthwise_block(x, tuple(x.shape[1:3]), 1, f"{name}_gdc", padding="valid", linear=True,
                         weight_decay=weight_decay)
     x = conv_block(x, embedding_size, 1, 1, f"{name}_linear", linear=True, weight_decay=head_weight_decay)
-    return layers.Flatten(name=EMBEDDING_LAYER)(x)
+    # float32 under any policy: a mixed-precision backbone still hands float32 embeddings on.
+    return layers.Flatten(name=EMBEDDING_LAYER, dtype="float32")(x)
 
 
 def mobilefacenet(image, config: TrainConfig):

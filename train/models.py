@@ -11,6 +11,7 @@ import keras
 
 from embedder.errors import ModelSpecError
 from train.arcface import ArcFace
+from train.checkpoints import CHECKPOINT_DIR, latest_checkpoint
 from train.config import TrainConfig
 from train.mobilefacenet import EMBEDDING_LAYER, IMAGE_INPUT, mobilefacenet, weight_decay_regularizer
 
@@ -18,7 +19,6 @@ LABEL_INPUT = "label"
 LOGITS_LAYER = "arcface"
 PROBABILITIES_LAYER = "probabilities"
 MODEL_FILE = "model.keras"
-CHECKPOINT_DIR = "checkpoints"
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +56,14 @@ def build_views(config: TrainConfig, num_classes: int) -> Views:
     image = keras.Input((config.input_height, config.input_width, 3), dtype="float32", name=IMAGE_INPUT)
     label = keras.Input((num_classes,), dtype="float32", name=LABEL_INPUT)
     embedding = mobilefacenet(image, config)
+    # float32 whatever the global policy: under mixed_float16 the backbone computes in float16, but
+    # cos(theta + m) near 1, the scaled logits, the softmax and the loss need float32's range and precision.
     head = ArcFace(num_classes, scale=config.arcface_scale, margin=config.arcface_margin,
-                   kernel_regularizer=weight_decay_regularizer(config.head_weight_decay), name=LOGITS_LAYER)
+                   kernel_regularizer=weight_decay_regularizer(config.head_weight_decay), name=LOGITS_LAYER,
+                   dtype="float32")
     logits = head([embedding, label])
     # The loss still sees the logits: Keras' cross-entropy reads them back from a Softmax output.
-    probabilities = keras.layers.Softmax(name=PROBABILITIES_LAYER)(logits)
+    probabilities = keras.layers.Softmax(name=PROBABILITIES_LAYER, dtype="float32")(logits)
     train_model = keras.Model({IMAGE_INPUT: image, LABEL_INPUT: label}, probabilities, name=f"{config.name}_arcface")
     return Views(train_model=train_model, embedding_model=keras.Model(image, embedding, name=config.name))
 
@@ -91,12 +94,17 @@ def embedding_view(model: keras.Model) -> keras.Model:
     return keras.Model(image, embedding, name=f"{model.name}_embedding")
 
 
-def load_checkpoint(path: str | os.PathLike) -> keras.Model:
+def load_checkpoint(path: str | os.PathLike, *, as_saved: bool = False) -> keras.Model:
     """Load a training or embedding model saved by `train.fit`.
 
+    A model trained under mixed precision (float16 compute) comes back as a float32 copy with the
+    same weights, uncompiled: inference and export always compute in float32.
+
     Args:
-        path: a `.keras` file, or a run folder: its `model.keras`, else its latest
-            `checkpoints/epoch-NNN.keras` (a run that was interrupted).
+        path: a `.keras` file, or a run folder: its `model.keras`, else its latest checkpoint
+            (`checkpoints/epoch-NNN[-batch-NNNNNN].keras`, a run that was interrupted).
+        as_saved: load a mixed-precision model as it was saved, compiled with its loss-scaled
+            optimizer (to resume it); call it under `train.precision.precision_policy(True)`.
 
     Returns:
         The loaded (compiled, if it was saved compiled) Keras model.
@@ -104,11 +112,30 @@ def load_checkpoint(path: str | os.PathLike) -> keras.Model:
     Raises:
         ModelSpecError: nothing to load at `path`, or the file is not a loadable Keras model.
     """
+    from train.precision import is_mixed_checkpoint, precision_policy
+
     file = _resolve_checkpoint(Path(path))
+    mixed = is_mixed_checkpoint(file)
     try:
-        return keras.saving.load_model(file, custom_objects={"ArcFace": ArcFace})
+        if as_saved or not mixed:
+            return keras.saving.load_model(file, custom_objects={"ArcFace": ArcFace})
+        with precision_policy(False):
+            return float32_copy(keras.saving.load_model(file, custom_objects={"ArcFace": ArcFace}, compile=False))
     except (OSError, ValueError, TypeError, KeyError) as e:
         raise ModelSpecError(f"cannot load Keras model '{file}': {e}") from e
+
+
+def float32_copy(model: keras.Model) -> keras.Model:
+    """The same functional model and weights with every layer computing in float32 (uncompiled)."""
+
+    def clone(layer):
+        config = layer.get_config()
+        config["dtype"] = "float32"
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def _resolve_checkpoint(path: Path) -> Path:
@@ -119,9 +146,9 @@ def _resolve_checkpoint(path: Path) -> Path:
     if path.is_dir():
         if (path / MODEL_FILE).is_file():
             return path / MODEL_FILE
-        checkpoints = sorted((path / CHECKPOINT_DIR).glob("epoch-*.keras"))
-        if checkpoints:
-            return checkpoints[-1]
+        latest = latest_checkpoint(path)
+        if latest:
+            return latest[1]
         raise ModelSpecError(
             f"run folder '{path}' holds no {MODEL_FILE} and no {CHECKPOINT_DIR}/epoch-*.keras; "
             "is it a folder made by `facesearch train`?"

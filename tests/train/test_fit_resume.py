@@ -2,6 +2,7 @@
 
 import csv
 import dataclasses
+import shutil
 
 import keras
 import numpy as np
@@ -77,3 +78,30 @@ def test_init_weights_by_layer_name_skips_a_mismatched_head(small_data, tmp_path
     with pytest.raises(ModelSpecError, match="cannot take --init-weights"):
         train(small_data, tmp_path / "run", CONFIG, resume=True, init_weights=tmp_path / "pretrained.keras",
               verbose=0)
+
+
+def test_resume_from_a_mid_epoch_step_checkpoint_matches_an_uninterrupted_run(small_data, tmp_path):
+    # 24 images, batch 8: 3 steps an epoch; a checkpoint every 2 steps falls mid-epoch at steps 2 and 4.
+    steps = dataclasses.replace(CONFIG, checkpoint_every=2, checkpoint_unit="steps")
+    straight = train(small_data, tmp_path / "straight", steps, verbose=0)
+    assert straight.optimizer_steps == 6
+    assert sorted(p.name for p in (tmp_path / "straight" / "checkpoints").iterdir()) == [
+        "epoch-000-batch-000002.keras", "epoch-001-batch-000001.keras", "epoch-002.keras"]
+
+    # As if killed after step 2: only its checkpoint is left. Resume there, finish epoch 1 (1 batch), train epoch 2.
+    shutil.copytree(tmp_path / "straight", tmp_path / "run")
+    for name in ("model.keras", "checkpoints/epoch-001-batch-000001.keras", "checkpoints/epoch-002.keras"):
+        (tmp_path / "run" / name).unlink()
+    resumed = train(small_data, tmp_path / "run", dataclasses.replace(steps, keep_checkpoints=2), resume=True,
+                    verbose=0)
+    assert (resumed.initial_epoch, resumed.initial_step, resumed.optimizer_steps) == (0, 2, 6)
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == [
+        "epoch-001-batch-000001.keras", "epoch-002.keras"]  # keep_checkpoints=2 deleted step 2's
+    with open(tmp_path / "run" / "log.csv") as f:  # the rows of the redone epochs are replaced, not repeated
+        assert [row["epoch"] for row in csv.DictReader(f)] == ["0", "1"]
+    for a, b in zip(load_checkpoint(tmp_path / "run").get_weights(),
+                    load_checkpoint(tmp_path / "straight").get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    # The step checkpoint itself holds the optimizer state of step 4.
+    assert int(load_checkpoint(tmp_path / "run" / "checkpoints" / "epoch-001-batch-000001.keras")
+               .optimizer.iterations) == 4

@@ -77,3 +77,21 @@ def test_real_pairs_txt_follows_the_protocol():
     np.testing.assert_array_equal(stratified_folds(pl.same, 10), pl.folds)
     images = find_images_dir(LFW)
     assert all((images / p).is_file() for p in pl.images)
+
+
+def test_locate_images_accepts_jpg_and_png_and_names_the_missing(tmp_path):
+    from train.lfw import locate_images
+
+    (tmp_path / "dev.txt").write_text("1\nA.J._Cook 1 2\nA.J._Cook 1 Bob 1\n")
+    pl = read_pairs(tmp_path / "dev.txt")
+    for relative in ("A.J._Cook/A.J._Cook_0001.jpg", "A.J._Cook/A.J._Cook_0002.png", "Bob/Bob_0001.png"):
+        (tmp_path / "crops" / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "crops" / relative).write_bytes(b"")
+    assert locate_images(pl, tmp_path / "crops") == [
+        str(tmp_path / "crops" / p) for p in ("A.J._Cook/A.J._Cook_0001.jpg", "A.J._Cook/A.J._Cook_0002.png",
+                                              "Bob/Bob_0001.png")]
+    (tmp_path / "crops" / "Bob" / "Bob_0001.png").unlink()
+    with pytest.raises(DatasetError, match=r"1 of 3 pair images are missing .* Bob/Bob_0001.jpg"):
+        locate_images(pl, tmp_path / "crops")
+    with pytest.raises(DatasetError, match="does not exist"):
+        locate_images(pl, tmp_path / "nowhere")

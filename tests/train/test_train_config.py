@@ -77,3 +77,29 @@ def test_light_modules_do_not_import_tensorflow():
     code = ("import sys, train, train.config, train.metrics, train.synthetic; "
             "sys.exit('tensorflow' in sys.modules or 'keras' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_config_of_an_older_version_loads_with_the_new_fields_defaulted(tmp_path):
+    new_fields = {"lr_schedule", "lr_steps", "val_pair_file", "val_image_root", "checkpoint_every",
+                  "checkpoint_unit", "keep_checkpoints", "mixed_precision", "cache"}
+    old = {k: v for k, v in PRESETS["tiny"].to_dict().items() if k not in new_fields}
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    loaded = TrainConfig.load(tmp_path)
+    assert loaded == PRESETS["tiny"]
+    assert (loaded.lr_schedule, loaded.checkpoint_unit, loaded.mixed_precision, loaded.cache) == (
+        "plateau", "epochs", "auto", "")
+
+
+def test_new_fields_round_trip_and_are_checked(tmp_path):
+    config = dataclasses.replace(PRESETS["tiny"], lr_schedule="step", lr_steps=(8, 14), checkpoint_every=500,
+                                 checkpoint_unit="steps", keep_checkpoints=3, mixed_precision="on", cache="memory")
+    assert TrainConfig.load(config.save(tmp_path / "config.json")) == config
+    assert json.loads((tmp_path / "config.json").read_text())["lr_steps"] == [8, 14]
+    for bad, message in [({"lr_schedule": "step"}, "needs lr_steps"),
+                         ({"lr_steps": (14, 8)}, "increasing epoch numbers"),
+                         ({"checkpoint_unit": "minutes"}, "checkpoint_unit must be one of epochs, steps"),
+                         ({"mixed_precision": "yes"}, "mixed_precision must be one of auto, on, off"),
+                         ({"checkpoint_every": 0}, "checkpoint_every must be >= 1"),
+                         ({"val_pair_file": "pairs.txt"}, "go together")]:
+        with pytest.raises(ModelSpecError, match=message):
+            dataclasses.replace(PRESETS["tiny"], **bad)
