@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from embedder.align import AlignmentTemplate, align_face
+from embedder.align import AlignmentTemplate
 from embedder.atomic import atomic_path
 from embedder.detect import Detection
 
@@ -43,9 +43,11 @@ def draw_detections(image: np.ndarray, detections: Sequence[Detection], out: str
 def write_crops(image: np.ndarray, detections: Sequence[Detection], template: AlignmentTemplate,
                 folder: str | os.PathLike, stem: str = "face") -> list[Path]:
     """Write each face aligned to `template` as `folder/<stem>_<n>.png` (n from 1, best score first)."""
+    from embedder.runtime import crop_face  # the crop the model sees (dlib's own chip for dlib-150)
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    return [_save(Image.fromarray(align_face(image, d.landmarks, template)), folder / f"{stem}_{n}.png")
+    return [_save(Image.fromarray(crop_face(image, d.landmarks, template)), folder / f"{stem}_{n}.png")
             for n, d in enumerate(detections, 1)]
 
 

@@ -2,10 +2,11 @@
 
 dlib cuts the chip from its 5-point landmarks (eye corners and nose base) with 25% padding
 (`get_face_chip_details` + `extract_image_chip`, dlib/image_transforms/interpolation.h).
-`extract_dlib_chip` reproduces it, for measurements against dlib. At run time facesearch's own
-detector gives other points (eye centres, nose tip, mouth corners): the template `dlib-150`
-(`embedder.align.DLIB_150`, fitted with this module by benchmarks/dlib_template.py) places them
-in dlib's chip frame, so that `embedder.align.align_face` cuts the chip this model was trained on.
+`extract_dlib_chip` reproduces it. At run time facesearch's own detector gives other points (eye
+centres, nose tip, mouth corners); for this model the Embedder finds dlib's points with the ported
+predictor (embedder.dlib_landmarks) and cuts the chip here. The template `dlib-150`
+(`embedder.align.DLIB_150`, fitted with this module by benchmarks/dlib_template.py) places MTCNN's
+points in dlib's chip frame, for `embedder.align.align_face`.
 Imports no TensorFlow and no dlib.
 """
 
@@ -74,9 +75,12 @@ def extract_dlib_chip(image: np.ndarray, landmarks: np.ndarray, size: int = CHIP
     inside = (left >= 0) & (top >= 0) & (left + 1 < w) & (top + 1 < h)
     left, top = np.where(inside, left, 0), np.where(inside, top, 0)
     fx, fy = (px - left)[..., None], (py - top)[..., None]
-    img = image.astype(np.float64)
-    value = ((1 - fy) * ((1 - fx) * img[top, left] + fx * img[top, left + 1])
-             + fy * ((1 - fx) * img[top + 1, left] + fx * img[top + 1, left + 1]))
+
+    def at(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:  # gather first: never the whole photo in float
+        return image[rows, cols].astype(np.float64)
+
+    value = ((1 - fy) * ((1 - fx) * at(top, left) + fx * at(top, left + 1))
+             + fy * ((1 - fx) * at(top + 1, left) + fx * at(top + 1, left + 1)))
     chip = np.clip(value, 0, 255).astype(np.uint8)
     chip[~inside] = 0
     return chip
