@@ -113,6 +113,16 @@ class Embedder:
         self._detector_lock = threading.Lock()
 
     @property
+    def crop_method(self) -> str:
+        """How this embedder turns a photo into crops; an index records it, since vectors made
+        one way are not comparable with vectors made another, even by the same model."""
+        if self.template is None:
+            return "whole-photo-resize"
+        if self.template.name == DLIB_150.name:
+            return f"dlib-5-point-chip/{DLIB_150.name}"  # crop_face: dlib's predictor and chip
+        return f"mtcnn-5-point/{self.template.name}"
+
+    @property
     def input_size(self) -> tuple[int, int]:
         """(height, width) the model takes."""
         return self.card.input_height, self.card.input_width

@@ -60,7 +60,7 @@ class BuildReport:
     identities: int = 0
     generation: int = 0
     written: bool = False  # False when nothing changed and the index was left as it was
-    rebuilt: bool = False  # True when previous contents were discarded (rebuild, new face policy)
+    rebuilt: bool = False  # True when previous contents were discarded (rebuild, new face policy or crop method)
     seconds: dict[str, float] = field(default_factory=lambda: {"scan": 0.0, "embed": 0.0, "save": 0.0})
     images_per_second: float = 0.0  # photos read + embedded per second in the embed phase
 
@@ -133,7 +133,8 @@ def build_index(source_dir: str | os.PathLike, index_dir: str | os.PathLike, emb
     scan = scan_folder(source_dir)
     report = BuildReport(str(scan.root), str(index_dir), total_files=len(scan.files), ignored=scan.ignored)
     with build_lock(index_dir):
-        prev = _load_previous(index_dir, embedder.card, rebuild=rebuild, faces=faces, report=report)
+        prev = _load_previous(index_dir, embedder.card, rebuild=rebuild, settings=_settings(embedder, faces),
+                              report=report)
         try:
             return _update(scan.root, scan.files, index_dir, embedder, prev, report, start, batch_size=batch_size,
                            strict=strict, faces=faces, workers=workers, progress=progress)
@@ -278,14 +279,19 @@ def _save(index_dir: Path, root: Path, embedder: EmbedderLike, prev: _Previous, 
         generation=generation, vectors_file=vectors_name, metadata_file=metadata_name, dim=card.embedding_size,
         count=int(vectors.ntotal), photos=n_photos, identities=n_identities, next_id=next_id, model_card=card,
         model_dir=str(Path(embedder.model_dir).expanduser().resolve()), source_dir=str(root),
-        build={"faces": faces}, index_type=DEFAULT_INDEX_TYPE,
+        build=_settings(embedder, faces), index_type=DEFAULT_INDEX_TYPE,
         created=prev.manifest.created if prev.manifest is not None and not report.rebuilt else utc_now())
     commit(index_dir, manifest)
     report.generation, report.written = generation, True
     report.vectors, report.photos, report.identities = manifest.count, n_photos, n_identities
 
 
-def _load_previous(index_dir: Path, card: ModelCard, *, rebuild: bool, faces: str,
+def _settings(embedder: EmbedderLike, faces: str) -> dict:
+    """The build settings a manifest records: a change in any of them changes every photo's vectors."""
+    return {"faces": faces, "crops": embedder.crop_method}
+
+
+def _load_previous(index_dir: Path, card: ModelCard, *, rebuild: bool, settings: dict,
                    report: BuildReport) -> _Previous:
     if not (index_dir / MANIFEST_FILE).exists():
         return _Previous(last_generation=_last_generation_on_disk(index_dir))
@@ -297,7 +303,9 @@ def _load_previous(index_dir: Path, card: ModelCard, *, rebuild: bool, faces: st
         if not rebuild:
             m.check_model(card, what="build", fix="pass --rebuild to replace the index, or build with the "
                                                   f"model it was made with ({m.model_dir})")
-        if rebuild or m.build.get("faces", "largest") != faces:  # a new face policy changes every photo
+        # A new face policy or crop method (e.g. --aligned, or a facesearch that aligns differently)
+        # changes every photo: embed them all again. Indexes from before "crops" was recorded too.
+        if rebuild or {"faces": "largest"} | m.build != settings:
             report.rebuilt = True
             return fresh
         gallery = GalleryIndex.open(index_dir)

@@ -29,6 +29,7 @@ class EmbedderLike(Protocol):
 
     card: ModelCard
     model_dir: Path
+    crop_method: str  # how photos become crops; a change means every photo is embedded again
 
     def faces(self, path: str | os.PathLike) -> list[FaceCropLike]:
         """Face crops found in one photo (0..n); raises `ImageReadError` if it cannot be read."""

@@ -13,25 +13,26 @@ from embedder.runtime import Embedder
 H, W, D = 8, 6, 5
 
 
-def _write_linear_model(folder, weights, channel_order="RGB"):
-    """A model that flattens the normalised image and multiplies by `weights` ((H*W*3, D))."""
+def _write_linear_model(folder, weights, channel_order="RGB", size=(H, W), template="none"):
+    """A model that flattens the normalised image and multiplies by `weights` ((h*w*3, D))."""
+    h, w = size
     graph = helper.make_graph(
         [
             helper.make_node("Reshape", ["image", "flat_shape"], ["flat"]),
             helper.make_node("MatMul", ["flat", "w"], ["embedding"]),
         ],
         "linear",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", H, W, 3])],
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", h, w, 3])],
         [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", D])],
-        [numpy_helper.from_array(np.array([-1, H * W * 3], np.int64), "flat_shape"),
+        [numpy_helper.from_array(np.array([-1, h * w * 3], np.int64), "flat_shape"),
          numpy_helper.from_array(weights, "w")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     folder.mkdir(parents=True, exist_ok=True)
     onnx.save(model, folder / "model.onnx")
-    card = ModelCard(name="linear-test", input_height=H, input_width=W, embedding_size=D,
-                     alignment_template="none", channel_order=channel_order,
+    card = ModelCard(name="linear-test", input_height=h, input_width=w, embedding_size=D,
+                     alignment_template=template, channel_order=channel_order,
                      onnx_sha256=sha256_file(folder / "model.onnx"))
     card.save(folder)
     return card
@@ -54,6 +55,18 @@ def _reference(crops, weights, bgr=False):
         x = x[..., ::-1]
     y = ((x - 127.5) / 128.0).reshape(len(crops), -1) @ weights
     return y / np.linalg.norm(y, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize(("template", "size", "aligned", "method"), [
+    ("none", (H, W), None, "whole-photo-resize"),
+    ("sphereface-112x96", (112, 96), None, "mtcnn-5-point/sphereface-112x96"),
+    ("sphereface-112x96", (112, 96), True, "whole-photo-resize"),
+    ("dlib-150", (150, 150), None, "dlib-5-point-chip/dlib-150"),
+])
+def test_crop_method_names_how_photos_become_crops(tmp_path, template, size, aligned, method):
+    weights = np.zeros((size[0] * size[1] * 3, D), np.float32)
+    _write_linear_model(tmp_path / "m", weights, size=size, template=template)
+    assert Embedder(tmp_path / "m", aligned=aligned).crop_method == method
 
 
 @pytest.mark.parametrize("batch_size", [1, 4, 32])

@@ -29,10 +29,12 @@ class PixelEmbedder:
     embed(): a seeded random projection of the pixels, L2-normalised. Counts its calls."""
 
     def __init__(self, model_dir: Path, name: str = "fake-pixels", dim: int = 16, seed: int = 0,
-                 boxes: dict[str, list[tuple[float, float, float, float]]] | None = None, onnx_sha256: str = ""):
+                 boxes: dict[str, list[tuple[float, float, float, float]]] | None = None, onnx_sha256: str = "",
+                 crop_method: str = "fake-resize"):
         self.card = ModelCard(name=name, input_height=SIZE, input_width=SIZE, embedding_size=dim,
                               alignment_template="none", onnx_sha256=onnx_sha256)
         self.model_dir = Path(model_dir)
+        self.crop_method = crop_method
         self.boxes = boxes or {}
         self._proj = np.random.default_rng(seed).standard_normal((SIZE * SIZE * 3, dim)).astype(np.float32)
         self._lock = threading.Lock()

@@ -172,6 +172,24 @@ def test_no_face_and_multi_face_photos(tmp_path, model_dir, rng):
         assert g.manifest.next_id == 6 and min(r.id for r in recs) == 2  # ids are never reused
 
 
+def test_a_new_crop_method_embeds_every_photo_again(tmp_path, gallery, model_dir):
+    build_index(gallery, tmp_path / "idx", PixelEmbedder(model_dir, crop_method="old-alignment"))
+    same = PixelEmbedder(model_dir, crop_method="old-alignment")
+    assert not build_index(gallery, tmp_path / "idx", same).written and same.embedded == 0
+
+    changed = PixelEmbedder(model_dir, crop_method="new-alignment")
+    report = build_index(gallery, tmp_path / "idx", changed)
+    assert report.rebuilt and changed.embedded == 9 and report.vectors == 9
+    assert json.loads((tmp_path / "idx" / "manifest.json").read_text())["build"]["crops"] == "new-alignment"
+
+    # An index from before the crop method was recorded cannot vouch for its vectors either.
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    del manifest["build"]["crops"]
+    (tmp_path / "idx" / "manifest.json").write_text(json.dumps(manifest))
+    again = PixelEmbedder(model_dir, crop_method="new-alignment")
+    assert build_index(gallery, tmp_path / "idx", again).rebuilt and again.embedded == 9
+
+
 def test_progress_has_known_totals(tmp_path, gallery, model_dir):
     calls = []
     build_index(gallery, tmp_path / "idx", PixelEmbedder(model_dir), batch_size=4,
@@ -203,7 +221,7 @@ def test_manifest_records_model_and_settings(tmp_path, gallery, embedder, model_
     assert m["model_dir"] == str(model_dir.resolve()) and m["source_dir"] == str(gallery.resolve())
     assert m["model_card"] == embedder.card.to_dict() and m["dim"] == 16
     assert m["counts"] == {"vectors": 9, "photos": 9, "identities": 3} and m["next_id"] == 9
-    assert m["build"] == {"faces": "largest"} and m["index_type"] == "IDMap2,Flat"
+    assert m["build"] == {"faces": "largest", "crops": "fake-resize"} and m["index_type"] == "IDMap2,Flat"
     assert json.loads((tmp_path / "idx" / "model_card.json").read_text()) == embedder.card.to_dict()
     with GalleryIndex.open(tmp_path / "idx") as g:
         assert (g.model_dir, g.source_dir, g.card) == (model_dir.resolve(), gallery.resolve(), embedder.card)
