@@ -1,6 +1,7 @@
 """Training throughput on this CPU: the tf.data input pipeline alone vs the training step alone.
 
     python benchmarks/train_throughput.py [--preset mobilefacenet] [--batch 64] [--steps 10]
+                                          [--mixed-precision off|on|both]
 
 The input pipeline must deliver images faster than the training step consumes them, or the
 step waits on it. Both are timed apart, in images per second:
@@ -9,6 +10,9 @@ step waits on it. Both are timed apart, in images per second:
   and `shards.make_shard_train_dataset` on the same images as per-identity TFRecords;
 - step: `train_model.fit` on one batch held in memory (forward, ArcFace loss, backward, SGD),
   so no input cost is counted.
+
+On a GPU, `--mixed-precision both` times the step in float32 and under `mixed_float16` (the
+policy `facesearch train --mixed-precision on` uses), one after the other in the same process.
 
 Data is generated (`train.synthetic`, 112x96 PNGs) unless `--data` names a folder. Each figure is
 the median of `--runs` timed passes after a warm-up pass (which pays tracing and Keras' compile).
@@ -67,12 +71,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--identities", type=int, default=40, help="generated identities (without --data)")
     parser.add_argument("--per-identity", type=int, default=16)
     parser.add_argument("--data", type=Path, default=None, help="a folder DATA/<identity>/*.png to read instead")
+    parser.add_argument("--mixed-precision", choices=("off", "on", "both"), default="off",
+                        help="time the training step in float32, under mixed_float16, or both")
     args = parser.parse_args(argv)
 
     from train.config import get_preset
     from train.data import make_train_dataset, scan_folder
     from train.fit import compile_model
     from train.models import build_views
+    from train.precision import precision_policy
     from train.shards import load_shards, make_shard_train_dataset, write_shards
     from train.synthetic import make_synthetic_faces
 
@@ -93,18 +100,23 @@ def main(argv: list[str] | None = None) -> int:
             "input, folder of PNGs": pipeline_rates(folder_ds, args.batches, args.batch, args.runs),
             "input, TFRecord shards": pipeline_rates(shard_ds, args.batches, args.batch, args.runs),
         }
-        model = build_views(config, data.num_classes).train_model
-        compile_model(model, config)
-        rates["training step (no input)"] = step_rates(model, next(iter(folder_ds)), args.steps, args.batch,
-                                                       args.runs)
+        batch = next(iter(folder_ds))
+        steps = {"off": [False], "on": [True], "both": [False, True]}[args.mixed_precision]
+        for mixed in steps:
+            with precision_policy(mixed):  # layers take the policy when built; compile adds loss scaling
+                model = build_views(config, data.num_classes).train_model
+                compile_model(model, config)
+                name = "training step, mixed" if mixed else "training step (no input)"
+                rates[name] = step_rates(model, batch, args.steps, args.batch, args.runs)
 
     median = {k: statistics.median(v) for k, v in rates.items()}
-    step = median["training step (no input)"]
+    step_name = "training step (no input)" if "training step (no input)" in rates else "training step, mixed"
+    step = median[step_name]
     print(f"{config.name} {config.input_height}x{config.input_width}, batch {args.batch}, "
           f"{data.num_classes} classes, {len(data.paths)} images, TF {tf.__version__}, "
-          f"{os.cpu_count()} CPUs, median of {args.runs} runs")
+          f"{os.cpu_count()} CPUs, GPUs: {len(tf.config.list_physical_devices('GPU'))}, median of {args.runs} runs")
     for k, v in rates.items():
-        ratio = "" if v is rates["training step (no input)"] else f"   {median[k] / step:5.1f}x the step"
+        ratio = "" if k == step_name else f"   {median[k] / step:5.1f}x the step"
         print(f"  {k:26s} {median[k]:8.1f} img/s   (runs: {', '.join(f'{r:.1f}' for r in v)}){ratio}")
     return 0
 
