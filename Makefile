@@ -8,16 +8,21 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PHOTOS ?= $(wildcard ../shared/lfw/images_deepfunneled)
 
-.PHONY: demo test test-all clean
+.PHONY: demo test test-all lint clean
 
 demo: $(VENV)/.installed
 	$(BIN)/facesearch demo --workdir .demo $(if $(PHOTOS),--photos "$(PHOTOS)")
 
-test: $(VENV)/.installed
+# The house rules first (import layers, style: seconds), then the tests.
+test: lint
 	$(BIN)/pytest
 
-test-all: $(VENV)/.installed
+test-all: lint
 	$(BIN)/pytest -m ""
+
+lint: $(VENV)/.installed
+	$(BIN)/lint-imports
+	$(BIN)/ruff check .
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -34,13 +34,12 @@ def _untrained_mobilefacenet(folder: Path) -> Path:
 
     keras.utils.set_random_seed(0)
     views = build_views(get_preset("mobilefacenet"), num_classes=100)
-    views.train_model.save(folder / "mfn.keras")
-    export_model(folder / "mfn.keras", folder / "model", savedmodel=False)
+    export_model(views.embedding_model, folder / "model", savedmodel=False)
     return folder / "model"
 
 
 def _gallery(photos: Path, limit: int, folder: Path) -> int:
-    from embedder.images import IMAGE_EXTENSIONS
+    from embedder.core.constants import IMAGE_EXTENSIONS
 
     files = sorted(p for p in photos.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)[:limit]
     for p in files:
@@ -70,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         embedder = Embedder(model, aligned=True if args.aligned else None)
         paths = sorted((tmp / "gallery").rglob("*.*"))
         ours, baseline = [], []
-        for run in range(args.runs):
+        for _run in range(args.runs):
             shutil.rmtree(tmp / "index", ignore_errors=True)
             start = time.perf_counter()
             report = build_index(tmp / "gallery", tmp / "index", embedder, batch_size=args.batch_size)

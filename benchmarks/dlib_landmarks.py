@@ -1,7 +1,7 @@
 """Fit and measure the rectangle that lets dlib's 5-point predictor run on MTCNN's faces.
 
-dlib's predictor (ported in embedder.dlib_shape) was trained inside dlib's frontal-detector
-rectangles; facesearch finds faces with MTCNN. embedder.dlib_landmarks places dlib's rectangle from
+dlib's predictor (ported in embedder.dlib.shape_predictor) was trained inside dlib's frontal-detector
+rectangles; facesearch finds faces with MTCNN. embedder.dlib.landmarks places dlib's rectangle from
 MTCNN's 5 points; this script fits its constants and measures what the result is worth.
 
 Data: LFW photos drawn with a seeded generator (--seed, default 0), kept where dlib's frontal
@@ -40,7 +40,7 @@ def collect(files: list[Path], wanted: int) -> dict[str, np.ndarray]:
     import dlib
 
     from embedder.detect import Detector
-    from embedder.dlib_shape import find_shape_file
+    from embedder.dlib.shape_predictor import find_shape_file
     from embedder.images import read_image
 
     detect_dlib = dlib.get_frontal_face_detector()
@@ -96,9 +96,9 @@ def chip_grid_error(chip_to_photo: np.ndarray, reference: np.ndarray) -> float:
 def measure(data: dict[str, np.ndarray]) -> None:
     """Print rectangle, point and chip errors of the held-out faces (see the module docstring)."""
     from embedder.align import DLIB_150, similarity_transform
-    from embedder.dlib_chip import chip_to_image
-    from embedder.dlib_landmarks import dlib_rect
-    from embedder.dlib_shape import load_shape_predictor
+    from embedder.dlib.chip import chip_to_image
+    from embedder.dlib.landmarks import dlib_rect
+    from embedder.dlib.shape_predictor import load_shape_predictor
     from embedder.images import read_image
 
     predictor = load_shape_predictor()
@@ -157,7 +157,7 @@ def main() -> None:
     print("MTCNN_UNIT =", np.array2string(unit.round(4), separator=", "))
     print("RECT_CENTRE =", np.array2string(centre.round(4), separator=", "), " RECT_SIDE =", round(side, 4))
     if args.constants:
-        import embedder.dlib_landmarks as placed
+        import embedder.dlib.landmarks as placed
 
         placed.MTCNN_UNIT, placed.RECT_CENTRE, placed.RECT_SIDE = unit, centre, side
     measure(test_data)

@@ -24,11 +24,11 @@ import numpy as np
 def main() -> None:
     import dlib
 
-    from embedder.dlib_format import find_weights_file
-    from embedder.dlib_install import default_model_dir
+    from embedder.dlib.install import default_model_dir
+    from embedder.dlib.weights import find_weights_file
+    from embedder.evaluation.lfw import find_images_dir, read_pairs
+    from embedder.evaluation.metrics import pair_scores, verify_pairs
     from embedder.runtime import Embedder
-    from train.lfw import find_images_dir, read_pairs
-    from train.metrics import pair_scores, verify_pairs
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None, help="default: the installed dlib-resnet-v1")

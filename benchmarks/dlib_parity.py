@@ -1,7 +1,7 @@
 """dlib-resnet-v1 against dlib itself on real LFW faces: chip extraction, descriptors, speed.
 
 For N LFW photos with a face found by dlib's frontal detector and its 5-point predictor:
-1. chips: embedder.dlib_chip.extract_dlib_chip vs dlib.get_face_chip (largest grey-level difference);
+1. chips: embedder.dlib.chip.extract_dlib_chip vs dlib.get_face_chip (largest grey-level difference);
 2. parity: the installed ONNX model (through embedder.runtime.Embedder, as build-index runs it)
    vs dlib's compute_face_descriptor on the same dlib chips (minimum cosine);
 3. speed: embeddings per second on one batch of 64 chips, the ONNX model vs compute_face_descriptor
@@ -25,7 +25,7 @@ import numpy as np
 def _faces(n: int):
     import dlib
 
-    from embedder.dlib_format import find_weights_file
+    from embedder.dlib.weights import find_weights_file
 
     lfw = Path(os.environ.get("FACESEARCH_LFW", Path(__file__).resolve().parents[2] / "shared" / "lfw"))
     files = sorted((lfw / "images_deepfunneled").glob("*/*.jpg"))
@@ -49,10 +49,10 @@ def _rate(fn, chips) -> float:
 def main() -> None:
     import dlib
 
-    from embedder.dlib_chip import extract_dlib_chip
-    from embedder.dlib_format import find_weights_file
-    from embedder.dlib_install import default_model_dir
-    from embedder.export import row_cosines
+    from embedder.dlib.chip import extract_dlib_chip
+    from embedder.dlib.install import default_model_dir
+    from embedder.dlib.weights import find_weights_file
+    from embedder.export.exporter import row_cosines
     from embedder.runtime import Embedder
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -1,7 +1,7 @@
 """Fit the `dlib-150` alignment template: where facesearch's 5 landmarks sit in dlib's 150x150 chip.
 
 For each of N LFW photos: dlib's frontal detector and 5-point predictor give dlib's own chip
-transform (embedder.dlib_chip.chip_to_image, which reproduces dlib.get_face_chip exactly);
+transform (embedder.dlib.chip.chip_to_image, which reproduces dlib.get_face_chip exactly);
 facesearch's MTCNN detector (embedder.detect) gives eye centres, nose tip and mouth corners; those
 points, mapped into the chip by the inverse of dlib's transform, are averaged over the photos.
 The printed points go into embedder.align.DLIB_150. It also prints each point's inverse variance
@@ -29,7 +29,7 @@ import numpy as np
 
 def _chip_points(image: np.ndarray, dlib_landmarks: np.ndarray, mtcnn_landmarks: np.ndarray) -> np.ndarray:
     """MTCNN's 5 points in the frame of dlib's chip of this face, (5, 2)."""
-    from embedder.dlib_chip import chip_to_image
+    from embedder.dlib.chip import chip_to_image
 
     forward = np.linalg.inv(np.vstack([chip_to_image(dlib_landmarks), [0, 0, 1]]))[:2]
     return mtcnn_landmarks @ forward[:, :2].T + forward[:, 2]
@@ -39,7 +39,7 @@ def main() -> None:
     import dlib
 
     from embedder.detect import Detector
-    from embedder.dlib_format import find_weights_file
+    from embedder.dlib.weights import find_weights_file
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--faces", type=int, default=1000)
@@ -87,8 +87,8 @@ def main() -> None:
 def _check(pairs) -> None:
     """Descriptor cosine between dlib's chip and the dlib-150 chip (embedder.align.DLIB_150) of each face."""
     from embedder.align import DLIB_150, align_face
-    from embedder.dlib_install import default_model_dir
-    from embedder.export import row_cosines
+    from embedder.dlib.install import default_model_dir
+    from embedder.export.exporter import row_cosines
     from embedder.runtime import Embedder
 
     embedder = Embedder(default_model_dir(), aligned=True)

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
     args = parser.parse_args(argv)
 
-    from embedder.export import convert_to_onnx, parity_inputs
+    from embedder.export.exporter import convert_to_onnx, parity_inputs
     from train.config import get_preset
     from train.mobilefacenet import build_backbone
 

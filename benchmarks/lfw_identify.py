@@ -34,7 +34,7 @@ def lfw_people(lfw_dir: Path) -> list[tuple[str, int]]:
 
 def link_folders(lfw_dir: Path, work: Path, probes_per_person: int, impostors: int, seed: int) -> dict:
     """Fill WORK/gallery and WORK/probes with links to LFW photos; returns the counts."""
-    from train.lfw import find_images_dir, image_path
+    from embedder.evaluation.lfw import find_images_dir, image_path
 
     images = find_images_dir(lfw_dir)
     people = lfw_people(lfw_dir)

@@ -43,8 +43,8 @@ def align_people(lfw_dir: Path, people: list[tuple[str, int]], out: Path, templa
 
     from embedder.align import align_face, get_template
     from embedder.detect import Detector
+    from embedder.evaluation.lfw import find_images_dir, image_path
     from embedder.images import read_image
-    from train.lfw import find_images_dir, image_path
 
     images = find_images_dir(lfw_dir)
     template = get_template(template_name)

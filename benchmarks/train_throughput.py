@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from train.config import get_preset
-    from train.data import make_train_dataset, scan_folder
+    from train.data import make_train_dataset, scan_training_folder
     from train.fit import compile_model
     from train.models import build_views
     from train.precision import precision_policy
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             data_dir = Path(tmp) / "faces"
             make_synthetic_faces(data_dir, args.identities, args.per_identity,
                                  size=(config.input_height, config.input_width))
-        data = scan_folder(data_dir)
+        data = scan_training_folder(data_dir)
         write_shards(data, Path(tmp) / "shards", val_fraction=0.0)
         shards = load_shards(Path(tmp) / "shards")
 

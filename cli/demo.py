@@ -14,13 +14,26 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
+from typing import Annotated, Optional
 
-from embedder import DEFAULT_BATCH_SIZE
+import typer
+
+from cli.options import friendly_errors
+from embedder.core.constants import DEFAULT_BATCH_SIZE
 
 IDENTITIES = 20  # enrolled; the demo trains on them
 VISITORS = 2  # extra identities, never trained on or enrolled: they should be "unknown"
 TRAIN_PER_IDENTITY = 30
 GALLERY_PER_IDENTITY = 3
+
+
+@friendly_errors
+def demo(
+    workdir: Annotated[Path, typer.Option(help="Folder for the demo's data, model and index.")] = Path(".demo"),
+    photos: Annotated[Optional[Path], typer.Option(help="Real photos, DIR/<person>/<photo>.jpg: index a few of each person with the default model and query held-out ones.")] = None,
+):
+    """Run the main job end to end: on real photos (--photos) with the default model, else train on a generated face set."""
+    run_demo(workdir, photos)
 
 
 def _step(text: str) -> None:
@@ -56,49 +69,22 @@ def run_synthetic_demo(workdir: Path) -> dict:
         print(format_train(result.to_dict()), file=sys.stderr)
     if not (model_dir / "model_card.json").is_file():
         _step(f"exporting the embedding layer to {model_dir} (SavedModel + ONNX, parity checked)")
-        from cli.commands import run_export
         from cli.output import format_export
+        from cli.training import run_export
 
         print(format_export(run_export(run_dir, model_dir, onnx=True, savedmodel=True)), file=sys.stderr)
     _step(f"indexing {gallery} into {index_dir}")
-    from cli.commands import run_build_index
+    from cli.gallery import run_build_index
     from cli.output import format_build_report
 
     report = run_build_index(gallery, model=model_dir, index=index_dir, batch_size=DEFAULT_BATCH_SIZE, strict=False,
                              rebuild=False, progress=True, aligned=True)
     print(format_build_report(report), file=sys.stderr)
     _step(f"querying {probes}: held-out images of the enrolled identities, and {VISITORS} strangers")
-    return _query_probes(probes, index_dir, model_dir, enrolled=IDENTITIES)
-
-
-def _query_probes(probes: Path, index_dir: Path, model_dir: Path, enrolled: int) -> dict:
-    from embedder.runtime import Embedder
-    from index import GalleryIndex
-
-    embedder = Embedder(model_dir, aligned=True)
-    right = known_total = rejected = strangers = 0
-    with GalleryIndex.open(index_dir, embedder.card) as gallery:
-        paths = sorted(probes.glob("*/*.png"))
-        vectors = embedder.embed([embedder.faces(p)[0].image for p in paths])
-        for path, vector in zip(paths, vectors):
-            truth = path.parent.name
-            result = gallery.rank_identities(vector, k=3)
-            if int(truth.split("_")[1]) >= enrolled:
-                strangers += 1
-                rejected += result.verdict == "unknown"
-                note = "stranger, not enrolled"
-            else:
-                known_total += 1
-                right += result.verdict == truth
-                note = "right" if result.verdict == truth else f"WRONG, is {truth}"
-            print(f"{path.relative_to(probes)}  ->  {result.verdict:<8} best score {result.best.score:.3f}  ({note})")
-        threshold = result.threshold
-    print(f"\nidentified {right}/{known_total} held-out faces of enrolled people; "
-          f"{rejected}/{strangers} strangers answered 'unknown' at threshold {threshold:.2f} "
-          "(an uncalibrated default: see the README on thresholds)")
-    print(f"try it yourself: facesearch query {paths[0]} --index {index_dir}")
-    return {"identified": right, "enrolled_probes": known_total, "strangers_rejected": rejected,
-            "strangers": strangers}
+    pairs = [(p, p.parent.name if int(p.parent.name.split("_")[1]) < IDENTITIES else None)
+             for p in sorted(probes.glob("*/*.png"))]
+    return _query_probes(pairs, index_dir, model_dir, aligned=True,
+                         note="; an uncalibrated default: see the README on thresholds")
 
 
 PHOTO_PEOPLE = 20  # enrolled people: the first, by name, with at least 2 photos
@@ -110,10 +96,10 @@ def run_photo_demo(photos: Path, workdir: Path) -> dict:
     """Index real photos with the default model (or $FACESEARCH_MODEL) and query held-out ones."""
     import shutil
 
-    from cli.commands import run_build_index
+    from cli.gallery import run_build_index
     from cli.output import format_build_report
-    from embedder.errors import DatasetError
-    from embedder.images import IMAGE_EXTENSIONS
+    from embedder.core.constants import IMAGE_EXTENSIONS
+    from embedder.core.errors import DatasetError
 
     if not photos.is_dir():
         raise DatasetError(f"--photos '{photos}' is not a folder of <person>/<photo> images")
@@ -138,37 +124,45 @@ def run_photo_demo(photos: Path, workdir: Path) -> dict:
                              rebuild=True, progress=True)
     print(format_build_report(report), file=sys.stderr)
     _step(f"querying each person's held-out photo, and {len(strangers)} people who were never enrolled")
-    return _query_photos(probes, index_dir, Path(report["model_dir"]))
+    return _query_probes(probes, index_dir, Path(report["model_dir"]))
 
 
-def _query_photos(probes: list[tuple[Path, str | None]], index_dir: Path, model_dir: Path) -> dict:
+def _query_probes(probes: list[tuple[Path, str | None]], index_dir: Path, model_dir: Path, *, aligned: bool = False,
+                  note: str = "") -> dict:
+    """Query each probe's largest face; `truth` None marks a stranger, who should come back unknown."""
+    from embedder.core.errors import NoFaceFoundError
     from embedder.runtime import Embedder
     from index import GalleryIndex
+    from index.query import FaceSearcher
 
-    embedder = Embedder(model_dir)
-    threshold = embedder.card.default_threshold
+    embedder = Embedder(model_dir, aligned=aligned or None)
     right = rejected = no_face = 0
-    with GalleryIndex.open(index_dir, embedder.card) as gallery:
+    with GalleryIndex.open(index_dir) as gallery:
+        searcher = FaceSearcher(gallery, embedder)
+        threshold = searcher.threshold()
         for path, truth in probes:
-            found = embedder.faces(path)
-            if not found:
+            try:
+                face = searcher.answer_photo(path, k=3, faces="largest")["faces"][0]
+            except NoFaceFoundError:
                 no_face += 1
-                print(f"{path.name}  ->  no face found")
+                print(f"{_label(path)}  ->  no face found")
                 continue
-            face = max(found, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
-            result = gallery.rank_identities(embedder.embed([face.image])[0], k=3, threshold=threshold)
             if truth is None:
-                rejected += result.verdict == "unknown"
-                note = "never enrolled"
+                rejected += face["verdict"] == "unknown"
+                how = "never enrolled"
             else:
-                right += result.verdict == truth
-                note = "right" if result.verdict == truth else f"WRONG, is {truth}"
-            print(f"{path.name:<32} ->  {result.verdict:<26} best score {result.best.score:.3f}  ({note})")
+                right += face["verdict"] == truth
+                how = "right" if face["verdict"] == truth else f"WRONG, is {truth}"
+            print(f"{_label(path):<40} ->  {face['verdict']:<26} best score {face['matches'][0]['score']:.3f}  ({how})")
     known = sum(t is not None for _, t in probes)
     strangers = len(probes) - known
     print(f"\nidentified {right}/{known} held-out photos of enrolled people; {rejected}/{strangers} people "
-          f"never enrolled answered 'unknown' (model {embedder.card.name}, threshold {threshold:.3f}"
+          f"never enrolled answered 'unknown' (model {embedder.card.name}, threshold {threshold:.3f}{note}"
           f"{'' if not no_face else f'; {no_face} photo(s) without a face'})")
     print(f"try it yourself: facesearch query {probes[0][0]} --index {index_dir}")
     return {"identified": right, "enrolled_probes": known, "strangers_rejected": rejected,
             "strangers": strangers, "no_face": no_face}
+
+
+def _label(path: Path) -> str:
+    return f"{path.parent.name}/{path.name}"

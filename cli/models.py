@@ -1,30 +1,57 @@
-"""`facesearch models ...`: install and list the ready-made models (the default: dlib's ResNet)."""
+"""`facesearch models ...` (install and list the ready-made models) and which model a command uses."""
 
 from __future__ import annotations
 
-import functools
 import sys
 import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from cli.options import JsonOpt, detector_config, emit, friendly_errors
+from embedder.core.errors import ModelSpecError
+
 models_app = typer.Typer(help="Ready-made face models: install (convert once into the cache) and list.",
                          no_args_is_help=True)
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of text.")]
+
+def resolve_model(model: Path | None, recorded: Path | None = None) -> Path:
+    """The model folder to use: --model, else $FACESEARCH_MODEL, else the one an index recorded,
+    else the default model (dlib-resnet-v1), converted into the cache at first use.
+
+    Only that first-use conversion imports TensorFlow (the [train] extra); an installed default
+    model is found by reading its card (`embedder.dlib.models`).
+    """
+    from embedder.core.environment import model_from_environment
+    from embedder.dlib.models import MODEL_NAME, installed_model_dir
+
+    if model is not None:
+        return model
+    if (from_env := model_from_environment()) is not None:
+        return from_env
+    if recorded is not None:
+        if not recorded.is_dir():
+            raise ModelSpecError(f"the model this index was built with ('{recorded}') is gone: "
+                                 "pass --model with the same model, or rebuild the index")
+        return recorded
+    if (installed := installed_model_dir()) is not None:
+        return installed
+    from embedder.dlib.install import install_dlib_resnet
+
+    try:
+        return install_dlib_resnet(progress=stderr_progress())
+    except ModelSpecError as e:
+        raise ModelSpecError(f"no model given and the default model '{MODEL_NAME}' is not installed: {e}") from e
 
 
-def _friendly(command):
-    """cli.main's `Error: ...` + exit 1 handling, looked up at call time (cli.main imports this module)."""
+def embedder_for(model: Path | None, *, recorded: Path | None = None, aligned: bool = False,
+                 min_face_size: int | None = None, face_threshold: float | None = None):
+    """The `Embedder` a command uses: the resolved model, the detector options, aligned or not."""
+    from embedder.runtime import Embedder
 
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        from cli.main import _friendly_errors
-
-        return _friendly_errors(command)(*args, **kwargs)
-
-    return wrapper
+    return Embedder(resolve_model(model, recorded), aligned=aligned or None,
+                    detector=detector_config(min_face_size, face_threshold))
 
 
 def stderr_progress():
@@ -39,7 +66,7 @@ def stderr_progress():
 
 def run_models_list() -> dict:
     """The installable models and where each is installed (None when it is not)."""
-    from embedder.dlib_install import ALIASES, MODEL_NAME, installed_model_dir, model_dir
+    from embedder.dlib.models import ALIASES, MODEL_NAME, installed_model_dir, model_dir
 
     installed = installed_model_dir()
     return {"cache": str(model_dir().parent), "models": [
@@ -47,8 +74,24 @@ def run_models_list() -> dict:
          "installed": installed is not None, "model_dir": str(installed or model_dir())}]}
 
 
+def run_models_install(name: str, force: bool, progress: bool) -> dict:
+    """Convert model `name` into the cache (once, unless `force`); its card and parity."""
+    import dataclasses
+
+    from embedder.core.model_card import ModelCard
+    from embedder.dlib.install import install_dlib_resnet
+    from embedder.dlib.models import canonical_name, installed_model_dir
+    from embedder.export import ExportReport
+
+    canonical_name(name)
+    already = not force and installed_model_dir() is not None
+    folder = install_dlib_resnet(force=force, progress=stderr_progress() if progress else None)
+    return {"model_dir": str(folder), "converted": not already, "card": ModelCard.load(folder).to_dict(),
+            "parity": dataclasses.asdict(ExportReport.load(folder))}
+
+
 @models_app.command("install")
-@_friendly
+@friendly_errors
 def install(
     name: Annotated[str, typer.Argument(help="Model to install: dlib-resnet (dlib-resnet-v1).")] = "dlib-resnet",
     force: Annotated[bool, typer.Option(help="Convert again even if it is installed.")] = False,
@@ -58,42 +101,15 @@ def install(
 
     TensorFlow comes with facesearch's train extra; afterwards build-index and query need only the cache.
     """
-    import dataclasses
+    from cli.output import format_models_install
 
-    from embedder.dlib_install import canonical_name, install_dlib_resnet, installed_model_dir
-    from embedder.export import ExportReport
-    from embedder.model_card import ModelCard
-
-    canonical_name(name)
-    already = not force and installed_model_dir() is not None
-    folder = install_dlib_resnet(force=force, progress=None if json_out else stderr_progress())
-    result = {"model_dir": str(folder), "converted": not already, "card": ModelCard.load(folder).to_dict(),
-              "parity": dataclasses.asdict(ExportReport.load(folder))}
-    if json_out:
-        typer.echo(_json(result))
-        return
-    card, parity = result["card"], result["parity"]
-    typer.echo(f"{'already installed' if already else 'installed'} {card['name']} in {folder}\n"
-               f"input {card['input_height']}x{card['input_width']} {card['channel_order']}, "
-               f"{card['embedding_size']}-d, template {card['alignment_template']}\n"
-               f"onnx: min cosine vs Keras {parity['onnx_min_cosine']:.7f} over {parity['parity_samples']} inputs\n"
-               "next: facesearch build-index PHOTOS_DIR   (the default model needs no --model)")
+    emit(run_models_install(name, force, progress=not json_out), json_out, format_models_install)
 
 
 @models_app.command("list")
-@_friendly
+@friendly_errors
 def list_models(json_out: JsonOpt = False):
     """List the ready-made models and whether each is installed."""
-    result = run_models_list()
-    if json_out:
-        typer.echo(_json(result))
-        return
-    for m in result["models"]:
-        state = f"installed in {m['model_dir']}" if m["installed"] else "not installed (facesearch models install)"
-        typer.echo(f"{m['name']}{' (default)' if m['default'] else ''}: {state}")
+    from cli.output import format_models_list
 
-
-def _json(obj) -> str:
-    import json
-
-    return json.dumps(obj, indent=2, sort_keys=True)
+    emit(run_models_list(), json_out, format_models_list)

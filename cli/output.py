@@ -146,3 +146,32 @@ def format_eval_identify(result: dict) -> str:
         far = "n/a" if p["far"] != p["far"] else f"{p['far']:.4f}"  # NaN without impostors
         lines.append(f"open-set {at}: DIR {p['dir']:.4f}, false alarms {far} (threshold {p['threshold']:.4f})")
     return "\n".join(lines)
+
+
+def format_models_install(result: dict) -> str:
+    """Render `models install`: where the model went, its card, the parity its export proved."""
+    card, parity = result["card"], result["parity"]
+    return (f"{'installed' if result['converted'] else 'already installed'} {card['name']} in {result['model_dir']}\n"
+            f"input {card['input_height']}x{card['input_width']} {card['channel_order']}, "
+            f"{card['embedding_size']}-d, template {card['alignment_template']}\n"
+            f"onnx: min cosine vs Keras {parity['onnx_min_cosine']:.7f} over {parity['parity_samples']} inputs\n"
+            "next: facesearch build-index PHOTOS_DIR   (the default model needs no --model)")
+
+
+def format_models_list(result: dict) -> str:
+    """Render `models list`: one line per model, installed or not."""
+    lines = []
+    for m in result["models"]:
+        state = f"installed in {m['model_dir']}" if m["installed"] else "not installed (facesearch models install)"
+        lines.append(f"{m['name']}{' (default)' if m['default'] else ''}: {state}")
+    return "\n".join(lines)
+
+
+def format_prepare(result: dict) -> str:
+    """Render `prepare`: shards written, images skipped, the command that comes next."""
+    lines = [f"wrote {result['num_shards']} shards ({result['num_train']} images of {result['num_classes']} "
+             f"identities) and {result['num_val']} held-out images to {result['out_dir']}; "
+             f"skipped {len(result['skipped'])} unreadable"]
+    lines += [f"  unreadable: {path}" for path in result["skipped"][:10]]
+    lines.append(f"next: facesearch train {result['out_dir']} --out RUN_DIR")
+    return "\n".join(lines)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from embedder.atomic import atomic_path
+from embedder.core.atomic import atomic_path
 
 WIDTH, HEIGHT = 720, 540
 MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 70, 30, 50, 60
@@ -28,7 +28,7 @@ def write_roc_png(path: str | os.PathLike, far: np.ndarray, tar: np.ndarray, *, 
 
     Args:
         path: the PNG file to write.
-        far: `(u,)` false accept rates, non-decreasing (`train.metrics.roc_curve`).
+        far: `(u,)` false accept rates, non-decreasing (`embedder.evaluation.metrics.roc_curve`).
         tar: `(u,)` true accept rates.
         title: text above the plot.
         marks: `(far, tar, label)` operating points to mark.

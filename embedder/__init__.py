@@ -1,8 +1,7 @@
-"""Image -> aligned face crop -> L2-normalised vector; model export (Keras -> SavedModel / ONNX).
+"""Image -> aligned face crop -> L2-normalised vector, and model export (Keras -> SavedModel / ONNX).
 
-The runtime modules (images, runtime, model_card) import no TensorFlow; `embedder.export` does.
+Subpackages by idea (see README "How it fits together"): `core` (the shared leaf), `detect`
+(MTCNN), `dlib` (the default model's port), `export` (TensorFlow side), `evaluation` (metrics);
+`images`, `align`, `crop`, `runtime` and `pipeline` form the run-time path, which never imports
+TensorFlow, training or export code. This file imports nothing, so importing the leaf stays cheap.
 """
-
-# Images per ONNX Runtime call. On a 2-core CPU, batches of 16 embedded a MobileFaceNet gallery
-# faster than 32 or 64 (larger batches fall out of cache; benchmarks/build_index.py).
-DEFAULT_BATCH_SIZE = 16

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from embedder.errors import ModelSpecError
+from embedder.core.errors import ModelSpecError
 
 
 @dataclass(frozen=True)

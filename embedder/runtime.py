@@ -13,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from embedder import DEFAULT_BATCH_SIZE
-from embedder.align import DLIB_150, PREALIGNED, AlignmentTemplate, align_face, get_template
+from embedder.align import DLIB_150, PREALIGNED, AlignmentTemplate, get_template
+from embedder.core.constants import DEFAULT_BATCH_SIZE
+from embedder.core.errors import ModelSpecError
+from embedder.core.model_card import ModelCard, sha256_file
+from embedder.crop import crop_face
 from embedder.detect import Detector, DetectorConfig
-from embedder.errors import ModelSpecError
 from embedder.images import read_image, resize
-from embedder.model_card import ModelCard, sha256_file
 
 
 @dataclass(frozen=True)
@@ -38,28 +39,6 @@ class FaceCrop:
     box: tuple[float, float, float, float] | None = None
     score: float | None = None
     landmarks: np.ndarray | None = None
-
-
-def crop_face(image: np.ndarray, landmarks: np.ndarray, template: AlignmentTemplate) -> np.ndarray:
-    """The crop a model aligned to `template` takes, for one face MTCNN found.
-
-    For `dlib-150` (dlib's ResNet, the default model): dlib's own chip, cut from dlib's 5 points,
-    which the ported dlib predictor finds in the rectangle dlib's detector would have drawn
-    (embedder.dlib_landmarks); on LFW this beats fitting MTCNN's points to the template (README,
-    Measured). Other templates: the least-squares similarity of MTCNN's points onto the template.
-
-    Args:
-        image: (H, W, 3) uint8 RGB photo.
-        landmarks: (5, 2) MTCNN (x, y) (embedder.detect order).
-
-    Returns:
-        (template.height, template.width, 3) uint8 RGB.
-    """
-    if template.name == DLIB_150.name:
-        from embedder.dlib_landmarks import align_dlib_face
-
-        return align_dlib_face(image, landmarks)
-    return align_face(image, landmarks, template)
 
 
 class Embedder:

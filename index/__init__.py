@@ -9,17 +9,17 @@ Public API:
 Nothing here imports TensorFlow: this package is on the query path.
 """
 
+from embedder.pipeline import FACE_POLICIES
 from index.build import BuildReport, build_index
-from index.embedding import FACE_POLICIES
 from index.gallery import GalleryIndex
 from index.manifest import FORMAT_VERSION, Manifest, read_manifest
 from index.protocols import EmbedderLike, FaceCropLike, Progress
-from index.scan import IMAGE_EXTENSIONS, identity_of, scan_folder
+from index.scan import identity_of, scan_folder
 from index.search import UNKNOWN, IdentityMatch, QueryResult, rank_identities
 from index.store import FaceRecord, Photo
 
 __all__ = [
-    "FACE_POLICIES", "FORMAT_VERSION", "IMAGE_EXTENSIONS", "UNKNOWN", "BuildReport", "EmbedderLike",
+    "FACE_POLICIES", "FORMAT_VERSION", "UNKNOWN", "BuildReport", "EmbedderLike",
     "FaceCropLike", "FaceRecord", "GalleryIndex", "IdentityMatch", "Manifest", "Photo", "Progress",
     "QueryResult", "build_index", "identity_of", "rank_identities", "read_manifest", "scan_folder",
 ]

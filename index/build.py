@@ -17,10 +17,10 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from embedder import DEFAULT_BATCH_SIZE
-from embedder.errors import DatasetError, IndexFormatError
-from embedder.model_card import ModelCard, sha256_file
-from index.embedding import FACE_POLICIES, PhotoFaces, embed_photos
+from embedder.core.constants import DEFAULT_BATCH_SIZE, reader_threads
+from embedder.core.errors import DatasetError, IndexFormatError
+from embedder.core.model_card import ModelCard, sha256_file
+from embedder.pipeline import FACE_POLICIES, PhotoFaces, embed_photos
 from index.gallery import GalleryIndex
 from index.generation import build_lock, commit, generation_names, write_vectors
 from index.manifest import DEFAULT_INDEX_TYPE, MANIFEST_FILE, Manifest, read_manifest, utc_now
@@ -111,7 +111,7 @@ def build_index(source_dir: str | os.PathLike, index_dir: str | os.PathLike, emb
         strict: raise on the first unreadable photo instead of skipping it.
         rebuild: discard the existing index (even one built by another model or damaged).
         faces: "largest" keeps the largest face of each photo, "all" keeps every face.
-        workers: threads reading photos; default min(4, CPU count).
+        workers: threads reading photos; default `embedder.core.constants.reader_threads()`.
         progress: optional callback, see `index.protocols.Progress`.
 
     Returns:
@@ -208,18 +208,19 @@ def _embed(root: Path, to_embed: list[ScannedFile], embedder: EmbedderLike, prev
         if progress is not None:
             progress("embed", done, len(to_embed))
 
-    for batch in embed_photos(to_embed, root, embedder, batch_size=batch_size, policy=faces,
+    for batch in embed_photos([root / f.path for f in to_embed], embedder, batch_size=batch_size, policy=faces,
                               reusable=frozenset(reusable), workers=workers, on_batch=advance):
         for r in batch:
+            file = to_embed[r.position]
             if r.error is not None:
                 if strict:
                     raise r.error
-                report.skipped.append((r.file.path, r.error.reason))
+                report.skipped.append((file.path, r.error.reason))
                 continue
             if r.reuse:
                 _take_over(r, reusable[r.sha256], prev, old_faces)
                 report.reused += 1
-            if r.file.path in prev.photos:
+            if file.path in prev.photos:
                 report.updated += 1
             else:
                 report.added += 1
@@ -227,8 +228,8 @@ def _embed(root: Path, to_embed: list[ScannedFile], embedder: EmbedderLike, prev
             report.multi_face += r.n_faces > 1
             ids = np.arange(next_id, next_id + len(r.kept), dtype=np.int64)
             next_id += len(r.kept)
-            changes.put.append(_photo(r.file, r.sha256, r.n_faces))
-            changes.faces.extend((r.file.path, StoredFace(int(i), pos, box)) for i, (pos, box) in zip(ids, r.kept))
+            changes.put.append(_photo(file, r.sha256, r.n_faces))
+            changes.faces.extend((file.path, StoredFace(int(i), pos, box)) for i, (pos, box) in zip(ids, r.kept))
             if len(ids):
                 changes.vectors.add_with_ids(np.ascontiguousarray(r.vectors, dtype=np.float32), ids)
                 changes.added += len(ids)
@@ -333,7 +334,7 @@ def _hash_files(files: list[ScannedFile], root: Path, workers: int | None,
         return out
     if progress is not None:
         progress("hash", 0, len(files))
-    with ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(max_workers=workers or reader_threads()) as pool:
         for i, (f, sha) in enumerate(zip(files, pool.map(digest, files)), 1):
             out[f.path] = sha
             if progress is not None and (i % 64 == 0 or i == len(files)):

@@ -9,8 +9,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from embedder.errors import IndexFormatError, IndexMismatchError
-from embedder.model_card import ModelCard
+from embedder.core.errors import IndexFormatError, IndexMismatchError
+from embedder.core.model_card import ModelCard
 from index.manifest import Manifest, read_manifest, rebuild_hint
 from index.search import QueryResult, rank_identities
 from index.store import FaceRecord, MetadataStore

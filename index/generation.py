@@ -16,9 +16,9 @@ from pathlib import Path
 
 import faiss
 
-from embedder.atomic import atomic_write_json
-from embedder.errors import FaceSearchError
-from embedder.model_card import CARD_FILE
+from embedder.core.atomic import atomic_write_json
+from embedder.core.errors import FaceSearchError
+from embedder.core.model_card import CARD_FILE
 from index.manifest import MANIFEST_FILE, Manifest
 
 LOCK_FILE = ".lock"

@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-from embedder.errors import FaceSearchError, IndexFormatError, IndexMismatchError
-from embedder.model_card import ModelCard
+from embedder.core.errors import FaceSearchError, IndexFormatError, IndexMismatchError
+from embedder.core.model_card import ModelCard
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -23,7 +23,7 @@ DEFAULT_INDEX_TYPE = "IDMap2,Flat"
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def rebuild_hint(index_dir: str | os.PathLike, source_dir: str | None = None) -> str:

@@ -18,10 +18,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from embedder.errors import DatasetError
+from embedder.core.constants import IMAGE_EXTENSIONS
+from embedder.core.errors import DatasetError
 from index.store import Photo
-
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 
 
 @dataclass(frozen=True)

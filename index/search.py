@@ -8,7 +8,7 @@ from typing import Protocol
 
 import numpy as np
 
-from embedder.model_card import ModelCard
+from embedder.core.model_card import ModelCard
 from index.store import Box, FaceRecord
 
 UNKNOWN = "unknown"  # the verdict when no identity reaches the threshold

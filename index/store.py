@@ -10,7 +10,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from embedder.errors import IndexFormatError
+from embedder.core.constants import Box
+from embedder.core.errors import IndexFormatError
 
 SCHEMA_VERSION = 1  # PRAGMA user_version of the metadata file
 
@@ -38,7 +39,7 @@ CREATE VIEW records AS
 
 _CHUNK = 500  # ids per `IN (...)` query, under SQLite's bound-parameter limit
 
-Box = tuple[float, float, float, float]
+
 
 
 @dataclass(frozen=True)

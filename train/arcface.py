@@ -7,7 +7,7 @@ import math
 import keras
 from keras import ops
 
-from embedder.errors import ModelSpecError
+from embedder.core.errors import ModelSpecError
 
 
 @keras.saving.register_keras_serializable(package="facesearch")

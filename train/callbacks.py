@@ -6,15 +6,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from embedder.evaluation.metrics import VerificationReport, pair_scores, verify_pairs
 from train.config import TrainConfig
-from train.metrics import VerificationReport, pair_scores, verify_pairs
 from train.models import embedding_view
 
 
 class PairVerification(keras.callbacks.Callback):
     """At each epoch end, embed held-out images and log pair-verification figures.
 
-    The figures are `train.metrics.verify_pairs`, the function `facesearch eval lfw` reports:
+    The figures are `embedder.evaluation.metrics.verify_pairs`, the function `facesearch eval lfw` reports:
     `val_pair_acc` is the k-fold accuracy (threshold chosen on the other folds, `folds` stratified
     folds), `val_pair_threshold` the best single threshold on all the pairs, `val_pair_auc` the
     ROC AUC. They go into the epoch logs, so callbacks after this one in the list (CSVLogger,

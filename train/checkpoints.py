@@ -60,7 +60,7 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> tuple[Position, Path] | Non
 
 def save_model(model: keras.Model, path: Path) -> Path:
     """Save a `.keras` model atomically (a crash mid-save leaves no half-written checkpoint)."""
-    # Keras insists on a .keras suffix, so embedder.atomic's temp names do not fit; same idea.
+    # Keras insists on a .keras suffix, so embedder.core.atomic's temp names do not fit; same idea.
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
     try:
         model.save(tmp)

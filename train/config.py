@@ -9,8 +9,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from embedder.atomic import atomic_write_json
-from embedder.errors import ModelSpecError
+from embedder.core.atomic import atomic_write_json
+from embedder.core.constants import TEMPLATE_FOR_INPUT_SIZE
+from embedder.core.errors import ModelSpecError
 
 CONFIG_FILE = "config.json"
 
@@ -40,7 +41,6 @@ PRECISIONS = ("auto", "on", "off")
 RESUMABLE_FIELDS = frozenset({"epochs", "checkpoint_every", "checkpoint_unit", "keep_checkpoints", "mixed_precision",
                               "cache", "val_pair_file", "val_image_root"})
 
-_TEMPLATES = {(112, 96): "sphereface-112x96", (112, 112): "arcface-112x112"}
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,7 @@ class TrainConfig:
     @property
     def alignment_template(self) -> str:
         """Face alignment the input size implies: `sphereface-112x96`, `arcface-112x112` or `none`."""
-        return _TEMPLATES.get((self.input_height, self.input_width), "none")
+        return TEMPLATE_FOR_INPUT_SIZE.get((self.input_height, self.input_width), "none")
 
     def to_dict(self) -> dict:
         """JSON-ready dict of every field (the bottleneck table as lists)."""

@@ -11,13 +11,15 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from embedder.atomic import atomic_write_json
-from embedder.errors import DatasetError
+from embedder.core.atomic import atomic_write_json
+from embedder.core.constants import IMAGE_EXTENSIONS, PIXEL_MEAN, PIXEL_STD
+from embedder.core.errors import DatasetError
 from train.config import TrainConfig
 from train.mobilefacenet import IMAGE_INPUT
 from train.models import LABEL_INPUT
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+# The photo types TensorFlow's decode_image reads, out of those facesearch reads elsewhere.
+TRAINING_EXTENSIONS = tuple(sorted(IMAGE_EXTENSIONS & {".jpg", ".jpeg", ".png", ".bmp", ".gif"}))
 LABELS_FILE = "labels.json"
 
 
@@ -44,8 +46,8 @@ class FolderDataset:
         return FolderDataset(tuple(self.paths[i] for i in indices), self.labels[indices], self.class_names)
 
 
-def scan_folder(data_dir: str | os.PathLike) -> FolderDataset:
-    """List `data_dir/<class>/*.{jpg,jpeg,png}` with labels from the sorted class names.
+def scan_training_folder(data_dir: str | os.PathLike) -> FolderDataset:
+    """List `data_dir/<class>/*.{jpg,jpeg,png,bmp,gif}` with labels from the sorted class names.
 
     Hidden entries are ignored; a class folder with no images is left out (no empty classes).
 
@@ -67,14 +69,14 @@ def scan_folder(data_dir: str | os.PathLike) -> FolderDataset:
     paths, labels, names = [], [], []
     for folder in folders:
         images = sorted(p for p in folder.iterdir()
-                        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+                        if p.suffix.lower() in TRAINING_EXTENSIONS and not p.name.startswith("."))
         if images:
             paths += [str(p) for p in images]
             labels += [len(names)] * len(images)
             names.append(folder.name)
     if not paths:
         raise DatasetError(
-            f"dataset folder '{root}' has {len(folders)} identity folders but no images ({', '.join(IMAGE_SUFFIXES)})"
+            f"dataset folder '{root}' has {len(folders)} identity folders but no images ({', '.join(TRAINING_EXTENSIONS)})"
         )
     return FolderDataset(tuple(paths), np.asarray(labels, np.int32), tuple(names))
 
@@ -153,19 +155,25 @@ def _decode(path: tf.Tensor) -> tf.Tensor:
     return tf.io.decode_image(tf.io.read_file(path), channels=3, dtype=tf.uint8, expand_animations=False)
 
 
-def read_image(path: tf.Tensor, config: TrainConfig) -> tf.Tensor:
-    """Decode one image file and prepare it as model input.
+def decode_training_image(path: tf.Tensor, config: TrainConfig) -> tf.Tensor:
+    """Decode one image file and prepare it as model input (`prepare_image`).
 
     Args:
         path: scalar string tensor.
         config: gives the model input size.
+    """
+    return prepare_image(_decode(path), config)
+
+
+def prepare_image(image: tf.Tensor, config: TrainConfig) -> tf.Tensor:
+    """A decoded `(h, w, 3)` uint8 image as model input.
 
     Returns:
-        `(H, W, 3)` float32, resized (bilinear) and normalised `(x - 127.5) / 128`.
+        `(H, W, 3)` float32, resized (bilinear) and normalised `(x - PIXEL_MEAN) / PIXEL_STD`.
     """
-    image = tf.image.resize(tf.cast(_decode(path), tf.float32), (config.input_height, config.input_width))
+    image = tf.image.resize(tf.cast(image, tf.float32), (config.input_height, config.input_width))
     image.set_shape((config.input_height, config.input_width, 3))
-    return (image - 127.5) / 128.0
+    return (image - PIXEL_MEAN) / PIXEL_STD
 
 
 def make_train_dataset(data: FolderDataset, config: TrainConfig, skip_batches: int = 0) -> tf.data.Dataset:
@@ -194,7 +202,7 @@ def make_train_dataset(data: FolderDataset, config: TrainConfig, skip_batches: i
     depth = data.num_classes
     ds = tf.data.Dataset.from_tensor_slices((list(data.paths), data.labels))
     if config.cache:
-        ds = ds.map(lambda path, label: (read_image(path, config), label), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(lambda path, label: (decode_training_image(path, config), label), num_parallel_calls=tf.data.AUTOTUNE)
         ds = ds.ignore_errors(log_warning=True).cache("" if config.cache == "memory" else config.cache)
     ds = ds.shuffle(len(data.paths), seed=config.seed, reshuffle_each_iteration=True).repeat()
     # One stateless seed per element: flips are reproducible however the map is parallelised.
@@ -204,7 +212,7 @@ def make_train_dataset(data: FolderDataset, config: TrainConfig, skip_batches: i
 
     def load(item, seed):
         source, label = item
-        image = source if config.cache else read_image(source, config)
+        image = source if config.cache else decode_training_image(source, config)
         if config.flip:
             image = tf.image.stateless_random_flip_left_right(image, seed)
         one_hot = tf.one_hot(label, depth, dtype=tf.float32)
@@ -228,5 +236,5 @@ def make_image_dataset(paths: tuple[str, ...] | list[str], config: TrainConfig,
         (`tf.errors.InvalidArgumentError`), as every image must get an embedding.
     """
     ds = tf.data.Dataset.from_tensor_slices(list(paths))
-    ds = ds.map(lambda p: read_image(p, config), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(lambda p: decode_training_image(p, config), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size or config.batch_size).prefetch(tf.data.AUTOTUNE)

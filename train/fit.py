@@ -9,15 +9,17 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from embedder.atomic import atomic_path
-from embedder.errors import DatasetError, ModelSpecError
+from embedder.core.atomic import atomic_path
+from embedder.core.errors import DatasetError, ModelSpecError
+from embedder.evaluation.lfw import locate_images, read_pairs
+from embedder.evaluation.metrics import make_pairs
 from train.callbacks import PairVerification, learning_rate_callback
 from train.checkpoints import CHECKPOINT_DIR, Checkpointer, Position, latest_checkpoint, save_model
 from train.config import CONFIG_FILE, RESUMABLE_FIELDS, TrainConfig
@@ -29,18 +31,8 @@ from train.data import (
     make_image_dataset,
     make_train_dataset,
     save_labels,
-    scan_folder,
+    scan_training_folder,
     split_holdout,
-)
-from train.lfw import locate_images, read_pairs
-from train.metrics import make_pairs
-from train.precision import is_mixed_checkpoint, precision_policy, use_mixed_precision
-from train.shards import (
-    check_pair_batch,
-    is_shard_folder,
-    load_shards,
-    make_shard_train_dataset,
-    read_val_shard,
 )
 from train.models import (
     MODEL_FILE,
@@ -48,6 +40,14 @@ from train.models import (
     embedding_view,
     load_checkpoint,
     transfer_weights,
+)
+from train.precision import is_mixed_checkpoint, precision_policy, use_mixed_precision
+from train.shards import (
+    check_pair_batch,
+    is_shard_folder,
+    load_shards,
+    make_shard_train_dataset,
+    read_val_shard,
 )
 
 log = logging.getLogger(__name__)
@@ -262,7 +262,7 @@ def _inputs(data_dir: str | os.PathLike, list_file: str | os.PathLike | None, co
 
 def _scan(data_dir: str | os.PathLike, list_file: str | os.PathLike | None) -> FolderDataset:
     if list_file is None:
-        return scan_folder(data_dir)
+        return scan_training_folder(data_dir)
     from train.listfile import parse_list_file
 
     return parse_list_file(list_file, data_dir)

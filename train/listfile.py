@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embedder.errors import DatasetError
+from embedder.core.errors import DatasetError
 from train.data import FolderDataset
 
 # Bad lines quoted in the error message; the count of the rest is given.

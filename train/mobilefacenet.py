@@ -5,10 +5,11 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from embedder.core.constants import EMBEDDING_NAME, INPUT_NAME
 from train.config import TrainConfig
 
-IMAGE_INPUT = "image"
-EMBEDDING_LAYER = "embedding"
+IMAGE_INPUT = INPUT_NAME  # the names export and the runtime rely on
+EMBEDDING_LAYER = EMBEDDING_NAME
 
 # PyTorch-style batch norm: with Keras' default momentum of 0.99 the moving statistics lag far
 # behind the weights in short runs, and the inference view then embeds badly.

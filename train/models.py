@@ -9,7 +9,7 @@ from pathlib import Path
 
 import keras
 
-from embedder.errors import ModelSpecError
+from embedder.core.errors import ModelSpecError
 from train.arcface import ArcFace
 from train.checkpoints import CHECKPOINT_DIR, latest_checkpoint
 from train.config import TrainConfig
@@ -191,3 +191,33 @@ def transfer_weights(target: keras.Model, source: keras.Model) -> tuple[tuple[st
         layer.set_weights(source_weights)
         loaded.append(layer.name)
     return tuple(loaded), tuple(skipped)
+
+
+def load_embedding_model(checkpoint: str | os.PathLike) -> tuple[keras.Model, TrainConfig | None]:
+    """Load a checkpoint and truncate it to its embedding model, for `embedder.export.export_model`.
+
+    Args:
+        checkpoint: a `.keras` file, or a run folder (its `model.keras`, else its latest
+            `checkpoints/epoch-NNN.keras`, plus `config.json`).
+
+    Returns:
+        (Keras model `image` (None, H, W, 3) -> `embedding` (None, D) sharing the checkpoint's
+        weights; the run's `TrainConfig`, or None for a `.keras` file outside a run folder).
+
+    Raises:
+        ModelSpecError: nothing loadable at `checkpoint`, no `image` input / `embedding` layer,
+            or a `config.json` that disagrees with the model's input size.
+    """
+    from train.config import CONFIG_FILE
+
+    path = Path(checkpoint)
+    model = embedding_view(load_checkpoint(path))
+    run_dir = path if path.is_dir() else path.parent
+    config = TrainConfig.load(run_dir) if (run_dir / CONFIG_FILE).is_file() else None
+    _, height, width, _ = model.input_shape
+    if config is not None and (config.input_height, config.input_width) != (height, width):
+        raise ModelSpecError(
+            f"'{run_dir / CONFIG_FILE}' says {config.input_height}x{config.input_width} but the model in "
+            f"'{checkpoint}' takes {height}x{width}; pass the .keras file of the run it belongs to"
+        )
+    return model, config

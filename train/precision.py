@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import keras
 
-from embedder.errors import ModelSpecError
+from embedder.core.errors import ModelSpecError
 
 MIXED_POLICY = "mixed_float16"
 

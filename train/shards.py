@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import tensorflow as tf
 
-from embedder.atomic import atomic_path, atomic_write_json
-from embedder.errors import DatasetError, ModelSpecError
+from embedder.core.atomic import atomic_path, atomic_write_json
+from embedder.core.errors import DatasetError, ModelSpecError
 from train.config import TrainConfig
-from train.data import LABELS_FILE, FolderDataset, find_unreadable, load_labels, save_labels, split_holdout
+from train.data import (
+    LABELS_FILE,
+    FolderDataset,
+    find_unreadable,
+    load_labels,
+    prepare_image,
+    save_labels,
+    split_holdout,
+)
 from train.mobilefacenet import IMAGE_INPUT
 from train.models import LABEL_INPUT
 
@@ -73,7 +81,7 @@ def write_shards(data: FolderDataset, out_dir: str | os.PathLike, *, val_fractio
     which is written last, so a folder without it is incomplete. Each file is written atomically.
 
     Args:
-        data: the dataset (`scan_folder` or `listfile.parse_list_file`).
+        data: the dataset (`scan_training_folder` or `listfile.parse_list_file`).
         out_dir: the shard folder (created).
         val_fraction: share of each identity held out (seeded, `data.split_holdout`).
         seed: seed of the hold-out choice.
@@ -212,7 +220,4 @@ def read_val_shard(shards: ShardSet, config: TrainConfig) -> tuple[tf.data.Datas
 
 
 def _prepare(encoded: tf.Tensor, config: TrainConfig) -> tf.Tensor:
-    image = tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False)
-    image = tf.image.resize(tf.cast(image, tf.float32), (config.input_height, config.input_width))
-    image.set_shape((config.input_height, config.input_width, 3))
-    return (image - 127.5) / 128.0
+    return prepare_image(tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False), config)

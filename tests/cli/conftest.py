@@ -18,6 +18,7 @@ import pytest  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 
 from clitools import ENROLLED, STRANGERS, invoke_json  # noqa: E402
+
 from train.synthetic import make_synthetic_faces  # noqa: E402
 
 

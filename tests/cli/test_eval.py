@@ -9,10 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from clitools import ENROLLED, STRANGERS, invoke, invoke_json
 from lfw_fake import make_fake_lfw
+from PIL import Image
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +28,8 @@ def own_model(model_dir, tmp_path):
 
 
 def _reference_scores(model, lfw):
+    from embedder.evaluation.lfw import read_pairs
     from embedder.runtime import Embedder
-    from train.lfw import read_pairs
 
     embedder = Embedder(model, aligned=True)
     pl = read_pairs(lfw / "pairs.txt")
@@ -39,7 +38,7 @@ def _reference_scores(model, lfw):
 
 
 def test_eval_lfw_matches_a_reference_and_calibrates_the_card(fake_lfw, own_model, tmp_path):
-    from train.metrics import verify_pairs
+    from embedder.evaluation.metrics import verify_pairs
 
     card_before = json.loads((own_model / "model_card.json").read_text())
     roc = tmp_path / "roc.png"
@@ -105,8 +104,8 @@ def test_eval_lfw_errors(fake_lfw, model_dir, tmp_path, monkeypatch):
 
 
 def test_calibrated_threshold_is_what_query_uses(faces, own_model, tmp_path):
-    from cli.evaluate import calibrate_card
-    from embedder.model_card import ModelCard
+    from embedder.core.model_card import ModelCard
+    from embedder.evaluation.verification import calibrate_card
 
     index = tmp_path / "index"
     invoke_json("build-index", "--aligned", faces / "gallery", "--model", own_model, "--index", index)

@@ -7,7 +7,6 @@ import shutil
 
 import numpy as np
 import pytest
-
 from clitools import ENROLLED, STRANGERS, invoke, invoke_json
 
 

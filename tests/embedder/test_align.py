@@ -7,9 +7,17 @@ import dataclasses
 import numpy as np
 import pytest
 
-from embedder.align import (ARCFACE_112X112, SPHEREFACE_112X96, TEMPLATES, align_face, get_template,
-                            register_template, similarity_transform, warp_affine)
-from embedder.errors import ModelSpecError
+from embedder.align import (
+    ARCFACE_112X112,
+    SPHEREFACE_112X96,
+    TEMPLATES,
+    align_face,
+    get_template,
+    register_template,
+    similarity_transform,
+    warp_affine,
+)
+from embedder.core.errors import ModelSpecError
 
 
 def test_similarity_transform_matches_a_hand_worked_least_squares_case():

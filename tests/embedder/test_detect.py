@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from embedder.detect import Detector, DetectorConfig, crop_and_resize, nms, pyramid_scales, resize_area
+from embedder.detect.cascade import Detector, DetectorConfig, crop_and_resize, nms, pyramid_scales, resize_area
 from embedder.images import read_image
 
 LFW = Path(os.environ.get("FACESEARCH_LFW", Path(__file__).parents[3] / "shared" / "lfw"))
@@ -89,7 +89,7 @@ def test_onnx_nets_match_the_keras_nets_of_the_mtcnn_package():
     from mtcnn.network.pnet import PNet
     from mtcnn.network.rnet import RNet
 
-    from embedder.mtcnn_nets import load_weights
+    from embedder.detect.nets import load_weights
 
     det = Detector()
     rng = np.random.default_rng(0)

@@ -18,7 +18,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cli.main import app
-from embedder.model_card import ModelCard, sha256_file
+from embedder.core.model_card import ModelCard, sha256_file
 
 LFW = Path(os.environ.get("FACESEARCH_LFW", Path(__file__).parents[3] / "shared" / "lfw"))
 LFW_IMAGES = LFW / "images_deepfunneled"
@@ -174,7 +174,7 @@ def test_query_on_raw_photos_never_imports_tensorflow(photos, index_dir, without
 
 
 def test_a_template_of_another_size_than_the_model_input_is_refused(tmp_path):
-    from embedder.errors import ModelSpecError
+    from embedder.core.errors import ModelSpecError
     from embedder.runtime import Embedder
 
     model = _projection_model(tmp_path / "m", template="sphereface-112x96")

@@ -18,24 +18,20 @@ from dlib_fixtures import LFW, dlib_faces, dlib_module, weights_file  # noqa: E4
 from typer.testing import CliRunner  # noqa: E402
 
 from cli.main import app  # noqa: E402
-from embedder.dlib_install import MODEL_NAME, install_dlib_resnet, installed_model_dir, model_dir  # noqa: E402
-from embedder.errors import ModelSpecError  # noqa: E402
-from embedder.export import PARITY_MIN_COSINE, ExportReport, row_cosines  # noqa: E402
-from embedder.model_card import ModelCard  # noqa: E402
+from embedder.core.errors import ModelSpecError  # noqa: E402
+from embedder.core.model_card import ModelCard  # noqa: E402
+from embedder.dlib.install import install_dlib_resnet  # noqa: E402
+from embedder.dlib.models import MODEL_NAME, installed_model_dir, model_dir  # noqa: E402
+from embedder.export.exporter import PARITY_MIN_COSINE, ExportReport, row_cosines  # noqa: E402
 from embedder.runtime import Embedder  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """A cache folder with the default model installed by the CLI (the one slow step, done once)."""
-    weights_file()
-    root = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FACESEARCH_CACHE", str(root))
-        r = CliRunner().invoke(app, ["models", "install", "dlib-resnet"])
-        assert r.exit_code == 0, r.output
-        assert "[3/4] exporting SavedModel + ONNX" in r.stderr and f"installed {MODEL_NAME}" in r.stdout
-        yield root
+def cache(installed_default_model):
+    """A cache folder with the default model installed by the CLI."""
+    root, result = installed_default_model
+    assert "[3/4] exporting SavedModel + ONNX" in result.stderr and f"installed {MODEL_NAME}" in result.stdout
+    return root
 
 
 @pytest.fixture
@@ -85,7 +81,7 @@ def test_damaged_weights_are_refused(tmp_path, monkeypatch):
 def test_without_tensorflow_the_error_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv("FACESEARCH_CACHE", str(tmp_path))
     monkeypatch.delenv("FACESEARCH_MODEL", raising=False)
-    monkeypatch.setitem(sys.modules, "embedder.dlib_keras", None)  # `import` now raises ImportError
+    monkeypatch.setitem(sys.modules, "embedder.dlib.keras_net", None)  # `import` now raises ImportError
     (tmp_path / "photos").mkdir()
     r = CliRunner().invoke(app, ["build-index", str(tmp_path / "photos"), "--index", str(tmp_path / "i")])
     assert r.exit_code == 1, r.output

@@ -16,12 +16,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from dlib_fixtures import dlib_module, lfw_photos, weights_file  # noqa: E402
 
 from embedder.align import ARCFACE_112X112, DLIB_150, align_face  # noqa: E402
+from embedder.core.model_card import ModelCard, sha256_file  # noqa: E402
 from embedder.detect import Detector  # noqa: E402
-from embedder.dlib_chip import extract_dlib_chip  # noqa: E402
-from embedder.dlib_landmarks import align_dlib_face, dlib_landmarks, dlib_rect  # noqa: E402
-from embedder.dlib_shape import SHAPE_FILE  # noqa: E402
+from embedder.dlib.chip import extract_dlib_chip  # noqa: E402
+from embedder.dlib.landmarks import align_dlib_face, dlib_landmarks, dlib_rect  # noqa: E402
+from embedder.dlib.shape_predictor import SHAPE_FILE  # noqa: E402
 from embedder.images import read_image  # noqa: E402
-from embedder.model_card import ModelCard, sha256_file  # noqa: E402
 from embedder.runtime import Embedder  # noqa: E402
 
 
@@ -52,7 +52,7 @@ def test_square_rect_from_landmarks():
 
 def test_placed_rect_is_near_dlibs_detector(lfw_faces):
     offsets, ratios = [], []
-    for image, marks, (left, top, right, bottom) in lfw_faces:
+    for _image, marks, (left, top, right, bottom) in lfw_faces:
         placed = np.array(dlib_rect(marks), np.float64)
         centre = np.array([left + right, top + bottom]) / 2
         offsets.append(np.linalg.norm((placed[:2] + placed[2:]) / 2 - centre) / (right - left))
@@ -113,7 +113,7 @@ def test_embedder_cuts_dlibs_chip_for_dlib_150_only(tmp_path, lfw_faces):
 
 
 def test_import_parses_nothing_and_loads_no_tensorflow():
-    script = ("import sys, embedder.runtime, embedder.dlib_landmarks, embedder.dlib_shape as s\n"
+    script = ("import sys, embedder.runtime, embedder.dlib.landmarks, embedder.dlib.shape_predictor as s\n"
               "print(s._load.cache_info().currsize, "
               "sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'dlib')))")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)

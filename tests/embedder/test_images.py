@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from embedder.errors import ImageReadError
+from embedder.core.errors import ImageReadError
 from embedder.images import read_image, resize
 
 

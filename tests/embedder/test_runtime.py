@@ -6,8 +6,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from embedder.errors import ModelSpecError
-from embedder.model_card import ModelCard, sha256_file
+from embedder.core.errors import ModelSpecError
+from embedder.core.model_card import ModelCard, sha256_file
 from embedder.runtime import Embedder
 
 H, W, D = 8, 6, 5

@@ -16,7 +16,7 @@ from index_fakes import PixelEmbedder, write_photo
 
 import index.build
 import index.generation
-from embedder.errors import DatasetError, FaceSearchError, ImageReadError, IndexFormatError, IndexMismatchError
+from embedder.core.errors import DatasetError, FaceSearchError, ImageReadError, IndexFormatError, IndexMismatchError
 from index import GalleryIndex, build_index
 from index.generation import build_lock
 from index.store import MetadataStore
@@ -258,7 +258,7 @@ def test_damaged_index_is_a_format_error(tmp_path, gallery, embedder, damage, me
 
 def test_index_package_never_imports_tensorflow():
     code = ("import sys, index, index.build, index.gallery, index.search, index.scan, index.store, "
-            "index.embedding, index.generation, index.manifest\n"
+            "embedder.pipeline, index.generation, index.manifest\n"
             "assert not any(m.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx') for m in sys.modules), "
             "sorted(m for m in sys.modules if 'tensorflow' in m)[:5]\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

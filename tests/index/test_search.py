@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from index_fakes import PixelEmbedder, TableEmbedder, make_gallery, write_photo
 
-from embedder.errors import IndexMismatchError
+from embedder.core.errors import IndexMismatchError
 from index import GalleryIndex, build_index, rank_identities
 
 

@@ -3,10 +3,10 @@
 import keras
 import numpy as np
 
+from embedder.evaluation.metrics import make_pairs, pair_scores, verify_pairs
 from train.callbacks import PairVerification
 from train.config import PRESETS
-from train.data import make_image_dataset, scan_folder
-from train.metrics import make_pairs, pair_scores, verify_pairs
+from train.data import make_image_dataset, scan_training_folder
 from train.models import build_views
 
 TINY = PRESETS["tiny"]
@@ -14,7 +14,7 @@ TINY = PRESETS["tiny"]
 
 def test_pair_verification_logs_the_metric(synthetic_faces):
     _, query_dir = synthetic_faces
-    data = scan_folder(query_dir).subset(np.arange(60))  # 6 identities
+    data = scan_training_folder(query_dir).subset(np.arange(60))  # 6 identities
     pairs, same = make_pairs(data.labels, 100, seed=0)
     keras.utils.set_random_seed(0)
     views = build_views(TINY, data.num_classes)

@@ -9,11 +9,11 @@ import keras
 import numpy as np
 import pytest
 
-from embedder.errors import DatasetError
+from embedder.core.errors import DatasetError
+from embedder.evaluation.metrics import best_threshold_accuracy, make_pairs, pair_scores
 from train.config import PRESETS, TrainConfig
-from train.data import load_labels, make_image_dataset, scan_folder
+from train.data import load_labels, make_image_dataset, scan_training_folder
 from train.fit import train
-from train.metrics import best_threshold_accuracy, make_pairs, pair_scores
 from train.models import build_views, embedding_view, load_checkpoint
 
 TINY = PRESETS["tiny"]
@@ -31,7 +31,7 @@ def trained(synthetic_faces, tmp_path_factory):
 
 def query_pair_accuracy(embedding_model: keras.Model, query_dir) -> float:
     """Best-threshold pair accuracy on images the run never saw (neither trained nor validated on)."""
-    data = scan_folder(query_dir)
+    data = scan_training_folder(query_dir)
     pairs, same = make_pairs(data.labels, 400, seed=1)
     embeddings = embedding_model.predict(make_image_dataset(data.paths, TINY), verbose=0)
     return best_threshold_accuracy(pair_scores(embeddings[pairs[:, 0]], embeddings[pairs[:, 1]]), same)[0]

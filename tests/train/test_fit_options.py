@@ -9,12 +9,12 @@ import keras
 import numpy as np
 import pytest
 
-from embedder.errors import DatasetError, ModelSpecError
+from embedder.core.errors import DatasetError, ModelSpecError
+from embedder.evaluation.lfw import read_pairs
+from embedder.evaluation.metrics import pair_scores, verify_pairs
 from train.config import PRESETS
 from train.data import make_image_dataset
 from train.fit import train
-from train.lfw import read_pairs
-from train.metrics import pair_scores, verify_pairs
 from train.models import embedding_view, load_checkpoint
 from train.precision import precision_policy
 from train.synthetic import make_synthetic_faces

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from embedder.errors import ModelSpecError
+from embedder.core.errors import ModelSpecError
 from train.config import PRESETS
 from train.fit import train
 from train.models import build_views, load_checkpoint
@@ -49,7 +49,7 @@ def test_resume_continues_steps_epochs_and_the_same_run(small_data, tmp_path):
 
 
 def test_resume_needs_a_checkpoint(small_data, tmp_path):
-    from embedder.errors import DatasetError
+    from embedder.core.errors import DatasetError
     from train.data import save_labels
 
     CONFIG.save(tmp_path)

@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from embedder.errors import DatasetError
+from embedder.core.errors import DatasetError
 from train.config import PRESETS
 from train.data import load_labels
 from train.listfile import parse_list_file, remap_labels

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from embedder.errors import ModelSpecError
+from embedder.core.errors import ModelSpecError
 from train.config import PRESETS
-from train.data import make_image_dataset, scan_folder
+from train.data import make_image_dataset, scan_training_folder
 from train.shards import load_shards, make_shard_train_dataset, read_val_shard, write_shards
 
 CONFIG = dataclasses.replace(PRESETS["tiny"], batch_size=8, flip=False)
@@ -31,7 +31,7 @@ def folder(tmp_path_factory):
 
 
 def test_round_trip_keeps_every_image_and_label(folder, tmp_path):
-    data = scan_folder(folder)
+    data = scan_training_folder(folder)
     messages = []
     shards = write_shards(data, tmp_path / "shards", val_fraction=0.25, seed=0,
                           progress=lambda phase, done, total: messages.append((done, total)))
@@ -61,7 +61,7 @@ def test_round_trip_keeps_every_image_and_label(folder, tmp_path):
 
 
 def test_every_block_of_two_shares_an_identity(folder, tmp_path):
-    shards = write_shards(scan_folder(folder), tmp_path / "shards", val_fraction=0.0)
+    shards = write_shards(scan_training_folder(folder), tmp_path / "shards", val_fraction=0.0)
     batches = make_shard_train_dataset(shards, CONFIG).take(12)
     labels = np.concatenate([np.argmax(y, axis=1) for _, y in batches.as_numpy_iterator()])
     pairs = labels.reshape(-1, 2)
@@ -78,7 +78,7 @@ def test_every_block_of_two_shares_an_identity(folder, tmp_path):
 def test_train_from_shards(folder, tmp_path):
     from train.fit import train
 
-    write_shards(scan_folder(folder), tmp_path / "shards", val_fraction=0.25)
+    write_shards(scan_training_folder(folder), tmp_path / "shards", val_fraction=0.25)
     config = dataclasses.replace(CONFIG, epochs=1, batch_size=4, val_pairs=10)
     result = train(tmp_path / "shards", tmp_path / "run", config, verbose=0)
     # 4 + 3 + 1 + 3 images, padded to pairs: 4 + 4 + 2 + 4 = 14 per epoch -> 4 steps of 4.

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from embedder.errors import ModelSpecError
+from embedder.core.errors import ModelSpecError
 from train.config import PRESETS, TrainConfig, get_preset
 
 
@@ -74,7 +74,7 @@ def test_get_preset():
 
 
 def test_light_modules_do_not_import_tensorflow():
-    code = ("import sys, train, train.config, train.metrics, train.synthetic; "
+    code = ("import sys, train, train.config, embedder.evaluation.metrics, train.synthetic; "
             "sys.exit('tensorflow' in sys.modules or 'keras' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 

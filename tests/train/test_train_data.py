@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from embedder.errors import DatasetError
+from embedder.core.errors import DatasetError
 from train.config import PRESETS
 from train.data import (
     find_unreadable,
@@ -15,7 +15,7 @@ from train.data import (
     make_image_dataset,
     make_train_dataset,
     save_labels,
-    scan_folder,
+    scan_training_folder,
     split_holdout,
 )
 
@@ -39,7 +39,7 @@ def test_scan_folder_labels_are_dense_and_sorted(tmp_path):
     (tmp_path / "carol").mkdir()  # no images: not a class
     (tmp_path / "alice" / "notes.txt").write_text("not an image")
     (tmp_path / "README").write_text("a file beside the folders")
-    data = scan_folder(tmp_path)
+    data = scan_training_folder(tmp_path)
     assert data.class_names == ("alice", "bob", "dave")
     assert [p.split("/")[-2:] for p in data.paths] == [["alice", "a.jpeg"], ["bob", "1.JPG"], ["bob", "2.png"],
                                                      ["dave", "x.png"]]
@@ -49,13 +49,13 @@ def test_scan_folder_labels_are_dense_and_sorted(tmp_path):
 
 def test_scan_folder_errors(tmp_path):
     with pytest.raises(DatasetError, match="does not exist"):
-        scan_folder(tmp_path / "missing")
+        scan_training_folder(tmp_path / "missing")
     with pytest.raises(DatasetError, match="no identity sub-folders"):
-        scan_folder(tmp_path)
+        scan_training_folder(tmp_path)
     (tmp_path / "alice").mkdir()
     (tmp_path / "alice" / "notes.txt").write_text("x")
     with pytest.raises(DatasetError, match="1 identity folders but no images"):
-        scan_folder(tmp_path)
+        scan_training_folder(tmp_path)
 
 
 def test_labels_json_round_trip(tmp_path):
@@ -96,7 +96,7 @@ def test_image_dataset_decodes_resizes_and_normalises(tmp_path):
 def test_train_dataset_batches_flips_and_is_seeded(tmp_path):
     for i in range(4):
         write_image(tmp_path / f"id_{i % 2}" / f"{i}.png", gradient_image())
-    data = scan_folder(tmp_path)
+    data = scan_training_folder(tmp_path)
 
     def images_of(config, batches=8):
         return np.concatenate([b[0]["image"] for b in make_train_dataset(data, config).take(batches)
@@ -129,7 +129,7 @@ def test_train_dataset_skips_unreadable_images(tmp_path):
     write_image(tmp_path / "a" / "0.png", np.full((8, 8, 3), 10))
     write_image(tmp_path / "b" / "0.png", np.full((8, 8, 3), 250))
     (tmp_path / "b" / "1.png").write_bytes(b"not a png")
-    data = scan_folder(tmp_path)
+    data = scan_training_folder(tmp_path)
     assert len(data.paths) == 3
     config = dataclasses.replace(CONFIG, batch_size=1)
     images = [b[0]["image"] for b in make_train_dataset(data, config).take(6).as_numpy_iterator()]
@@ -141,7 +141,7 @@ def test_cached_stream_yields_the_same_images(tmp_path, cache):
     from train.synthetic import make_synthetic_faces
 
     make_synthetic_faces(tmp_path / "data", identities=3, per_identity=4)
-    data = scan_folder(tmp_path / "data")
+    data = scan_training_folder(tmp_path / "data")
     config = dataclasses.replace(CONFIG, batch_size=4)
     cached = dataclasses.replace(config, cache="memory" if cache == "memory" else str(tmp_path / "cache" / "train"))
     if cache == "file":

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from embedder.errors import ModelSpecError
+from embedder.core.errors import ModelSpecError
 from train.config import PRESETS
 from train.models import build_views, embedding_view, load_checkpoint
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embedder.errors import DatasetError
+from embedder.core.errors import DatasetError
 
 # Folders that hold the images in the LFW distributions, tried in this order.
 IMAGE_FOLDERS = ("images_deepfunneled", "lfw-deepfunneled", "lfw_funneled", "lfw-funneled", "lfw", "images")

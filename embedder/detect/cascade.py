@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from embedder.mtcnn_nets import build_net
+from embedder.detect.nets import build_net
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from train.identification import identification_report, true_match_ranks
+from embedder.evaluation.identification import identification_report, true_match_ranks
 
 GALLERY = {"A", "B", "C"}
 # probe identity, ranked gallery identities, their scores

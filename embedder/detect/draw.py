@@ -1,4 +1,4 @@
-"""Pictures of what the detector found: boxes and landmarks drawn on the photo, aligned crops on disk."""
+"""A picture of what the detector found: boxes, scores and landmarks drawn on the photo."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from embedder.align import AlignmentTemplate
-from embedder.atomic import atomic_path
+from embedder.core.atomic import atomic_path
 from embedder.detect import Detection
 
 # Left eye, right eye, nose, left and right mouth corner.
@@ -37,21 +36,10 @@ def draw_detections(image: np.ndarray, detections: Sequence[Detection], out: str
         for (x, y), colour in zip(d.landmarks, LANDMARK_COLOURS):
             r = width + 1
             draw.ellipse((x - r, y - r, x + r, y + r), fill=colour)
-    return _save(canvas, Path(out))
+    return save_image(canvas, Path(out))
 
 
-def write_crops(image: np.ndarray, detections: Sequence[Detection], template: AlignmentTemplate,
-                folder: str | os.PathLike, stem: str = "face") -> list[Path]:
-    """Write each face aligned to `template` as `folder/<stem>_<n>.png` (n from 1, best score first)."""
-    from embedder.runtime import crop_face  # the crop the model sees (dlib's own chip for dlib-150)
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    return [_save(Image.fromarray(crop_face(image, d.landmarks, template)), folder / f"{stem}_{n}.png")
-            for n, d in enumerate(detections, 1)]
-
-
-def _save(img: Image.Image, path: Path) -> Path:
+def save_image(img: Image.Image, path: Path) -> Path:
     fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
     with atomic_path(path) as tmp:
         img.save(tmp, format=fmt)

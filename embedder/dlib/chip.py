@@ -4,7 +4,7 @@ dlib cuts the chip from its 5-point landmarks (eye corners and nose base) with 2
 (`get_face_chip_details` + `extract_image_chip`, dlib/image_transforms/interpolation.h).
 `extract_dlib_chip` reproduces it. At run time facesearch's own detector gives other points (eye
 centres, nose tip, mouth corners); for this model the Embedder finds dlib's points with the ported
-predictor (embedder.dlib_landmarks) and cuts the chip here. The template `dlib-150`
+predictor (embedder.dlib.landmarks) and cuts the chip here. The template `dlib-150`
 (`embedder.align.DLIB_150`, fitted with this module by benchmarks/dlib_template.py) places MTCNN's
 points in dlib's chip frame, for `embedder.align.align_face`.
 Imports no TensorFlow and no dlib.

@@ -9,8 +9,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from embedder.atomic import atomic_write_json
-from embedder.errors import ModelSpecError
+from embedder.core.atomic import atomic_write_json
+from embedder.core.constants import EMBEDDING_NAME, INPUT_NAME, PIXEL_MEAN, PIXEL_STD
+from embedder.core.errors import ModelSpecError
 
 CARD_FILE = "model_card.json"
 CARD_VERSION = 1
@@ -36,12 +37,12 @@ class ModelCard:
     embedding_size: int
     alignment_template: str
     channel_order: str = "RGB"
-    mean: tuple[float, float, float] = (127.5, 127.5, 127.5)
-    std: tuple[float, float, float] = (128.0, 128.0, 128.0)
+    mean: tuple[float, float, float] = (PIXEL_MEAN,) * 3
+    std: tuple[float, float, float] = (PIXEL_STD,) * 3
     onnx_file: str = "model.onnx"
     onnx_sha256: str = ""
-    input_name: str = "image"
-    output_name: str = "embedding"
+    input_name: str = INPUT_NAME
+    output_name: str = EMBEDDING_NAME
     opset: int = 17
     source_checkpoint: str = ""
     # Calibrated score thresholds, e.g. {"best_accuracy": 0.31, "far_1e-3": 0.42}.

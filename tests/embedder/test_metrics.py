@@ -3,9 +3,18 @@
 import numpy as np
 import pytest
 
-from embedder.errors import DatasetError
-from train.metrics import (best_threshold_accuracy, make_pairs, pair_scores, roc_auc, roc_curve, stratified_folds,
-                           tar_at_far, threshold_at_far, verify_pairs)
+from embedder.core.errors import DatasetError
+from embedder.evaluation.metrics import (
+    best_threshold_accuracy,
+    make_pairs,
+    pair_scores,
+    roc_auc,
+    roc_curve,
+    stratified_folds,
+    tar_at_far,
+    threshold_at_far,
+    verify_pairs,
+)
 
 
 def test_pair_scores_are_cosines():

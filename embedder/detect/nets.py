@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embedder.errors import ModelSpecError
+from embedder.core.errors import ModelSpecError
 
 WEIGHT_FILES = {"pnet": "pnet.lz4", "rnet": "rnet.lz4", "onet": "onet.lz4"}
 

@@ -1,76 +1,39 @@
 """The default model: dlib's face-recognition ResNet, converted once into the user's cache.
 
 `install_dlib_resnet` reads the weight file of the `face-recognition-models` package (CC0 1.0),
-checks its sha256, builds the Keras model (`embedder.dlib_keras`) and sends it through
+checks its sha256, builds the Keras model (`embedder.dlib.keras_net`) and sends it through
 `embedder.export.export_model` like any trained checkpoint: SavedModel + ONNX + model card, with
-the export's parity proof. Finding an installed model (`installed_model_dir`) imports neither
-TensorFlow nor dlib; only the conversion needs the [train] extra.
+the export's parity proof. Finding an installed model is `embedder.dlib.models` (no TensorFlow);
+only this conversion needs the [train] extra.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from embedder.dlib_chip import ALIGNMENT_TEMPLATE
-from embedder.errors import ModelSpecError
-from embedder.model_card import ModelCard, sha256_file
+from embedder.core.errors import ModelSpecError
+from embedder.core.model_card import sha256_file
+from embedder.dlib.chip import ALIGNMENT_TEMPLATE
+from embedder.dlib.models import MODEL_NAME, installed_model_dir, model_dir
 
-MODEL_NAME = "dlib-resnet-v1"
-ALIASES = ("dlib-resnet", MODEL_NAME)
 STD = 256.0  # dlib's input layer divides by 256 after subtracting its channel means
 # Score thresholds between L2-normalised dlib descriptors, in place of dlib's own rule (L2 distance
 # < 0.6 between raw descriptors), as `facesearch eval lfw --calibrate` would store them: measured
 # through facesearch's own detector and aligner (MTCNN, then dlib's 5-point predictor and chip,
-# embedder.dlib_landmarks) on LFW's view-1 training pairs (pairsDevTrain.txt, LFW's
+# embedder.dlib.landmarks) on LFW's view-1 training pairs (pairsDevTrain.txt, LFW's
 # model-development view; accuracy is reported on view 2, pairs.txt). best_accuracy: the most
 # accurate threshold (98.4% on those 2,200 pairs); far_1e-3: the lowest score that lets at most
 # 1 in 1,000 different-person pairs through (TAR 0.92 there), which `query` uses for 'unknown'.
 THRESHOLDS = {"best_accuracy": 0.9030, "far_1e-3": 0.9262}
 
-Progress = Callable[[str, int, int], None]
+StepProgress = Callable[[str, int, int], None]  # (step name, steps done, total)
 INSTALL_STEPS = ("verifying weights", "reading weights", "building Keras model",
                  "exporting SavedModel + ONNX, checking parity", "done")
 
 
-def cache_dir() -> Path:
-    """facesearch's cache: $FACESEARCH_CACHE, else $XDG_CACHE_HOME/facesearch, else ~/.cache/facesearch."""
-    if os.environ.get("FACESEARCH_CACHE"):
-        return Path(os.environ["FACESEARCH_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "facesearch"
-
-
-def model_dir(name: str = MODEL_NAME) -> Path:
-    """Where model `name` is (or would be) installed: <cache>/models/<name>."""
-    return cache_dir() / "models" / canonical_name(name)
-
-
-def canonical_name(name: str) -> str:
-    """`dlib-resnet` and `dlib-resnet-v1` both name the default model.
-
-    Raises:
-        ModelSpecError: an unknown model name.
-    """
-    if name not in ALIASES:
-        raise ModelSpecError(f"unknown model '{name}': installable models are {list(ALIASES)}")
-    return MODEL_NAME
-
-
-def installed_model_dir(name: str = MODEL_NAME) -> Path | None:
-    """The folder of an installed model, or None when it is not installed (cheap: reads one card)."""
-    folder = model_dir(name)
-    try:
-        card = ModelCard.load(folder)
-    except ModelSpecError:
-        return None
-    return folder if card.name == MODEL_NAME and (folder / card.onnx_file).is_file() else None
-
-
-def install_dlib_resnet(*, force: bool = False, progress: Progress | None = None,
+def install_dlib_resnet(*, force: bool = False, progress: StepProgress | None = None,
                         weights: str | os.PathLike | None = None) -> Path:
     """Convert dlib's ResNet into an exported model folder in the cache (once).
 
@@ -97,7 +60,7 @@ def install_dlib_resnet(*, force: bool = False, progress: Progress | None = None
         done, name = next(steps)
         report(name, done, len(INSTALL_STEPS) - 1)
 
-    from embedder.dlib_format import WEIGHTS_SHA256, read_dlib_resnet
+    from embedder.dlib.weights import WEIGHTS_SHA256, read_dlib_resnet
 
     step()
     path = verified_weights(weights)
@@ -105,7 +68,7 @@ def install_dlib_resnet(*, force: bool = False, progress: Progress | None = None
     net = read_dlib_resnet(path)
     step()
     try:
-        from embedder.dlib_keras import build_dlib_resnet
+        from embedder.dlib.keras_net import build_dlib_resnet
         from embedder.export import export_model
     except ImportError as e:
         raise ModelSpecError(f"converting the default model needs TensorFlow ({e}): run `facesearch models "
@@ -113,15 +76,9 @@ def install_dlib_resnet(*, force: bool = False, progress: Progress | None = None
                              "(pip install 'facesearch[train]'), or pass --model") from e
     model = build_dlib_resnet(net)
     step()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{MODEL_NAME}.", suffix=".keras.tmp", dir=out.parent))
-    try:
-        model.save(work / f"{MODEL_NAME}.keras")
-        export_model(work / f"{MODEL_NAME}.keras", out, name=MODEL_NAME, alignment_template=ALIGNMENT_TEMPLATE,
-                     mean=net.mean_rgb, std=(STD,) * 3, thresholds=THRESHOLDS,
-                     source=f"{path.name} (sha256 {WEIGHTS_SHA256[:12]}), face-recognition-models, CC0 1.0")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    export_model(model, out, name=MODEL_NAME, alignment_template=ALIGNMENT_TEMPLATE,
+                 mean=net.mean_rgb, std=(STD,) * 3, thresholds=THRESHOLDS,
+                 source=f"{path.name} (sha256 {WEIGHTS_SHA256[:12]}), face-recognition-models, CC0 1.0")
     step()
     return out
 
@@ -132,7 +89,7 @@ def verified_weights(weights: str | os.PathLike | None = None) -> Path:
     Raises:
         ModelSpecError: no such file, or another sha256.
     """
-    from embedder.dlib_format import WEIGHTS_SHA256, find_weights_file
+    from embedder.dlib.weights import WEIGHTS_SHA256, find_weights_file
 
     path = Path(weights) if weights is not None else find_weights_file()
     if not path.is_file():
@@ -143,7 +100,7 @@ def verified_weights(weights: str | os.PathLike | None = None) -> Path:
     return path
 
 
-def default_model_dir(progress: Progress | None = None) -> Path:
+def default_model_dir(progress: StepProgress | None = None) -> Path:
     """The default model's folder, converting it first if it is not installed yet.
 
     Raises:

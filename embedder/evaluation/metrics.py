@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from embedder.errors import DatasetError
+from embedder.core.errors import DatasetError
 
 
 def pair_scores(emb_a: np.ndarray, emb_b: np.ndarray) -> np.ndarray:
@@ -247,7 +247,7 @@ def verify_pairs(scores: np.ndarray, same: np.ndarray, folds: int | np.ndarray =
     Args:
         scores: `(p,)` float scores, higher is more alike.
         same: `(p,)` bool, True for positive pairs.
-        folds: `(p,)` int fold id of each pair (e.g. LFW's, from `train.lfw.read_pairs`), or a
+        folds: `(p,)` int fold id of each pair (e.g. LFW's, from `embedder.evaluation.lfw.read_pairs`), or a
             number of folds for `stratified_folds`. A test fold may lack positives or negatives:
             its accuracy is still defined.
         far_targets: false accept rates at which to report the TAR.

@@ -1,0 +1,1 @@
+"""Measuring embeddings, in numpy only: pair verification, identification, LFW protocol files."""
