@@ -2,34 +2,28 @@
 
 Incremental by default: only new or changed photos are read and embedded; photos whose size
 and mtime are unchanged are not read at all; a changed size or mtime with the same sha256 only
-refreshes the metadata; a photo moved or copied to another path reuses its stored vectors.
+refreshes the metadata; a photo moved or copied to another path keeps its stored vectors (and
+their ids). A commit writes only what changed: new vectors as a new segment, removed ones as
+tombstones, the changed metadata rows (see `index.writer`).
 """
 
 from __future__ import annotations
 
 import os
-import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import faiss
-import numpy as np
-
 from embedder.core.constants import DEFAULT_BATCH_SIZE, reader_threads
 from embedder.core.errors import DatasetError, IndexFormatError
-from embedder.core.model_card import ModelCard, sha256_file
-from embedder.pipeline import FACE_POLICIES, PhotoFaces, embed_photos
-from index.gallery import GalleryIndex
-from index.generation import build_lock, commit, generation_names, write_vectors
-from index.manifest import DEFAULT_INDEX_TYPE, MANIFEST_FILE, Manifest, read_manifest, utc_now
+from embedder.core.model_card import sha256_file
+from embedder.pipeline import FACE_POLICIES, embed_photos
+from index.manifest import MANIFEST_FILE, IndexPolicy, read_manifest_data
 from index.protocols import EmbedderLike, Progress
 from index.scan import ScannedFile, plan_update, scan_folder
-from index.store import MetadataStore, Photo, StoredFace
-
-# Index types whose `reconstruct` returns the stored vector exactly, so moved photos keep theirs.
-_EXACT_RECONSTRUCT = {"IDMap2,Flat"}
+from index.store import Photo, StoredFace
+from index.writer import IndexWriter
 
 
 @dataclass
@@ -61,6 +55,9 @@ class BuildReport:
     generation: int = 0
     written: bool = False  # False when nothing changed and the index was left as it was
     rebuilt: bool = False  # True when previous contents were discarded (rebuild, new face policy or crop method)
+    segments: int = 0  # segments of the index after the build
+    index_types: list[str] = field(default_factory=list)  # their kinds (flat, hnsw, ivf)
+    merged: list[int] = field(default_factory=list)  # segments merged after the commit
     seconds: dict[str, float] = field(default_factory=lambda: {"scan": 0.0, "embed": 0.0, "save": 0.0})
     images_per_second: float = 0.0  # photos read + embedded per second in the embed phase
 
@@ -70,37 +67,10 @@ class BuildReport:
         return d
 
 
-@dataclass
-class _Previous:
-    """The current index, loaded for update (None parts when building from scratch)."""
-
-    manifest: Manifest | None = None
-    gallery: GalleryIndex | None = None
-    photos: dict[str, Photo] = field(default_factory=dict)
-    next_id: int = 0
-    last_generation: int = 0
-
-
-@dataclass
-class _Changes:
-    """Edits that turn the previous index into the new one.
-
-    New vectors go straight into `vectors`, the in-memory FAISS index (the previous one, which
-    this build alone holds, or a new one); outgoing ids are removed from it just before saving,
-    so that moved photos can still take over their old vectors during the embed phase.
-    """
-
-    vectors: faiss.Index
-    delete: list[str] = field(default_factory=list)  # photo paths whose rows go (removed or changed)
-    put: list[Photo] = field(default_factory=list)  # photos inserted or updated
-    faces: list[tuple[str, StoredFace]] = field(default_factory=list)  # new face rows
-    remove_ids: list[int] = field(default_factory=list)
-    added: int = 0  # vectors added
-
-
 def build_index(source_dir: str | os.PathLike, index_dir: str | os.PathLike, embedder: EmbedderLike, *,
                 batch_size: int = DEFAULT_BATCH_SIZE, strict: bool = False, rebuild: bool = False, faces: str = "largest",
-                workers: int | None = None, progress: Progress | None = None) -> BuildReport:
+                workers: int | None = None, progress: Progress | None = None,
+                policy: IndexPolicy | None = None) -> BuildReport:
     """Create or update the index in `index_dir` from the photos in `source_dir`.
 
     Args:
@@ -113,6 +83,8 @@ def build_index(source_dir: str | os.PathLike, index_dir: str | os.PathLike, emb
         faces: "largest" keeps the largest face of each photo, "all" keeps every face.
         workers: threads reading photos; default `embedder.core.constants.reader_threads()`.
         progress: optional callback, see `index.protocols.Progress`.
+        policy: index type, memory budget, raw vector dtype; None keeps the index's (or the defaults).
+            A new index type rewrites the segments from their stored vectors (no photo is embedded).
 
     Returns:
         A `BuildReport`.
@@ -132,73 +104,74 @@ def build_index(source_dir: str | os.PathLike, index_dir: str | os.PathLike, emb
     index_dir = Path(index_dir).expanduser().resolve()
     scan = scan_folder(source_dir)
     report = BuildReport(str(scan.root), str(index_dir), total_files=len(scan.files), ignored=scan.ignored)
-    with build_lock(index_dir):
-        prev = _load_previous(index_dir, embedder.card, rebuild=rebuild, settings=_settings(embedder, faces),
-                              report=report)
-        try:
-            return _update(scan.root, scan.files, index_dir, embedder, prev, report, start, batch_size=batch_size,
-                           strict=strict, faces=faces, workers=workers, progress=progress)
-        finally:
-            if prev.gallery is not None:
-                prev.gallery.close()
+    settings = _settings(embedder, faces)
+    existed = (index_dir / MANIFEST_FILE).exists()
+    # A new face policy or crop method (e.g. --aligned, or a facesearch that aligns differently)
+    # changes every photo: embed them all again.
+    rebuild = rebuild or _settings_differ(index_dir, settings)
+    with IndexWriter.open(index_dir, card=embedder.card, model_dir=embedder.model_dir, source_dir=scan.root,
+                          build=settings, policy=policy, rebuild=rebuild) as writer:
+        report.rebuilt = existed and writer.fresh
+        retype = (policy is not None and not writer.fresh and policy.index_type != writer.manifest.policy.index_type)
+        _update(scan.root, scan.files, writer, embedder, report, start, batch_size=batch_size, strict=strict,
+                faces=faces, workers=workers, progress=progress)
+        t = time.perf_counter()
+        result = writer.commit()
+        if retype:
+            result = writer.compact(force=True)
+        report.seconds["save"] = time.perf_counter() - t
+        m = writer.manifest
+        report.written = result.written or retype
+        report.merged = result.merged
+        report.generation = m.generation
+        report.vectors, report.photos, report.identities = m.faces, m.photos, m.identities
+        report.segments, report.index_types = len(m.segments), [s.kind for s in m.segments]
+    return report
 
 
-def _update(root: Path, files: list[ScannedFile], index_dir: Path, embedder: EmbedderLike, prev: _Previous,
-            report: BuildReport, start: float, *, batch_size: int, strict: bool, faces: str,
-            workers: int | None, progress: Progress | None) -> BuildReport:
-    plan = plan_update(files, prev.photos)
-    if prev.gallery is not None:
-        changes = _Changes(prev.gallery.faiss_index)
-    else:
-        changes = _Changes(faiss.index_factory(embedder.card.embedding_size, DEFAULT_INDEX_TYPE,
-                                               faiss.METRIC_INNER_PRODUCT))
+def _update(root: Path, files: list[ScannedFile], writer: IndexWriter, embedder: EmbedderLike, report: BuildReport,
+            start: float, *, batch_size: int, strict: bool, faces: str, workers: int | None,
+            progress: Progress | None) -> None:
+    """Stage in `writer` what makes the index mirror `files`."""
+    indexed = {} if writer.fresh else writer.photos("folder")
+    plan = plan_update(files, indexed)
     for f in plan.unchanged:
-        if prev.photos[f.path].identity != f.identity:  # the identity rule changed
-            changes.put.append(_photo(f, prev.photos[f.path].sha256, prev.photos[f.path].n_faces))
+        if indexed[f.path].identity != f.identity:  # the identity rule changed
+            writer.put_photo(_photo(f, indexed[f.path].sha256, indexed[f.path].n_faces))
     to_embed = list(plan.new)
     digests = _hash_files(plan.touched, root, workers, progress)
     for f in plan.touched:
-        old = prev.photos[f.path]
+        old = indexed[f.path]
         if digests[f.path] == old.sha256:  # touched, same bytes: keep the vectors
-            changes.put.append(_photo(f, old.sha256, old.n_faces))
+            writer.put_photo(_photo(f, old.sha256, old.n_faces))
         else:
             to_embed.append(f)
     to_embed.sort(key=lambda f: f.path)
     report.unchanged = len(files) - len(to_embed)
     report.removed = len(plan.removed)
-    changes.delete = plan.removed + [f.path for f in to_embed if f.path in prev.photos]
-    old_faces = prev.gallery.store.faces_of(changes.delete) if prev.gallery is not None else {}
-    changes.remove_ids = [sf.id for path in changes.delete for sf in old_faces.get(path, [])]
-    reusable: dict[str, str] = {}  # sha256 -> path of an outgoing photo with that content
-    if prev.manifest is not None and prev.manifest.index_type in _EXACT_RECONSTRUCT:
-        reusable = {prev.photos[p].sha256: p for p in changes.delete}
+    outgoing = plan.removed + [f.path for f in to_embed if f.path in indexed]
+    old_faces = writer.faces_of(outgoing) if outgoing else {}
+    writer.remove_photos(outgoing)
+    # Content already indexed under an outgoing path (a moved or renamed photo) keeps its vectors.
+    reusable = {indexed[p].sha256: p for p in outgoing}
     report.seconds["scan"] = time.perf_counter() - start
 
     t = time.perf_counter()
-    next_id = _embed(root, to_embed, embedder, prev, changes, report, old_faces, reusable, batch_size=batch_size,
-                     strict=strict, faces=faces, workers=workers, progress=progress)
+    live = writer.manifest.faces - sum(len(v) for v in old_faces.values())
+    live += _embed(root, to_embed, writer, embedder, report, indexed, old_faces, reusable, batch_size=batch_size,
+                   strict=strict, faces=faces, workers=workers, progress=progress)
     report.seconds["embed"] = time.perf_counter() - t
     report.images_per_second = len(to_embed) / report.seconds["embed"] if to_embed else 0.0
-
-    if changes.vectors.ntotal == len(changes.remove_ids):
+    if live == 0:
         raise DatasetError(_nothing_indexed(root, report))
-    t = time.perf_counter()
-    if changes.delete or changes.put or prev.manifest is None or _settings_changed(prev.manifest, root, embedder):
-        _save(index_dir, root, embedder, prev, changes, report, next_id=next_id, faces=faces)
-    else:
-        report.generation = prev.manifest.generation
-        report.vectors, report.photos, report.identities = (prev.manifest.count, prev.manifest.photos,
-                                                             prev.manifest.identities)
-    report.seconds["save"] = time.perf_counter() - t
-    return report
 
 
-def _embed(root: Path, to_embed: list[ScannedFile], embedder: EmbedderLike, prev: _Previous, changes: _Changes,
-           report: BuildReport, old_faces: dict[str, list[StoredFace]], reusable: dict[str, str], *,
-           batch_size: int, strict: bool, faces: str, workers: int | None, progress: Progress | None) -> int:
-    """Read and embed `to_embed` into `changes`; returns the next free id."""
-    next_id = prev.next_id
-    done = 0
+def _embed(root: Path, to_embed: list[ScannedFile], writer: IndexWriter, embedder: EmbedderLike,
+           report: BuildReport, indexed: dict[str, Photo], old_faces: dict[str, list[StoredFace]],
+           reusable: dict[str, str], *, batch_size: int, strict: bool, faces: str, workers: int | None,
+           progress: Progress | None) -> int:
+    """Read and embed `to_embed` into `writer`; returns the faces staged."""
+    staged = done = 0
     if progress is not None and to_embed:
         progress("embed", 0, len(to_embed))
 
@@ -217,107 +190,23 @@ def _embed(root: Path, to_embed: list[ScannedFile], embedder: EmbedderLike, prev
                     raise r.error
                 report.skipped.append((file.path, r.error.reason))
                 continue
-            if r.reuse:
-                _take_over(r, reusable[r.sha256], prev, old_faces)
-                report.reused += 1
-            if file.path in prev.photos:
+            if file.path in indexed:
                 report.updated += 1
             else:
                 report.added += 1
-            report.no_face += r.n_faces == 0
-            report.multi_face += r.n_faces > 1
-            ids = np.arange(next_id, next_id + len(r.kept), dtype=np.int64)
-            next_id += len(r.kept)
-            changes.put.append(_photo(file, r.sha256, r.n_faces))
-            changes.faces.extend((file.path, StoredFace(int(i), pos, box)) for i, (pos, box) in zip(ids, r.kept))
-            if len(ids):
-                changes.vectors.add_with_ids(np.ascontiguousarray(r.vectors, dtype=np.float32), ids)
-                changes.added += len(ids)
-    return next_id
-
-
-def _take_over(r: PhotoFaces, source: str, prev: _Previous, old_faces: dict[str, list[StoredFace]]) -> None:
-    """Give `r` the faces and vectors stored for `source`, a photo with the same bytes."""
-    stored = old_faces.get(source, [])
-    r.n_faces = prev.photos[source].n_faces
-    r.kept = [(sf.face, sf.box) for sf in stored]
-    d = prev.manifest.dim
-    r.vectors = np.stack([prev.gallery.faiss_index.reconstruct(sf.id) for sf in stored]).astype(np.float32) \
-        if stored else np.empty((0, d), np.float32)
-
-
-def _save(index_dir: Path, root: Path, embedder: EmbedderLike, prev: _Previous, changes: _Changes,
-          report: BuildReport, *, next_id: int, faces: str) -> None:
-    """Write the changed files as a new generation and make it current."""
-    generation = max(prev.last_generation, _last_generation_on_disk(index_dir)) + 1
-    vectors_name, metadata_name = generation_names(generation)
-    card = embedder.card
-    vectors = changes.vectors
-    if changes.remove_ids or changes.added or prev.gallery is None:
-        if changes.remove_ids:
-            vectors.remove_ids(np.asarray(changes.remove_ids, dtype=np.int64))
-        write_vectors(vectors, index_dir / vectors_name)
-    else:
-        vectors_name = prev.manifest.vectors_file
-    if changes.delete or changes.put or prev.gallery is None:
-        store = MetadataStore.create(index_dir / metadata_name,
-                                     copy_of=prev.gallery.store.path if prev.gallery is not None else None)
-        try:
-            store.delete_photos(changes.delete)
-            store.put_photos(changes.put)
-            store.add_faces(changes.faces)
-            n_faces, n_photos, n_identities = store.counts()
-        except BaseException:
-            store.close()  # the file is named by no manifest: the next save removes it
-            raise
-        store.close_synced()
-    else:  # only settings (paths, model card thresholds) changed
-        metadata_name = prev.manifest.metadata_file
-        n_faces, n_photos, n_identities = prev.gallery.store.counts()
-    if n_faces != vectors.ntotal:  # internal invariant: metadata rows mirror the vectors
-        raise AssertionError(f"build produced {vectors.ntotal} vectors but {n_faces} metadata rows")
-    manifest = Manifest(
-        generation=generation, vectors_file=vectors_name, metadata_file=metadata_name, dim=card.embedding_size,
-        count=int(vectors.ntotal), photos=n_photos, identities=n_identities, next_id=next_id, model_card=card,
-        model_dir=str(Path(embedder.model_dir).expanduser().resolve()), source_dir=str(root),
-        build=_settings(embedder, faces), index_type=DEFAULT_INDEX_TYPE,
-        created=prev.manifest.created if prev.manifest is not None and not report.rebuilt else utc_now())
-    commit(index_dir, manifest)
-    report.generation, report.written = generation, True
-    report.vectors, report.photos, report.identities = manifest.count, n_photos, n_identities
-
-
-def _settings(embedder: EmbedderLike, faces: str) -> dict:
-    """The build settings a manifest records: a change in any of them changes every photo's vectors."""
-    return {"faces": faces, "crops": embedder.crop_method}
-
-
-def _load_previous(index_dir: Path, card: ModelCard, *, rebuild: bool, settings: dict,
-                   report: BuildReport) -> _Previous:
-    if not (index_dir / MANIFEST_FILE).exists():
-        return _Previous(last_generation=_last_generation_on_disk(index_dir))
-    fresh = _Previous(last_generation=_last_generation_on_disk(index_dir))
-    try:
-        m = read_manifest(index_dir)
-        fresh.next_id = m.next_id  # ids stay unique across rebuilds
-        fresh.last_generation = max(fresh.last_generation, m.generation)
-        if not rebuild:
-            m.check_model(card, what="build", fix="pass --rebuild to replace the index, or build with the "
-                                                  f"model it was made with ({m.model_dir})")
-        # A new face policy or crop method (e.g. --aligned, or a facesearch that aligns differently)
-        # changes every photo: embed them all again. Indexes from before "crops" was recorded too.
-        if rebuild or {"faces": "largest"} | m.build != settings:
-            report.rebuilt = True
-            return fresh
-        gallery = GalleryIndex.open(index_dir)
-    except IndexFormatError as e:
-        if not rebuild:
-            raise IndexFormatError(f"{e} (or pass --rebuild to replace it)") from e
-        report.rebuilt = True
-        return fresh
-    m = gallery.manifest
-    return _Previous(manifest=m, gallery=gallery, photos=gallery.store.photos(), next_id=m.next_id,
-                     last_generation=m.generation)
+            if r.reuse:
+                source = reusable[r.sha256]
+                kept = old_faces.get(source, [])
+                writer.keep_faces(_photo(file, r.sha256, indexed[source].n_faces), kept)
+                del old_faces[source]  # its ids now belong to this photo
+                report.reused += 1
+                n_faces, staged = indexed[source].n_faces, staged + len(kept)
+            else:
+                writer.add_photo(_photo(file, r.sha256, r.n_faces), r.kept, r.vectors)
+                n_faces, staged = r.n_faces, staged + len(r.kept)
+            report.no_face += n_faces == 0
+            report.multi_face += n_faces > 1
+    return staged
 
 
 def _hash_files(files: list[ScannedFile], root: Path, workers: int | None,
@@ -346,14 +235,17 @@ def _photo(f: ScannedFile, sha256: str, n_faces: int) -> Photo:
     return Photo(f.path, f.identity, f.size, f.mtime_ns, sha256, n_faces)
 
 
-def _settings_changed(m: Manifest, root: Path, embedder: EmbedderLike) -> bool:
-    model_dir = str(Path(embedder.model_dir).expanduser().resolve())
-    return m.source_dir != str(root) or m.model_dir != model_dir or m.model_card != embedder.card
+def _settings_differ(index_dir: Path, settings: dict) -> bool:
+    try:
+        data = read_manifest_data(index_dir)
+    except IndexFormatError:
+        return False  # no index yet, or a damaged one: the writer says what to do
+    return isinstance(data, dict) and {"faces": "largest"} | dict(data.get("build") or {}) != settings
 
 
-def _last_generation_on_disk(index_dir: Path) -> int:
-    numbers = [int(m.group(1)) for p in index_dir.glob("gen-*") if (m := re.match(r"gen-(\d+)\.", p.name))]
-    return max(numbers, default=0)
+def _settings(embedder: EmbedderLike, faces: str) -> dict:
+    """The build settings a manifest records: a change in any of them changes every photo's vectors."""
+    return {"faces": faces, "crops": embedder.crop_method}
 
 
 def _nothing_indexed(root: Path, report: BuildReport) -> str:

@@ -1,4 +1,9 @@
-"""An opened gallery index: FAISS inner-product search plus identity metadata, read-only."""
+"""An opened gallery index: its segments searched and merged, identity metadata, read-only.
+
+A `GalleryIndex` is a snapshot of one committed generation: writes that happen while it is open
+(a build, an enrolment, a compaction) do not change what it answers; open the index again (or
+`reopen_if_changed`) to see them.
+"""
 
 from __future__ import annotations
 
@@ -6,66 +11,47 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import faiss
 import numpy as np
 
 from embedder.core.errors import IndexFormatError, IndexMismatchError
 from embedder.core.model_card import ModelCard
 from index.manifest import Manifest, read_manifest, rebuild_hint
 from index.search import QueryResult, rank_identities
-from index.store import FaceRecord, MetadataStore
+from index.segments import Segment, merge_results
+from index.store import FaceRecord, IndexStore
 
-
-def read_vectors(path: Path, manifest: Manifest, hint: str) -> faiss.Index:
-    """Read a generation's FAISS index and check it against its manifest.
-
-    Raises:
-        IndexFormatError: missing or unreadable file, wrong metric, dimension or count.
-    """
-    if not path.is_file():
-        raise FileNotFoundError(path)
-    try:
-        index = faiss.read_index(str(path))
-    except RuntimeError as e:
-        raise IndexFormatError(f"vector file '{path}' is damaged ({str(e).splitlines()[-1][:200]}) - {hint}") from e
-    problem = None
-    if index.metric_type != faiss.METRIC_INNER_PRODUCT:
-        problem = "its metric is not inner product"
-    elif index.d != manifest.dim or manifest.dim != manifest.model_card.embedding_size:
-        problem = (f"it holds {index.d}-d vectors, the manifest says {manifest.dim}-d and the model card "
-                   f"{manifest.model_card.embedding_size}-d")
-    elif index.ntotal != manifest.count:
-        problem = f"it holds {index.ntotal} vectors, the manifest says {manifest.count}"
-    if problem:
-        raise IndexFormatError(f"vector file '{path}' does not match its manifest: {problem} - {hint}")
-    return index
+# Counting the live metadata rows on open is a full scan; below this many faces it is cheap
+# enough (a few ms) to check that they match the vectors every time an index is opened.
+COUNT_CHECK_LIMIT = 200_000
 
 
 class GalleryIndex:
     """A gallery index opened for search. Use `GalleryIndex.open(index_dir)`.
 
     Scores are inner products of L2-normalised vectors (cosine similarity): higher is more alike.
-    `faiss_index` (a `faiss.IndexIDMap2`, ids = metadata ids) and `store` (the metadata) are the
-    lower-level parts, for tools that need more than `search` and `records`.
+    `segments`, `tombstones` (sorted ids) and `store` (the metadata) are the lower-level parts.
     """
 
-    def __init__(self, index_dir: Path, manifest: Manifest, vectors: faiss.Index, store: MetadataStore):
+    def __init__(self, index_dir: Path, manifest: Manifest, segments: list[Segment], tombstones: np.ndarray,
+                 store: IndexStore):
         self.index_dir = index_dir
         self.manifest = manifest
-        self.faiss_index = vectors
+        self.segments = segments
+        self.tombstones = tombstones
         self.store = store
+        self._dead = [s.dead_mask(tombstones) for s in segments]
 
     @classmethod
     def open(cls, index_dir: str | os.PathLike, card: ModelCard | None = None) -> GalleryIndex:
         """Load the current generation of `index_dir`.
 
         Args:
-            index_dir: a directory written by `build_index`.
+            index_dir: a directory written by `build_index` (or `index.writer`).
             card: the model that will embed queries; if given, it must be the index's model.
 
         Raises:
-            IndexFormatError: missing directory or manifest, unknown format version, missing or
-                damaged files, vector count differing from the metadata.
+            IndexFormatError: missing directory or manifest, unknown or old format version, missing
+                or damaged files, vector counts differing from the metadata.
             IndexMismatchError: `card` is another model than the one the index was built with.
         """
         index_dir = Path(index_dir).expanduser().resolve()
@@ -76,7 +62,7 @@ class GalleryIndex:
             try:
                 return cls._load(index_dir, manifest)
             except FileNotFoundError as e:
-                # A build may have just swapped the manifest and deleted the files we were about
+                # A write may have just swapped the manifest and deleted the files we were about
                 # to open: read the manifest once more before calling the index damaged.
                 if attempt == 2 or read_manifest(index_dir).generation == manifest.generation:
                     raise IndexFormatError(f"index file '{e.args[0]}' named by the manifest is missing - "
@@ -86,20 +72,24 @@ class GalleryIndex:
     @classmethod
     def _load(cls, index_dir: Path, manifest: Manifest) -> GalleryIndex:
         hint = rebuild_hint(index_dir, manifest.source_dir)
-        vectors = read_vectors(index_dir / manifest.vectors_file, manifest, hint)
-        meta_path = index_dir / manifest.metadata_file
-        if not meta_path.is_file():
-            raise FileNotFoundError(meta_path)
         try:
-            store = MetadataStore.open_readonly(meta_path)
+            segments = [Segment.open(index_dir, info, manifest.dim) for info in manifest.segments]
+            tombstones = read_tombstones(index_dir, manifest)
+            store = IndexStore.open_reader(index_dir / manifest.metadata_file, manifest.generation)
         except IndexFormatError as e:
             raise IndexFormatError(f"{e} - {hint}") from e
-        n_faces, _, _ = store.counts()
-        if n_faces != vectors.ntotal:
+        try:
+            check_counts(store, manifest, hint)
+        except BaseException:
             store.close()
-            raise IndexFormatError(f"index '{index_dir}' is inconsistent: {vectors.ntotal} vectors but "
-                                   f"{n_faces} metadata rows - {hint}")
-        return cls(index_dir, manifest, vectors, store)
+            raise
+        return cls(index_dir, manifest, segments, tombstones, store)
+
+    def reopen_if_changed(self) -> GalleryIndex:
+        """This index if its manifest still names the same generation, else the current one (opened)."""
+        if read_manifest(self.index_dir).generation == self.manifest.generation:
+            return self
+        return GalleryIndex.open(self.index_dir)
 
     # --- properties ----------------------------------------------------------------------
 
@@ -115,15 +105,20 @@ class GalleryIndex:
 
     @property
     def source_dir(self) -> Path:
-        """The gallery folder; record paths are relative to it."""
+        """The gallery folder; folder photos' paths are relative to it."""
         return Path(self.manifest.source_dir)
 
     @property
     def dim(self) -> int:
         return self.manifest.dim
 
+    @property
+    def exact(self) -> bool:
+        """Whether every segment is searched exhaustively (flat): ranking is then exact."""
+        return all(s.exact for s in self.segments)
+
     def __len__(self) -> int:
-        return int(self.faiss_index.ntotal)
+        return self.manifest.faces
 
     def check_model(self, card: ModelCard) -> None:
         """Raise `IndexMismatchError` unless queries embedded by `card`'s model can be searched here."""
@@ -132,14 +127,15 @@ class GalleryIndex:
     # --- search --------------------------------------------------------------------------
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The `k` most similar stored vectors of each query.
+        """The `k` most similar live vectors of each query, over every segment.
 
         Args:
             vectors: `(m, d)` float32 queries, rows L2-normalised.
             k: neighbours per query; more than `len(self)` returns `len(self)`.
 
         Returns:
-            scores `(m, min(k, n))` float32, best first, and ids `(m, min(k, n))` int64.
+            scores `(m, min(k, n))` float32, best first, and ids `(m, min(k, n))` int64. Exact for
+            flat segments; approximate segments give their approximate neighbours (index.ann).
 
         Raises:
             TypeError: `vectors` is not a float32 numpy array.
@@ -157,18 +153,46 @@ class GalleryIndex:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         k = min(int(k), len(self))
+        m = len(vectors)
         if k == 0:
-            return np.empty((len(vectors), 0), np.float32), np.empty((len(vectors), 0), np.int64)
-        scores, ids = self.faiss_index.search(np.ascontiguousarray(vectors), k)
-        return scores, ids
+            return np.empty((m, 0), np.float32), np.empty((m, 0), np.int64)
+        queries = np.ascontiguousarray(vectors)
+        parts = [seg.search(queries, k, dead) for seg, dead in zip(self.segments, self._dead)]
+        scores, ids = merge_results(parts, k) if len(parts) > 1 else parts[0]
+        return scores[:, :k], ids[:, :k]
+
+    def ids(self) -> np.ndarray:
+        """Every live id, sorted, `(len(self),)` int64."""
+        stored = np.concatenate([s.ids for s in self.segments]) if self.segments else np.empty(0, np.int64)
+        return np.sort(np.setdiff1d(stored, self.tombstones))
 
     def records(self, ids: Sequence[int] | np.ndarray) -> list[FaceRecord]:
         """Metadata of stored vectors, in the order of `ids` (1-D).
 
         Raises:
-            KeyError: an id is not in the index.
+            KeyError: an id is not live in the index.
         """
         return self.store.records(np.asarray(ids, dtype=np.int64).reshape(-1).tolist())
+
+    def vectors(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The stored vectors of live `ids`, `(len(ids), d)` float32, in order.
+
+        Raises:
+            KeyError: an id is not live in the index.
+        """
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        out = np.zeros((len(ids), self.dim), np.float32)
+        found = np.zeros(len(ids), bool)
+        for seg in self.segments:
+            at = seg.positions(ids)
+            hit = at >= 0
+            if hit.any():
+                out[hit] = seg.vectors(at[hit])
+                found |= hit
+        dead = np.isin(ids, self.tombstones)
+        if not found.all() or dead.any():
+            raise KeyError(f"ids not in the index: {ids[~found | dead][:10].tolist()}")
+        return out
 
     def rank_identities(self, vector: np.ndarray, k: int = 5, threshold: float | None = None) -> QueryResult:
         """Best-scoring identities for one face; see `index.search.rank_identities`."""
@@ -186,5 +210,43 @@ class GalleryIndex:
         self.close()
 
     def __repr__(self) -> str:
-        return (f"GalleryIndex('{self.index_dir}', {len(self)} vectors, {self.manifest.identities} identities, "
-                f"model {self.card.describe()}, generation {self.manifest.generation})")
+        kinds = ",".join(sorted({s.info.kind for s in self.segments})) or "empty"
+        return (f"GalleryIndex('{self.index_dir}', {len(self)} vectors in {len(self.segments)} segment(s) "
+                f"({kinds}), {self.manifest.identities} identities, model {self.card.describe()}, "
+                f"generation {self.manifest.generation})")
+
+
+def read_tombstones(index_dir: Path, manifest: Manifest) -> np.ndarray:
+    """The sorted int64 ids the manifest's tombstone file lists (empty without one).
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        IndexFormatError: it is unreadable or holds another count than the manifest says.
+    """
+    if manifest.tombstones is None:
+        return np.empty(0, np.int64)
+    path = index_dir / manifest.tombstones
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    try:
+        dead = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise IndexFormatError(f"tombstone file '{path}' is damaged ({e})") from e
+    if dead.dtype != np.int64 or dead.shape != (manifest.dead,):
+        raise IndexFormatError(f"tombstone file '{path}' holds {dead.dtype} {dead.shape}, the manifest says "
+                               f"{manifest.dead} int64 ids")
+    return dead
+
+
+def check_counts(store: IndexStore, manifest: Manifest, hint: str) -> None:
+    """Raise `IndexFormatError` unless the metadata's live rows match the manifest's vectors."""
+    where = f"index '{store.path.parent}'"
+    recorded = store.recorded_counts(manifest.generation)
+    if recorded is None:
+        raise IndexFormatError(f"{where} is inconsistent: its metadata has no record of generation "
+                               f"{manifest.generation} - {hint}")
+    if recorded.faces != manifest.faces:
+        raise IndexFormatError(f"{where} is inconsistent: {manifest.faces} live vectors but the metadata recorded "
+                               f"{recorded.faces} faces - {hint}")
+    if manifest.faces <= COUNT_CHECK_LIMIT and (rows := store.count_faces()) != manifest.faces:
+        raise IndexFormatError(f"{where} is inconsistent: {manifest.faces} vectors but {rows} metadata rows - {hint}")

@@ -1,9 +1,11 @@
-"""Crash-safe saves of an index directory: new generation files, then one atomic manifest swap.
+"""Crash-safe commits of an index directory: new files first, then one atomic manifest swap.
 
-Order of a save (see `commit`): the new generation's files are written and fsynced under names
-no manifest refers to; `manifest.json` is replaced atomically; only then are files that the
-new manifest does not name deleted. A crash at any point leaves a loadable index: the old one
-before the swap, the new one after it; leftovers are removed by the next save.
+Order of a write (see `index.writer`): new segment and tombstone files are written and fsynced
+under names no manifest refers to, and the metadata rows of the new generation are committed
+(invisible to readers of the current one); then `manifest.json` is replaced atomically; only
+then are files that the new manifest does not name deleted. A crash at any point leaves a
+loadable, consistent index: the old one before the swap, the new one after it; leftovers are
+removed (and uncommitted metadata rows rolled back) by the next write.
 """
 
 from __future__ import annotations
@@ -14,29 +16,17 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-import faiss
-
 from embedder.core.atomic import atomic_write_json
 from embedder.core.errors import FaceSearchError
 from embedder.core.model_card import CARD_FILE
 from index.manifest import MANIFEST_FILE, Manifest
 
 LOCK_FILE = ".lock"
-# Files this package creates: generation files (and SQLite side files), atomic-write temporaries.
-_OURS = re.compile(r"^(gen-\d{6,}\.(faiss|sqlite)(-journal|-wal|-shm)?|\.(manifest|model_card)\.json\..*\.tmp)$")
-
-
-def generation_names(generation: int) -> tuple[str, str]:
-    """File names (vectors, metadata) of a generation."""
-    return f"gen-{generation:06d}.faiss", f"gen-{generation:06d}.sqlite"
-
-
-def write_vectors(index: faiss.Index, path: Path) -> None:
-    """Write a FAISS index to `path` and fsync it."""
-    path.unlink(missing_ok=True)
-    faiss.write_index(index, str(path))
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
+# Files this package creates and may delete: segment and tombstone files, atomic-write temporaries,
+# and the generation files of the old format (gone once an index is upgraded).
+_OURS = re.compile(r"^(seg-\d{6,}\.(vectors\.npy|ids\.npy|ann)|tomb-\d{6,}\.npy|meta-\d{6,}\.sqlite(-wal|-shm)?"
+                   r"|gen-\d{6,}\.(faiss|sqlite)(-journal|-wal|-shm)?|\.(manifest|model_card)\.json\..*\.tmp"
+                   r"|\.seg-\d{6,}\..*\.tmp)$")
 
 
 def commit(index_dir: Path, manifest: Manifest) -> None:
@@ -51,8 +41,14 @@ def commit(index_dir: Path, manifest: Manifest) -> None:
 
 
 def remove_stale(index_dir: Path, manifest: Manifest | None) -> list[str]:
-    """Delete our files that `manifest` does not name (older generations, crash leftovers)."""
-    keep = {manifest.vectors_file, manifest.metadata_file} if manifest is not None else set()
+    """Delete our files that `manifest` does not name (older generations, crash leftovers).
+
+    Readers that still use an older generation keep working: their files are open (or mapped),
+    and unlinking an open file on POSIX leaves it readable until it is closed.
+    """
+    keep = manifest.files if manifest is not None else set()
+    if manifest is not None:  # the metadata file's SQLite side files live as long as it does
+        keep |= {manifest.metadata_file + "-wal", manifest.metadata_file + "-shm"}
     removed = []
     for entry in os.scandir(index_dir):
         if entry.is_file() and _OURS.match(entry.name) and entry.name not in keep:
@@ -63,23 +59,38 @@ def remove_stale(index_dir: Path, manifest: Manifest | None) -> list[str]:
 
 
 @contextlib.contextmanager
-def build_lock(index_dir: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `index_dir` so that two builds never interleave.
+def build_lock(index_dir: Path, wait: float = 0.0) -> Iterator[None]:
+    """Hold an exclusive lock on `index_dir` so that two writers never interleave.
 
-    Readers take no lock: they only read files named by a complete manifest.
+    Readers take no lock: they only read files named by a complete manifest, and metadata rows
+    of the generation that manifest names.
+
+    Args:
+        index_dir: the index directory (created if missing).
+        wait: seconds to wait for another writer to finish before giving up.
+
+    Raises:
+        FaceSearchError: another writer holds the lock (after `wait` seconds).
     """
+    import time
+
     index_dir.mkdir(parents=True, exist_ok=True)
     try:
         import fcntl
     except ImportError:  # Windows: no advisory locks; concurrent builds are the user's problem
         yield
         return
+    deadline = time.monotonic() + wait
     with open(index_dir / LOCK_FILE, "a+b") as f:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise FaceSearchError(f"another build is writing the index '{index_dir}'; wait for it to "
-                                  "finish and run again") from None
+        while True:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise FaceSearchError(f"another build is writing the index '{index_dir}'; wait for it to "
+                                          "finish and run again") from None
+                time.sleep(0.02)
         try:
             yield
         finally:

@@ -13,10 +13,14 @@ from index.store import Box, FaceRecord
 
 UNKNOWN = "unknown"  # the verdict when no identity reaches the threshold
 OVERSAMPLE = 4  # neighbours searched per identity wanted, before widening
+# An approximate index ranks the identities of its approximate neighbours: widening stops here
+# (an exhaustive search over an approximate index would cost what the index exists to avoid).
+APPROXIMATE_WIDEST = 4096
 
 
 class SearchableGallery(Protocol):
     card: ModelCard
+    exact: bool  # every vector is searched exhaustively (flat); else the neighbours are approximate
 
     def __len__(self) -> int: ...
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
@@ -72,7 +76,9 @@ def rank_identities(gallery: SearchableGallery, vector: np.ndarray, k: int = 5,
 
     Searches `k * oversample` neighbours and widens (x4) until `k` distinct identities are seen
     or the whole index is covered. Once `k` identities are seen among the top neighbours, no
-    unseen identity can beat them, so the ranking is exact (up to ties).
+    unseen identity can beat them, so on an exact (flat) index the ranking is exact (up to ties).
+    On an approximate index it ranks the identities of the approximate neighbours, widening to
+    at most `APPROXIMATE_WIDEST` of them.
 
     Args:
         gallery: an open `GalleryIndex` (or anything with `card`, `search`, `records`, `len`).
@@ -94,15 +100,17 @@ def rank_identities(gallery: SearchableGallery, vector: np.ndarray, k: int = 5,
     if k < 1 or oversample < 1:
         raise ValueError(f"k and oversample must be at least 1, got k={k}, oversample={oversample}")
     threshold = gallery.card.default_threshold if threshold is None else float(threshold)
-    n = len(gallery)
+    n = len(gallery) if getattr(gallery, "exact", True) else min(len(gallery), max(APPROXIMATE_WIDEST, k))
     want = min(n, k * oversample)
     known: dict[int, FaceRecord] = {}
     while True:
         scores, ids = gallery.search(v[None, :], want)
-        fresh = [int(i) for i in ids[0] if int(i) not in known]
+        fresh = [int(i) for i in ids[0] if i >= 0 and int(i) not in known]  # -1: padding of a short result
         known.update((r.id, r) for r in gallery.records(fresh))
         best: dict[str, IdentityMatch] = {}
         for score, i in zip(scores[0].tolist(), ids[0].tolist()):
+            if i < 0:
+                break
             r = known[i]
             if r.identity not in best:
                 best[r.identity] = IdentityMatch(r.identity, float(score), r.path, r.box, r.id)

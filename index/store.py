@@ -1,45 +1,73 @@
-"""SQLite identity metadata of a gallery index: one row per photo, one row per stored face vector."""
+"""SQLite identity metadata of a gallery index, versioned by generation.
+
+One file, updated in place: every row carries the generation that added it and the one that
+removed it (NULL while live), so a reader opened on generation G sees exactly the rows with
+`added <= G < removed`, while a writer prepares generation G + 1 in the same file. A write only
+touches the rows that change. The manifest (`index.manifest`) names the committed generation:
+rows of a generation that no manifest names yet (a write that crashed before its manifest
+swap) are invisible to readers and rolled back by the next writer (`IndexStore.rollback`).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
 import sqlite3
+import threading
 import urllib.parse
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from embedder.core.constants import Box
 from embedder.core.errors import IndexFormatError
 
-SCHEMA_VERSION = 1  # PRAGMA user_version of the metadata file
+SCHEMA_VERSION = 2  # PRAGMA user_version of the metadata file
+
+def metadata_name(generation: int) -> str:
+    """The metadata file an index creates at `generation` (its first build, a rebuild, an upgrade)."""
+    return f"meta-{generation:06d}.sqlite"
+
+SOURCES = ("folder", "api")  # where a photo came from: the mirrored gallery folder, or an enrolment
 
 _SCHEMA = """
 CREATE TABLE photos (
-    path     TEXT PRIMARY KEY,  -- relative to the gallery folder, '/'-separated
+    path     TEXT NOT NULL,     -- relative to the gallery folder ('/'-separated), or a photo-store key
     identity TEXT NOT NULL,
     size     INTEGER NOT NULL,  -- bytes
     mtime_ns INTEGER NOT NULL,
     sha256   TEXT NOT NULL,
-    n_faces  INTEGER NOT NULL   -- faces found in the photo; 0 = no face, nothing stored
-) WITHOUT ROWID;
-CREATE TABLE faces (
-    id   INTEGER PRIMARY KEY,   -- the FAISS id of this face's vector
-    path TEXT NOT NULL REFERENCES photos(path),
-    face INTEGER NOT NULL,      -- position among the faces found in the photo
-    x1 REAL, y1 REAL, x2 REAL, y2 REAL  -- box in the photo; NULL for pre-aligned crops
+    n_faces  INTEGER NOT NULL,  -- faces found in the photo; 0 = no face, nothing stored
+    source   TEXT NOT NULL,     -- 'folder' (mirrors the gallery folder) or 'api' (enrolled)
+    added    INTEGER NOT NULL,  -- generation that added this version of the row
+    removed  INTEGER            -- generation that removed it; NULL while live
 );
-CREATE INDEX faces_path ON faces(path);
+CREATE UNIQUE INDEX photos_live_path ON photos(path) WHERE removed IS NULL;
+CREATE INDEX photos_path ON photos(path, added);
 CREATE INDEX photos_identity ON photos(identity);
-CREATE VIEW records AS
-    SELECT f.id, f.path, p.identity, f.face, f.x1, f.y1, f.x2, f.y2, p.size, p.mtime_ns, p.sha256
-    FROM faces AS f JOIN photos AS p USING (path);
+CREATE TABLE faces (
+    id      INTEGER NOT NULL,     -- the vector's id in the segments (a moved photo keeps its vectors' ids)
+    path    TEXT NOT NULL,
+    face    INTEGER NOT NULL,     -- position among the faces found in the photo
+    x1 REAL, y1 REAL, x2 REAL, y2 REAL,  -- box in the photo; NULL for pre-aligned crops
+    added   INTEGER NOT NULL,
+    removed INTEGER
+);
+CREATE UNIQUE INDEX faces_live_id ON faces(id) WHERE removed IS NULL;
+CREATE INDEX faces_id ON faces(id, added);
+CREATE INDEX faces_path ON faces(path);
+CREATE INDEX faces_removed ON faces(removed) WHERE removed IS NOT NULL;
+CREATE TABLE generations (
+    generation INTEGER PRIMARY KEY,
+    faces      INTEGER NOT NULL,  -- live rows once this generation is committed
+    photos     INTEGER NOT NULL,
+    identities INTEGER NOT NULL
+);
 """
 
+# Rows visible at generation :g.
+_LIVE = "{t}.added <= :g AND ({t}.removed IS NULL OR {t}.removed > :g)"
 _CHUNK = 500  # ids per `IN (...)` query, under SQLite's bound-parameter limit
-
-
 
 
 @dataclass(frozen=True)
@@ -52,6 +80,7 @@ class Photo:
     mtime_ns: int
     sha256: str
     n_faces: int
+    source: str = "folder"
 
 
 @dataclass(frozen=True)
@@ -82,96 +111,142 @@ class FaceRecord:
                 "mtime_ns": self.mtime_ns, "sha256": self.sha256}
 
 
+@dataclass(frozen=True)
+class Counts:
+    """Live faces, photos and identities (identities: those with at least one photo)."""
+
+    faces: int
+    photos: int
+    identities: int
+
+
 def _box(x1, y1, x2, y2) -> Box | None:
     return None if x1 is None else (float(x1), float(y1), float(x2), float(y2))
 
 
-class MetadataStore:
-    """An open metadata file. Query paths open it read-only; builds write a fresh copy."""
+class IndexStore:
+    """The metadata file of an index, opened for reading at one generation or for writing the next.
 
-    def __init__(self, conn: sqlite3.Connection, path: Path):
+    Readers (`open_reader`) may be used from several threads (calls are serialised); a writer
+    (`open_writer`) belongs to the one process holding the index's build lock.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, path: Path, generation: int):
         self._conn = conn
+        self._lock = threading.Lock()
         self.path = path
+        self.generation = generation  # readers: the generation they see; writers: the one they write
+
+    # --- opening ---------------------------------------------------------------------------
 
     @classmethod
-    def open_readonly(cls, path: str | os.PathLike) -> MetadataStore:
-        """Open a committed metadata file; it is never modified, so no locking is needed.
+    def open_reader(cls, path: str | os.PathLike, generation: int) -> IndexStore:
+        """Open a committed metadata file read-only, seeing generation `generation`.
 
         Raises:
-            IndexFormatError: the file is missing, not SQLite, or of another schema version.
+            IndexFormatError: the file is missing, not SQLite, of another schema version, or has
+                no record of that generation.
         """
         path = Path(path)
         if not path.is_file():
-            raise IndexFormatError(f"metadata file '{path}' is missing")
-        uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro&immutable=1"
-        store = cls(sqlite3.connect(uri, uri=True), path)
-        store.check_schema()
+            raise FileNotFoundError(path)
+        uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
+        store = cls(_connect(uri, uri=True), path, generation)
+        store._check_schema()
         return store
 
     @classmethod
-    def create(cls, path: str | os.PathLike, copy_of: str | os.PathLike | None = None) -> MetadataStore:
-        """A writable metadata file at `path`: a copy of `copy_of`, or empty with the schema.
+    def create(cls, path: str | os.PathLike, base: int = 0) -> IndexStore:
+        """A new, empty metadata file, opened to write generation `base + 1`; fails if it exists.
 
-        The file belongs to a generation no manifest names yet, so a crash only leaves
-        garbage to clean up: it is written without a journal and synced in `close_synced`.
+        `base` is recorded as an empty committed generation: the one the first write builds on.
         """
         path = Path(path)
-        path.unlink(missing_ok=True)
-        if copy_of is not None:
-            shutil.copyfile(copy_of, path)
-        conn = sqlite3.connect(path)
-        conn.execute("PRAGMA journal_mode=OFF")
-        conn.execute("PRAGMA synchronous=OFF")
-        store = cls(conn, path)
-        if copy_of is None:
-            conn.executescript(_SCHEMA)
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        else:
-            store.check_schema()
+        if path.exists():
+            raise FileExistsError(path)
+        conn = _connect(str(path))
+        conn.execute("PRAGMA journal_mode=WAL")
+        # A new file that no manifest names yet: a crash here leaves a leftover the next write removes.
+        conn.executescript(_SCHEMA)
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        conn.execute("INSERT INTO generations VALUES (?, 0, 0, 0)", (base,))
+        conn.close()
+        return cls.open_writer(path, base)
+
+    @classmethod
+    def open_writer(cls, path: str | os.PathLike, committed: int) -> IndexStore:
+        """Open the metadata file to write generation `committed + 1`.
+
+        Rows that a crashed write left for a generation after `committed` are rolled back first.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(path)
+        conn = _connect(str(path))
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")  # a committed write survives a power cut
+        except sqlite3.DatabaseError as e:
+            conn.close()
+            raise IndexFormatError(f"metadata file '{path}' is damaged: {e}") from e
+        store = cls(conn, path, committed + 1)
+        store._check_schema()
+        store.rollback(committed)
         return store
 
-    def check_schema(self) -> None:
+    def _check_schema(self) -> None:
         try:
             version = self._conn.execute("PRAGMA user_version").fetchone()[0]
-            self._conn.execute("SELECT count(*) FROM records WHERE id < 0").fetchone()
+            if version == SCHEMA_VERSION:
+                self._conn.execute("SELECT count(*) FROM faces WHERE id < 0").fetchone()
         except sqlite3.DatabaseError as e:
+            self._conn.close()
             raise IndexFormatError(f"metadata file '{self.path}' is damaged: {e}") from e
         if version != SCHEMA_VERSION:
+            self._conn.close()
             raise IndexFormatError(f"metadata file '{self.path}' has schema version {version}; "
                                    f"this facesearch reads version {SCHEMA_VERSION}")
 
     def close(self) -> None:
         self._conn.close()
 
-    def close_synced(self) -> None:
-        """Commit, close and fsync the file (writers only)."""
-        self._conn.commit()
-        self._conn.close()
-        with open(self.path, "rb") as f:
-            os.fsync(f.fileno())
+    # --- reading (at self.generation) ------------------------------------------------------
 
-    # --- reading -------------------------------------------------------------------------
+    def _query(self, sql: str, params: dict | Sequence = ()) -> list[tuple]:
+        with self._lock:
+            try:
+                return self._conn.execute(sql, params).fetchall()
+            except sqlite3.DatabaseError as e:
+                raise IndexFormatError(f"metadata file '{self.path}' is damaged: {e}") from e
 
-    def counts(self) -> tuple[int, int, int]:
-        """(faces, photos, identities)."""
-        q = self._conn.execute
-        return (q("SELECT count(*) FROM faces").fetchone()[0], q("SELECT count(*) FROM photos").fetchone()[0],
-                q("SELECT count(DISTINCT identity) FROM photos").fetchone()[0])
+    def recorded_counts(self, generation: int | None = None) -> Counts | None:
+        """The counts a writer recorded when it committed `generation` (None: no such record)."""
+        g = self.generation if generation is None else generation
+        rows = self._query("SELECT faces, photos, identities FROM generations WHERE generation = ?", (g,))
+        return Counts(*rows[0]) if rows else None
 
-    def photos(self) -> dict[str, Photo]:
-        """Every photo by relative path."""
-        rows = self._conn.execute("SELECT path, identity, size, mtime_ns, sha256, n_faces FROM photos")
+    def count_faces(self) -> int:
+        """Live face rows, counted (a full scan: for checks, not for every open of a large index)."""
+        return self._query(f"SELECT count(*) FROM faces AS f WHERE {_LIVE.format(t='f')}",
+                           {"g": self.generation})[0][0]
+
+    def photos(self, source: str | None = "folder") -> dict[str, Photo]:
+        """Live photos by path (of one source, or all with `source=None`)."""
+        where = _LIVE.format(t="p") + ("" if source is None else " AND p.source = :source")
+        rows = self._query(f"SELECT path, identity, size, mtime_ns, sha256, n_faces, source FROM photos AS p "
+                           f"WHERE {where}", {"g": self.generation, "source": source})
         return {r[0]: Photo(*r) for r in rows}
 
     def faces_of(self, paths: Iterable[str]) -> dict[str, list[StoredFace]]:
-        """The stored faces of each of `paths` (photos with none are absent), in face order."""
+        """The live stored faces of each of `paths` (photos with none are absent), in face order."""
         out: dict[str, list[StoredFace]] = {}
         paths = list(paths)
         for i in range(0, len(paths), _CHUNK):
             chunk = paths[i:i + _CHUNK]
-            rows = self._conn.execute(
-                f"SELECT path, id, face, x1, y1, x2, y2 FROM faces WHERE path IN ({','.join('?' * len(chunk))})"
-                " ORDER BY path, face", chunk)
+            params = {"g": self.generation} | {f"p{j}": p for j, p in enumerate(chunk)}
+            rows = self._query(
+                f"SELECT path, id, face, x1, y1, x2, y2 FROM faces AS f WHERE {_LIVE.format(t='f')} AND path IN "
+                f"({','.join(f':p{j}' for j in range(len(chunk)))}) ORDER BY path, face", params)
             for path, id_, face, *box in rows:
                 out.setdefault(path, []).append(StoredFace(id_, face, _box(*box)))
         return out
@@ -180,16 +255,19 @@ class MetadataStore:
         """Records of `ids`, in the order given.
 
         Raises:
-            KeyError: an id is not in the index (e.g. -1 padding from a search).
+            KeyError: an id is not live in this generation (e.g. -1 padding from a search).
         """
         ids = [int(i) for i in ids]
         found: dict[int, FaceRecord] = {}
         unique = list(dict.fromkeys(ids))
         for i in range(0, len(unique), _CHUNK):
             chunk = unique[i:i + _CHUNK]
-            rows = self._conn.execute(
-                "SELECT id, path, identity, face, x1, y1, x2, y2, size, mtime_ns, sha256 FROM records"
-                f" WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+            params = {"g": self.generation} | {f"i{j}": v for j, v in enumerate(chunk)}
+            rows = self._query(
+                "SELECT f.id, f.path, p.identity, f.face, f.x1, f.y1, f.x2, f.y2, p.size, p.mtime_ns, p.sha256"
+                f" FROM faces AS f JOIN photos AS p ON p.path = f.path AND {_LIVE.format(t='p')}"
+                f" WHERE {_LIVE.format(t='f')} AND f.id IN ({','.join(f':i{j}' for j in range(len(chunk)))})",
+                params)
             for id_, path, identity, face, x1, y1, x2, y2, size, mtime_ns, sha in rows:
                 found[id_] = FaceRecord(id_, path, identity, face, _box(x1, y1, x2, y2), size, mtime_ns, sha)
         missing = [i for i in unique if i not in found]
@@ -197,24 +275,172 @@ class MetadataStore:
             raise KeyError(f"ids not in the index: {missing[:10]}")
         return [found[i] for i in ids]
 
-    # --- writing -------------------------------------------------------------------------
+    def identities(self, offset: int = 0, limit: int | None = None) -> list[tuple[str, int, int]]:
+        """(identity, photos, faces) of live identities, sorted by name, paged."""
+        rows = self._query(
+            "SELECT p.identity, count(DISTINCT p.path), count(f.id) FROM photos AS p"
+            f" LEFT JOIN faces AS f ON f.path = p.path AND {_LIVE.format(t='f')}"
+            f" WHERE {_LIVE.format(t='p')} GROUP BY p.identity ORDER BY p.identity LIMIT :limit OFFSET :offset",
+            {"g": self.generation, "limit": -1 if limit is None else int(limit), "offset": int(offset)})
+        return [(r[0], r[1], r[2]) for r in rows]
 
-    def delete_photos(self, paths: Iterable[str]) -> None:
-        """Remove photos and their faces."""
-        rows = [(p,) for p in paths]
-        self._conn.executemany("DELETE FROM faces WHERE path = ?", rows)
-        self._conn.executemany("DELETE FROM photos WHERE path = ?", rows)
+    def ids_of_identity(self, identity: str) -> list[int]:
+        """Live face ids of `identity`."""
+        rows = self._query(f"SELECT f.id FROM faces AS f JOIN photos AS p ON p.path = f.path AND {_LIVE.format(t='p')}"
+                           f" WHERE {_LIVE.format(t='f')} AND p.identity = :identity ORDER BY f.id",
+                           {"g": self.generation, "identity": identity})
+        return [r[0] for r in rows]
 
-    def put_photos(self, photos: Iterable[Photo]) -> None:
-        """Insert photos, or update those already present (their faces are kept)."""
-        self._conn.executemany(
-            "INSERT INTO photos (path, identity, size, mtime_ns, sha256, n_faces) VALUES (?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT(path) DO UPDATE SET identity = excluded.identity, size = excluded.size,"
-            " mtime_ns = excluded.mtime_ns, sha256 = excluded.sha256, n_faces = excluded.n_faces",
-            [(p.path, p.identity, p.size, p.mtime_ns, p.sha256, p.n_faces) for p in photos])
+    def face_identities(self) -> Iterator[tuple[int, str]]:
+        """(id, identity) of every live face, by id (for calibration and exports)."""
+        rows = self._query(f"SELECT f.id, p.identity FROM faces AS f JOIN photos AS p ON p.path = f.path AND "
+                           f"{_LIVE.format(t='p')} WHERE {_LIVE.format(t='f')} ORDER BY f.id", {"g": self.generation})
+        yield from rows
+
+    # --- writing (generation self.generation, in one transaction) --------------------------
+
+    def rollback(self, committed: int) -> None:
+        """Undo what a crashed write left for generations after `committed`."""
+        with _transaction(self._conn):
+            for table in ("photos", "faces"):
+                self._conn.execute(f"DELETE FROM {table} WHERE added > ?", (committed,))
+                self._conn.execute(f"UPDATE {table} SET removed = NULL WHERE removed > ?", (committed,))
+            self._conn.execute("DELETE FROM generations WHERE generation > ?", (committed,))
+
+    def write(self) -> StoreWrite:
+        """A transaction that writes generation `self.generation` (use as a context manager)."""
+        return StoreWrite(self)
+
+    def purge(self, before: int) -> None:
+        """Delete rows removed at or before generation `before` (no reader may still see them)."""
+        with _transaction(self._conn):
+            for table in ("photos", "faces"):
+                self._conn.execute(f"DELETE FROM {table} WHERE removed IS NOT NULL AND removed <= ?", (before,))
+            self._conn.execute("DELETE FROM generations WHERE generation < ?", (before,))
+
+    def checkpoint(self) -> None:
+        """Fold the write-ahead log into the file (keeps the -wal file small)."""
+        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+class StoreWrite:
+    """The edits of one generation; committed by leaving the `with` block without an error.
+
+    Counts are kept up to date as rows change, so the commit records them without a scan.
+    """
+
+    def __init__(self, store: IndexStore):
+        self._store = store
+        self._conn = store._conn
+        self.g = store.generation
+        self.counts: Counts | None = None
+
+    def __enter__(self) -> StoreWrite:
+        previous = self._store.recorded_counts(self.g - 1)
+        if previous is None:
+            raise IndexFormatError(f"metadata file '{self._store.path}' has no record of generation {self.g - 1}")
+        self._faces, self._photos = previous.faces, previous.photos
+        self._identity_delta: dict[str, int] = {}
+        self._identities = previous.identities
+        self._conn.execute("BEGIN IMMEDIATE")
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self._conn.execute("ROLLBACK")
+            return
+        try:
+            self.counts = Counts(self._faces, self._photos, self._count_identities())
+            self._conn.execute("INSERT INTO generations VALUES (?, ?, ?, ?)",
+                               (self.g, self.counts.faces, self.counts.photos, self.counts.identities))
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+
+    def _count_identities(self) -> int:
+        # Only identities whose photo count changed can appear or vanish: look those up.
+        n = self._identities
+        for identity, delta in self._identity_delta.items():
+            if delta == 0:
+                continue
+            now = self._conn.execute("SELECT count(*) FROM photos WHERE identity = ? AND removed IS NULL",
+                                     (identity,)).fetchone()[0]
+            before = now - delta
+            n += (now > 0) - (before > 0)
+        return n
+
+    def remove_photos(self, paths: Iterable[str]) -> list[int]:
+        """Remove live photos and their faces; returns the ids of the faces removed."""
+        removed_ids: list[int] = []
+        for path in paths:
+            row = self._conn.execute("SELECT identity, added FROM photos WHERE path = ? AND removed IS NULL",
+                                     (path,)).fetchone()
+            if row is None:
+                continue
+            identity, added = row
+            ids = [r[0] for r in self._conn.execute("SELECT id FROM faces WHERE path = ? AND removed IS NULL",
+                                                    (path,))]
+            removed_ids += ids
+            self._faces -= len(ids)
+            self._photos -= 1
+            self._identity_delta[identity] = self._identity_delta.get(identity, 0) - 1
+            self._retire("faces", "path = ?", (path,))
+            self._retire("photos", "path = ?", (path,))
+        return removed_ids
+
+    def remove_faces(self, ids: Iterable[int]) -> list[int]:
+        """Remove live faces by id (their photos stay, with fewer stored faces); returns those removed."""
+        removed = []
+        for i in ids:
+            if self._conn.execute("SELECT 1 FROM faces WHERE id = ? AND removed IS NULL", (int(i),)).fetchone():
+                self._retire("faces", "id = ?", (int(i),))
+                removed.append(int(i))
+        self._faces -= len(removed)
+        return removed
+
+    def put_photo(self, photo: Photo) -> None:
+        """Insert a photo, or replace the live row of its path (its faces are kept)."""
+        old = self._conn.execute("SELECT identity FROM photos WHERE path = ? AND removed IS NULL",
+                                 (photo.path,)).fetchone()
+        if old is not None:
+            self._retire("photos", "path = ?", (photo.path,))
+            self._identity_delta[old[0]] = self._identity_delta.get(old[0], 0) - 1
+        else:
+            self._photos += 1
+        self._identity_delta[photo.identity] = self._identity_delta.get(photo.identity, 0) + 1
+        self._conn.execute(
+            "INSERT INTO photos (path, identity, size, mtime_ns, sha256, n_faces, source, added)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (photo.path, photo.identity, photo.size, photo.mtime_ns, photo.sha256, photo.n_faces, photo.source,
+             self.g))
 
     def add_faces(self, rows: Iterable[tuple[str, StoredFace]]) -> None:
-        """Add `(photo path, face)` rows; the photos must be present."""
-        self._conn.executemany(
-            "INSERT INTO faces (id, path, face, x1, y1, x2, y2) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(f.id, path, f.face, *(f.box if f.box is not None else (None,) * 4)) for path, f in rows])
+        """Add `(photo path, face)` rows; the photos must be live."""
+        rows = [(f.id, path, f.face, *(f.box if f.box is not None else (None,) * 4), self.g) for path, f in rows]
+        self._conn.executemany("INSERT INTO faces (id, path, face, x1, y1, x2, y2, added) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                               rows)
+        self._faces += len(rows)
+
+    def _retire(self, table: str, where: str, params: tuple) -> None:
+        # A row this generation added is simply deleted; an older one is marked removed now.
+        self._conn.execute(f"DELETE FROM {table} WHERE {where} AND removed IS NULL AND added = ?", (*params, self.g))
+        self._conn.execute(f"UPDATE {table} SET removed = ? WHERE {where} AND removed IS NULL", (self.g, *params))
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _connect(target: str, uri: bool = False) -> sqlite3.Connection:
+    # One connection serves several threads (the service); IndexStore serialises the calls.
+    conn = sqlite3.connect(target, uri=uri, check_same_thread=False, isolation_level=None)
+    conn.execute("PRAGMA busy_timeout=10000")
+    return conn

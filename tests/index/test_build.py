@@ -6,7 +6,6 @@ import json
 import shutil
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pytest
 from index_fakes import PixelEmbedder, bump_mtime, make_gallery, write_photo
@@ -17,14 +16,14 @@ from index import GalleryIndex, build_index, identity_of
 def _contents(index_dir: Path) -> dict[str, tuple[str, int]]:
     """path -> (identity, id) of every stored face."""
     with GalleryIndex.open(index_dir) as g:
-        ids = faiss.vector_to_array(g.faiss_index.id_map)
+        ids = g.ids()
         return {r.path: (r.identity, r.id) for r in g.records(ids)}
 
 
 def _vectors(index_dir: Path) -> dict[str, np.ndarray]:
     with GalleryIndex.open(index_dir) as g:
-        ids = faiss.vector_to_array(g.faiss_index.id_map)
-        return {r.path: g.faiss_index.reconstruct(int(r.id)) for r in g.records(ids)}
+        ids = g.ids()
+        return {r.path: g.vectors([int(r.id)])[0] for r in g.records(ids)}
 
 
 def _files(index_dir: Path) -> set[str]:
@@ -71,6 +70,7 @@ def test_rebuild_without_changes_reads_nothing(tmp_path, gallery, model_dir):
 def test_modify_add_delete_touch_exactly_those(tmp_path, gallery, model_dir, rng):
     build_index(gallery, tmp_path / "idx", PixelEmbedder(model_dir))
     before = _contents(tmp_path / "idx")
+    first_segment_mtime = (tmp_path / "idx" / "seg-000000.vectors.npy").stat().st_mtime_ns
     write_photo(gallery / "alice" / "001.png", rng)  # new content
     bump_mtime(gallery / "alice" / "001.png")
     write_photo(gallery / "bob" / "new.png", rng)
@@ -92,9 +92,16 @@ def test_modify_add_delete_touch_exactly_those(tmp_path, gallery, model_dir, rng
     with GalleryIndex.open(tmp_path / "idx") as g:
         touched = g.records([after["carol/000.png"][1]])[0]
         assert touched.mtime_ns == (gallery / "carol/000.png").stat().st_mtime_ns  # stat refreshed
+    # The update cost what changed: a new segment with the two new vectors and a tombstone file with
+    # the two outgoing ids, beside the first segment, whose files were not rewritten.
+    m = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    assert [(s["number"], s["count"]) for s in m["segments"]] == [(0, 9), (1, 2)]
+    assert m["tombstones"] == {"file": "tomb-000002.npy", "count": 2}
+    assert (tmp_path / "idx" / "seg-000000.vectors.npy").stat().st_mtime_ns == first_segment_mtime
     # only the current generation's files remain
-    assert _files(tmp_path / "idx") == {"manifest.json", "model_card.json", ".lock", "gen-000002.faiss",
-                                        "gen-000002.sqlite"}
+    assert _files(tmp_path / "idx") - {"meta-000001.sqlite-wal", "meta-000001.sqlite-shm"} == {
+        "manifest.json", "model_card.json", ".lock", "meta-000001.sqlite", "seg-000000.vectors.npy",
+        "seg-000000.ids.npy", "seg-000001.vectors.npy", "seg-000001.ids.npy", "tomb-000002.npy"}
     again = PixelEmbedder(model_dir)
     assert not build_index(gallery, tmp_path / "idx", again).written and again.read == {}
 
@@ -106,8 +113,8 @@ def test_touch_only_rewrites_metadata_not_vectors(tmp_path, gallery, model_dir):
     report = build_index(gallery, tmp_path / "idx", emb)
     assert (emb.read, report.unchanged, report.written) == ({}, 9, True)
     manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
-    assert manifest["files"] == {"vectors": "gen-000001.faiss", "metadata": "gen-000002.sqlite"}
-    assert not (tmp_path / "idx" / "gen-000001.sqlite").exists()
+    assert manifest["generation"] == 2 and manifest["metadata"] == "meta-000001.sqlite"
+    assert [s["number"] for s in manifest["segments"]] == [0] and manifest["tombstones"]["file"] is None
 
 
 def test_moved_photo_changes_identity_and_keeps_its_vector(tmp_path, gallery, model_dir):
@@ -154,11 +161,11 @@ def test_no_face_and_multi_face_photos(tmp_path, model_dir, rng):
     report = build_index(root, tmp_path / "idx", emb)
     assert (report.added, report.no_face, report.multi_face, report.vectors, report.photos) == (3, 1, 1, 2, 3)
     with GalleryIndex.open(tmp_path / "idx") as g:
-        recs = {r.path: r for r in g.records(faiss.vector_to_array(g.faiss_index.id_map))}
+        recs = {r.path: r for r in g.records(g.ids())}
         assert set(recs) == {"ann/group.png", "ann/solo.png"}
         assert (recs["ann/group.png"].box, recs["ann/group.png"].face) == ((2.0, 2.0, 14.0, 14.0), 1)  # largest
         largest = emb.faces(root / "ann" / "group.png")[1].image
-        np.testing.assert_array_equal(g.faiss_index.reconstruct(recs["ann/group.png"].id), emb.embed([largest])[0])
+        np.testing.assert_array_equal(g.vectors([recs["ann/group.png"].id])[0], emb.embed([largest])[0])
 
     again = PixelEmbedder(model_dir, boxes=boxes)
     assert not build_index(root, tmp_path / "idx", again).written and again.read == {}  # no-face photo remembered
@@ -166,7 +173,7 @@ def test_no_face_and_multi_face_photos(tmp_path, model_dir, rng):
     every = build_index(root, tmp_path / "idx", PixelEmbedder(model_dir, boxes=boxes), faces="all")
     assert every.rebuilt and (every.vectors, every.multi_face, every.no_face) == (4, 1, 1)
     with GalleryIndex.open(tmp_path / "idx") as g:
-        recs = g.records(faiss.vector_to_array(g.faiss_index.id_map))
+        recs = g.records(g.ids())
         assert sorted((r.path, r.face, r.box) for r in recs if r.path == "ann/group.png") == [
             ("ann/group.png", i, tuple(map(float, b))) for i, b in enumerate(boxes["group.png"])]
         assert g.manifest.next_id == 6 and min(r.id for r in recs) == 2  # ids are never reused
@@ -217,11 +224,13 @@ def test_report_is_json_and_adds_up(tmp_path, gallery, embedder):
 def test_manifest_records_model_and_settings(tmp_path, gallery, embedder, model_dir):
     build_index(gallery, tmp_path / "idx", embedder)
     m = json.loads((tmp_path / "idx" / "manifest.json").read_text())
-    assert m["format_version"] == 1 and m["generation"] == 1 and m["metric"] == "inner_product"
+    assert m["format_version"] == 2 and m["generation"] == 1 and m["metric"] == "inner_product"
     assert m["model_dir"] == str(model_dir.resolve()) and m["source_dir"] == str(gallery.resolve())
     assert m["model_card"] == embedder.card.to_dict() and m["dim"] == 16
-    assert m["counts"] == {"vectors": 9, "photos": 9, "identities": 3} and m["next_id"] == 9
-    assert m["build"] == {"faces": "largest", "crops": "fake-resize"} and m["index_type"] == "IDMap2,Flat"
+    assert m["counts"] == {"faces": 9, "stored": 9, "photos": 9, "identities": 3} and m["next_id"] == 9
+    assert m["build"] == {"faces": "largest", "crops": "fake-resize"}
+    assert m["index"] == {"index_type": "auto", "memory_budget": None, "vector_dtype": "float32", "target_recall": 0.99}
+    assert [(s["kind"], s["count"], s["dtype"]) for s in m["segments"]] == [("flat", 9, "float32")]
     assert json.loads((tmp_path / "idx" / "model_card.json").read_text()) == embedder.card.to_dict()
     with GalleryIndex.open(tmp_path / "idx") as g:
         assert (g.model_dir, g.source_dir, g.card) == (model_dir.resolve(), gallery.resolve(), embedder.card)
