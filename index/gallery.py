@@ -42,12 +42,15 @@ class GalleryIndex:
         self._dead = [s.dead_mask(tombstones) for s in segments]
 
     @classmethod
-    def open(cls, index_dir: str | os.PathLike, card: ModelCard | None = None) -> GalleryIndex:
+    def open(cls, index_dir: str | os.PathLike, card: ModelCard | None = None,
+             reuse: GalleryIndex | None = None) -> GalleryIndex:
         """Load the current generation of `index_dir`.
 
         Args:
             index_dir: a directory written by `build_index` (or `index.writer`).
             card: the model that will embed queries; if given, it must be the index's model.
+            reuse: an open index of an earlier generation whose segments (immutable) are taken
+                over instead of read again where the new manifest still names them.
 
         Raises:
             IndexFormatError: missing directory or manifest, unknown or old format version, missing
@@ -60,7 +63,7 @@ class GalleryIndex:
             if card is not None:
                 manifest.check_model(card)
             try:
-                return cls._load(index_dir, manifest)
+                return cls._load(index_dir, manifest, reuse)
             except FileNotFoundError as e:
                 # A write may have just swapped the manifest and deleted the files we were about
                 # to open: read the manifest once more before calling the index damaged.
@@ -70,10 +73,14 @@ class GalleryIndex:
         raise AssertionError("unreachable")
 
     @classmethod
-    def _load(cls, index_dir: Path, manifest: Manifest) -> GalleryIndex:
+    def _load(cls, index_dir: Path, manifest: Manifest, reuse: GalleryIndex | None = None) -> GalleryIndex:
         hint = rebuild_hint(index_dir, manifest.source_dir)
+        # Segment numbers are never reused, and a segment never changes: the number names its files.
+        opened = {s.info.number: s for s in reuse.segments} if reuse is not None and reuse.index_dir == index_dir \
+            else {}
         try:
-            segments = [Segment.open(index_dir, info, manifest.dim) for info in manifest.segments]
+            segments = [opened[info.number] if info.number in opened and opened[info.number].info == info
+                        else Segment.open(index_dir, info, manifest.dim) for info in manifest.segments]
             tombstones = read_tombstones(index_dir, manifest)
             store = IndexStore.open_reader(index_dir / manifest.metadata_file, manifest.generation)
         except IndexFormatError as e:
@@ -86,10 +93,12 @@ class GalleryIndex:
         return cls(index_dir, manifest, segments, tombstones, store)
 
     def reopen_if_changed(self) -> GalleryIndex:
-        """This index if its manifest still names the same generation, else the current one (opened)."""
+        """This index if its manifest still names the same generation, else the current one, opened
+        with this one's unchanged segments taken over (so a small write costs a small reopen).
+        The caller closes this one when it no longer answers from it."""
         if read_manifest(self.index_dir).generation == self.manifest.generation:
             return self
-        return GalleryIndex.open(self.index_dir)
+        return GalleryIndex.open(self.index_dir, reuse=self)
 
     # --- properties ----------------------------------------------------------------------
 
