@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from cli import demo, evaluate, gallery, models, training
+from cli import compact, demo, evaluate, gallery, models, training
 
 app = typer.Typer(
     help="Face search: train an embedder, export it, index a gallery of faces, query it.",
@@ -25,6 +25,7 @@ app.command()(training.export)
 app.command("build-index")(gallery.build_index)
 app.command()(gallery.query)
 app.command()(gallery.detect)
+app.command()(compact.compact)
 app.command()(demo.demo)
 app.add_typer(evaluate.eval_app, name="eval")
 app.add_typer(models.models_app, name="models")

@@ -58,3 +58,20 @@ def detector_config(min_face_size: int | None = None, face_threshold: float | No
     overrides = {k: v for k, v in {"min_face_size": min_face_size, "score_threshold": face_threshold}.items()
                  if v is not None}
     return dataclasses.replace(DetectorConfig(), **overrides)
+
+
+def parse_bytes(text: str) -> int:
+    """'8G', '512M', '1.5g', '1000000' -> bytes (powers of 1024 for K, M, G, T)."""
+    from embedder.core.errors import FaceSearchError
+
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    value = text.strip().lower().removesuffix("b").removesuffix("i")
+    scale = units.get(value[-1:], 1)
+    try:
+        number = float(value[:-1] if value[-1:] in units else value)
+    except ValueError:
+        raise FaceSearchError(f"cannot read '{text}' as a size: use bytes or a number with K, M, G or T, e.g. 8G") \
+            from None
+    if number <= 0:
+        raise FaceSearchError(f"a memory budget must be positive, got '{text}'")
+    return int(number * scale)

@@ -175,3 +175,18 @@ def format_prepare(result: dict) -> str:
     lines += [f"  unreadable: {path}" for path in result["skipped"][:10]]
     lines.append(f"next: facesearch train {result['out_dir']} --out RUN_DIR")
     return "\n".join(lines)
+
+
+def format_compact(result: dict) -> str:
+    """Render `compact`: segments and removed faces before and after."""
+    b, a = result["before"], result["after"]
+    lines = []
+    if result["upgraded"]:
+        lines.append(f"upgraded {result['index_dir']} to the current format (no photo embedded again)")
+    if not result["written"]:
+        lines.append(f"nothing to compact: {a['segments']} segment ({', '.join(a['types']) or 'empty'}), no removed faces")
+    else:
+        lines.append(f"compacted {result['index_dir']}: {b['segments']} segment(s) ({', '.join(b['types'])}) holding "
+                     f"{b['stored']} vectors, {b['removed']} removed -> {a['segments']} segment(s) "
+                     f"({', '.join(a['types'])}), {a['stored']} vectors, in {result['seconds']:.1f} s")
+    return "\n".join(lines)
