@@ -77,23 +77,28 @@ def test_mixed_precision_trains_in_float16_and_saves_float32_weights(data, tmp_p
     train_dir, _, _ = data
     before = keras.mixed_precision.global_policy().name
     # lr 0.01: at 0.1 the loss of 24 images climbs for the first epochs in float32 too (measured).
-    mixed = dataclasses.replace(CONFIG, epochs=4, learning_rate=0.01, mixed_precision="on")
+    # 8 epochs: after 4 the loss had not yet fallen on some seeds and thread counts (measured); one
+    # checkpoint, the last, as the only one read below.
+    mixed = dataclasses.replace(CONFIG, epochs=8, learning_rate=0.01, mixed_precision="on", checkpoint_every=8)
     result = train(train_dir, tmp_path / "run", mixed, verbose=0)
     assert keras.mixed_precision.global_policy().name == before == "float32"  # restored, no leak
     assert result.mixed_precision
     losses = result.history["loss"]
-    assert np.all(np.isfinite(losses)) and losses[-1] < 0.7 * losses[0]  # measured 17.8 -> 7.3
+    # Measured on seeds 0-3, oneDNN on and off, 1 and 2 threads: the last epoch's loss is 0.07-0.59 of
+    # the first's; 0.91-1.03 when the weights barely move (learning rate 1e-6).
+    assert np.all(np.isfinite(losses)) and losses[-1] < 0.75 * losses[0]
 
-    checkpoint = tmp_path / "run" / "checkpoints" / "epoch-004.keras"
+    checkpoint = tmp_path / "run" / "checkpoints" / "epoch-008.keras"
     with precision_policy(True):
         saved = load_checkpoint(checkpoint, as_saved=True)
     assert saved.get_layer("stem_conv").compute_dtype == "float16"  # the backbone computed in float16
     assert {saved.get_layer(n).compute_dtype for n in ("embedding", "arcface", "probabilities")} == {"float32"}
     assert {v.dtype for v in saved.weights} == {"float32"}
     # Its optimizer state came back: dynamic loss scaling skips the first steps, whose float16
-    # gradients overflow at the initial scale 2**15 while it halves, so fewer than 12 updates count.
+    # gradients overflow at the initial scale 2**15 while it halves, so fewer than 8 x 3 updates count
+    # (measured: 3 or 4 skipped; none when no gradient reaches the float16 backbone).
     assert type(saved.optimizer).__name__ == "LossScaleOptimizer"
-    assert 0 < int(saved.optimizer.iterations) == result.optimizer_steps < 12
+    assert 0 < int(saved.optimizer.iterations) == result.optimizer_steps < 24
 
     # Loaded for inference / export: a float32 model with the same weights, float32 embeddings.
     plain = load_checkpoint(tmp_path / "run")
@@ -107,6 +112,6 @@ def test_mixed_precision_trains_in_float16_and_saves_float32_weights(data, tmp_p
 
     # A mixed run resumes mixed ("auto" follows the checkpoint, even without a GPU), never in float32.
     with pytest.raises(ModelSpecError, match="trained with mixed precision on"):
-        train(train_dir, tmp_path / "run", dataclasses.replace(mixed, epochs=5, mixed_precision="off"),
+        train(train_dir, tmp_path / "run", dataclasses.replace(mixed, epochs=9, mixed_precision="off"),
               resume=True, verbose=0)
     assert keras.mixed_precision.global_policy().name == "float32"
