@@ -17,7 +17,7 @@ from embedder.core.errors import IndexFormatError, IndexMismatchError
 from embedder.core.model_card import ModelCard
 from index.manifest import Manifest, read_manifest, rebuild_hint
 from index.search import QueryResult, rank_identities
-from index.segments import Segment, merge_results
+from index.segments import Segment, gather_vectors, merge_results
 from index.store import FaceRecord, IndexStore
 
 # Counting the live metadata rows on open is a full scan; below this many faces it is cheap
@@ -39,7 +39,7 @@ class GalleryIndex:
         self.segments = segments
         self.tombstones = tombstones
         self.store = store
-        self._dead = [s.dead_mask(tombstones) for s in segments]
+        self._live = [s.live_filter(tombstones) for s in segments]
 
     @classmethod
     def open(cls, index_dir: str | os.PathLike, card: ModelCard | None = None,
@@ -166,7 +166,7 @@ class GalleryIndex:
         if k == 0:
             return np.empty((m, 0), np.float32), np.empty((m, 0), np.int64)
         queries = np.ascontiguousarray(vectors)
-        parts = [seg.search(queries, k, dead) for seg, dead in zip(self.segments, self._dead)]
+        parts = [seg.search(queries, k, live) for seg, live in zip(self.segments, self._live)]
         scores, ids = merge_results(parts, k) if len(parts) > 1 else parts[0]
         return scores[:, :k], ids[:, :k]
 
@@ -189,19 +189,7 @@ class GalleryIndex:
         Raises:
             KeyError: an id is not live in the index.
         """
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        out = np.zeros((len(ids), self.dim), np.float32)
-        found = np.zeros(len(ids), bool)
-        for seg in self.segments:
-            at = seg.positions(ids)
-            hit = at >= 0
-            if hit.any():
-                out[hit] = seg.vectors(at[hit])
-                found |= hit
-        dead = np.isin(ids, self.tombstones)
-        if not found.all() or dead.any():
-            raise KeyError(f"ids not in the index: {ids[~found | dead][:10].tolist()}")
-        return out
+        return gather_vectors(self.segments, self.tombstones, ids, self.dim)
 
     def rank_identities(self, vector: np.ndarray, k: int = 5, threshold: float | None = None) -> QueryResult:
         """Best-scoring identities for one face; see `index.search.rank_identities`."""

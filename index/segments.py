@@ -174,34 +174,41 @@ class Segment:
     def exact(self) -> bool:
         return self.info.kind == "flat"
 
-    def dead_mask(self, tombstones: np.ndarray) -> np.ndarray | None:
-        """(n,) bool of positions whose ids are in the sorted `tombstones`, or None if none are."""
+    def live_filter(self, tombstones: np.ndarray):
+        """An `index.ann.LiveFilter` of this segment's positions not in the sorted `tombstones`, or
+        None when none of its ids is removed. Build it once per tombstone set and pass it to `search`."""
         if not len(tombstones) or not len(self.ids):
             return None
         dead = np.isin(self.ids, tombstones, assume_unique=True)
-        return dead if dead.any() else None
+        if not dead.any():
+            return None
+        from index.ann import LiveFilter
 
-    def search(self, queries: np.ndarray, k: int, dead: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        return LiveFilter(~dead)
+
+    def search(self, queries: np.ndarray, k: int, live=None) -> tuple[np.ndarray, np.ndarray]:
         """The `k` best live rows of this segment for each query.
 
         Args:
             queries: `(m, d)` float32, C-contiguous.
             k: neighbours wanted.
-            dead: `(n,)` bool, positions to skip (see `dead_mask`).
+            live: the segment's `live_filter` (None: every row is live).
 
         Returns:
             scores `(m, k)` float32 (-inf padding) and ids `(m, k)` int64 (-1 padding), best first.
+            Exact for flat segments; for approximate ones, their tuned approximate neighbours
+            (with exact scores, re-ranked from the raw vectors where the codes are lossy).
         """
         m = len(queries)
         if self.info.count == 0 or k < 1:
             return np.full((m, max(k, 0)), -np.inf, np.float32), np.full((m, max(k, 0)), -1, np.int64)
         if self.exact:
-            scores, positions = _flat_search(self.index, queries, k, dead)
+            params = None if live is None else faiss.SearchParameters(sel=live.selector)
+            scores, positions = self.index.search(queries, k, params=params)
         else:
             from index import ann
 
-            scores, positions = ann.search(self.index, self.spec, queries, k,
-                                           alive=None if dead is None else ~dead, raw=self.raw)
+            scores, positions = ann.search(self.index, self.spec, queries, k, alive=live, raw=self.raw)
         ids = np.where(positions >= 0, self.ids[np.maximum(positions, 0)], -1)
         return np.where(positions >= 0, scores, -np.inf).astype(np.float32), ids.astype(np.int64)
 
@@ -218,14 +225,26 @@ class Segment:
         return np.asarray(self.raw[np.asarray(positions, dtype=np.int64)], dtype=np.float32)
 
 
-def _flat_search(index: faiss.IndexFlatIP, queries: np.ndarray, k: int,
-                 dead: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    if dead is None:
-        return index.search(queries, k)
-    # A bitmap of live positions (bit i of byte i // 8, little-endian), kept alive for the call.
-    bitmap = np.packbits(~dead, bitorder="little")
-    selector = faiss.IDSelectorBitmap(len(dead), faiss.swig_ptr(bitmap))
-    return index.search(queries, k, params=faiss.SearchParameters(sel=selector))
+def gather_vectors(segments: Sequence[Segment], tombstones: np.ndarray, ids: Sequence[int] | np.ndarray,
+                   dim: int) -> np.ndarray:
+    """The stored vectors of live `ids` across `segments`, `(len(ids), dim)` float32, in order.
+
+    Raises:
+        KeyError: an id is in no segment, or is in `tombstones` (sorted).
+    """
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    out = np.zeros((len(ids), dim), np.float32)
+    found = np.zeros(len(ids), bool)
+    for seg in segments:
+        at = seg.positions(ids)
+        hit = at >= 0
+        if hit.any():
+            out[hit] = seg.vectors(at[hit])
+            found |= hit
+    missing = ~found | np.isin(ids, tombstones)
+    if missing.any():
+        raise KeyError(f"ids not in the index: {ids[missing][:10].tolist()}")
+    return out
 
 
 def merge_results(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
