@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -11,9 +12,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from embedder.core.errors import ImageReadError
 
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+_EXIF_ORIENTATION = 0x0112
 
 
-def read_image(path: str | os.PathLike, *, min_size: tuple[int, int] | None = None) -> np.ndarray:
+def read_image(path: str | os.PathLike, *, min_size: tuple[int, int] | None = None,
+               data: bytes | None = None) -> np.ndarray:
     """Read an image file as upright 8-bit RGB.
 
     Args:
@@ -21,6 +24,8 @@ def read_image(path: str | os.PathLike, *, min_size: tuple[int, int] | None = No
         min_size: optional (height, width) the caller needs at least; large JPEGs are then decoded
             at a reduced scale (libjpeg's DCT scaling), which is several times faster for photos
             that will be shrunk anyway.
+        data: the file's bytes, when the caller has read them already (one read per file: the
+            photo loop hashes and decodes the same bytes); `path` then only names the photo.
 
     Returns:
         (H, W, 3) uint8 RGB, EXIF orientation applied, alpha composited over white.
@@ -28,20 +33,35 @@ def read_image(path: str | os.PathLike, *, min_size: tuple[int, int] | None = No
     Raises:
         ImageReadError: the file is missing, empty, truncated or not an image.
     """
+    return read_image_reduced(path, min_size=min_size, data=data)[0]
+
+
+def read_image_reduced(path: str | os.PathLike, *, min_size: tuple[int, int] | None = None,
+                       data: bytes | None = None) -> tuple[np.ndarray, tuple[float, float]]:
+    """`read_image`, with the factors (x, y) from full-size pixels to the returned ones (1.0 unless reduced).
+
+    With `min_size`, a JPEG at least twice as large is decoded at 1/2, 1/4 or 1/8 scale, the
+    smallest that still covers `min_size` on both sides (EXIF rotation may swap them).
+    """
     path = Path(path)
     try:
-        with Image.open(path) as img:
+        with Image.open(path if data is None else io.BytesIO(data)) as img:
+            full = img.size
             if min_size is not None and img.format == "JPEG":
                 _draft_at_least(img, min_size)
             img.load()  # decode now, so a truncated file fails here and not later
+            factors = (img.size[0] / full[0], img.size[1] / full[1])
+            if img.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):  # exif_transpose swaps the axes
+                factors = factors[::-1]
             img = ImageOps.exif_transpose(img)
-            return _to_rgb(img)
+            return _to_rgb(img), factors
     except FileNotFoundError:
         raise ImageReadError(path, "no such file") from None
     except IsADirectoryError:
         raise ImageReadError(path, "is a directory") from None
     except UnidentifiedImageError:
-        reason = "empty file" if _is_empty(path) else "not an image file Pillow can identify"
+        reason = "empty file" if (_is_empty(path) if data is None else not data) else \
+            "not an image file Pillow can identify"
         raise ImageReadError(path, reason) from None
     except Image.DecompressionBombError as e:
         raise ImageReadError(path, f"too many pixels ({e})") from None

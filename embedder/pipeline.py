@@ -1,16 +1,25 @@
 """Photos -> faces -> vectors, in batches: the one loop that build-index, eval and the demo share.
 
-Reader -> mapper split (as in clip-retrieval): a thread pool checksums and decodes the next batch
-of photos (Pillow and hashlib release the GIL) while the calling thread embeds the current one,
-so at most two batches of decoded faces are in memory at once. Results come back in input order.
+Reader -> mapper split (as in clip-retrieval). Photos go in chunks of `batch_size` to worker
+processes (`embedder.workers`): each reads a file once (its sha256 and its decode come from the
+same bytes), finds and aligns the faces of the whole chunk (R-Net and O-Net run once per chunk) and
+embeds them in one model call; a bounded window of chunks in flight keeps memory flat whatever the
+number of photos, and the chunks come back in input order. An embedder that cannot be sent to
+another process (nothing to rebuild it from) runs in this process instead: threads read photos
+while the calling thread embeds, as before. Unreadable photos, and photos that crash a worker,
+come back as errors, never as exceptions.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import pickle
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from hashlib import sha256
 from pathlib import Path
 from typing import Protocol
 
@@ -19,8 +28,13 @@ import numpy as np
 from embedder.core.constants import Box, reader_threads
 from embedder.core.errors import ImageReadError, ModelSpecError
 from embedder.core.model_card import ModelCard, sha256_file
+from embedder.workers import WorkerCrashedError, WorkerPool, available_cores
 
 FACE_POLICIES = ("largest", "all")  # which faces of a photo are kept
+WINDOW_PER_WORKER = 3  # chunks in flight per worker: enough that none waits for the next one
+# A worker process costs ~1 s to start (imports, models): below this many photos each, the calling
+# process does the work sooner by itself.
+MIN_PHOTOS_PER_PROCESS = 64
 
 
 class FaceCropLike(Protocol):
@@ -33,7 +47,11 @@ class FaceCropLike(Protocol):
 class FaceSource(Protocol):
     """What the loop needs of an embedder (`embedder.runtime.Embedder` is one).
 
-    `faces` is called from worker threads; `embed` only from the thread that iterates.
+    In worker processes, each works on its own copy: made by the source's `worker_factory(threads)`
+    where it has one (Embedder), else unpickled. A source that does neither runs in the calling
+    process: `faces` from worker threads, `embed` only from the thread that iterates. A source may
+    also offer `faces_in_files([(path, bytes or None), ...])` (several photos in one go, each a list
+    of crops or an `ImageReadError`), which the loop then uses instead of `faces`.
     """
 
     card: ModelCard
@@ -64,6 +82,19 @@ class PhotoFaces:
     vectors: np.ndarray | None = None  # (len(kept), d) float32, rows L2-normalised
     reuse: bool = False
     error: ImageReadError | None = None
+
+    def __getstate__(self) -> dict:
+        # ImageReadError's constructor takes (path, reason), which exception pickling does not
+        # replay: send those two across processes instead.
+        state = dict(self.__dict__)
+        if self.error is not None:
+            state["error"] = (self.error.path, self.error.reason)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        if state.get("error") is not None:
+            state["error"] = ImageReadError(*state["error"])
+        self.__dict__.update(state)
 
 
 def select_faces(crops: Sequence[FaceCropLike], policy: str) -> list[int]:
@@ -103,27 +134,166 @@ def embed_photos(paths: Sequence[str | os.PathLike], embedder: FaceSource, *, ba
         policy: "largest" keeps the largest face of each photo, "all" keeps every face.
         reusable: sha256 digests of photos the caller already holds vectors for: such photos
             come back with `reuse` set, not decoded.
-        workers: threads reading photos; default `embedder.core.constants.reader_threads()`.
+        workers: processes that read, detect, align and embed (each on one thread); default: the
+            cores available; at most one per `MIN_PHOTOS_PER_PROCESS` photos. 1 (or a small job)
+            works in the calling process (on one thread, for a job of that size). An embedder that cannot go to another process (see
+            `FaceSource`) runs here with this many threads reading photos (default
+            `embedder.core.constants.reader_threads()`).
         on_batch: called after each batch with the number of photos it held.
 
     Unreadable photos come back with `error` set; the caller decides whether that is fatal.
+    Stopping early (an exception in the caller, Ctrl-C, closing the generator) stops the workers.
     """
     if policy not in FACE_POLICIES:
         raise ValueError(f"face policy must be one of {FACE_POLICIES}, got {policy!r}")
-    card = embedder.card
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     paths = [Path(p) for p in paths]
-    batches = [range(i, min(i + batch_size, len(paths))) for i in range(0, len(paths), batch_size)]
+    chunks = [(i, paths[i:i + batch_size]) for i in range(0, len(paths), batch_size)]
+    factory = worker_factory(embedder)
+    if factory is None:
+        batches = _in_threads(paths, chunks, embedder, batch_size, policy, reusable, workers)
+    else:
+        processes = min(workers or available_cores(), len(chunks), len(paths) // MIN_PHOTOS_PER_PROCESS)
+        if processes > 1:
+            batches = _in_processes(chunks, functools.partial(_ChunkWorker, factory, policy, reusable, batch_size),
+                                    processes)
+        else:
+            # One worker, in this process: for a job worth it, the same copy a worker process would
+            # build (one thread, set up for many photos), so that the figures of 1 and N workers,
+            # and their results, compare; for a few photos, the caller's own embedder (no start-up).
+            own_copy = hasattr(embedder, "worker_factory") and len(paths) >= MIN_PHOTOS_PER_PROCESS
+            here = _ChunkWorker(factory if own_copy else embedder, policy, reusable, batch_size)
+            batches = (here.run(chunk) for chunk in chunks)
+    for batch in batches:
+        if on_batch is not None:
+            on_batch(len(batch))
+        yield batch
+
+
+def worker_factory(embedder: FaceSource) -> Callable[[], FaceSource] | None:
+    """A picklable recipe for a copy of `embedder` in a worker process, or None if there is none."""
+    make = getattr(embedder, "worker_factory", None)
+    if callable(make):
+        return make(threads=1)
+    try:
+        data = pickle.dumps(embedder)
+    except Exception:  # a lock, an open session, a local class: it stays in this process
+        return None
+    return functools.partial(pickle.loads, data)
+
+
+@dataclass
+class _ChunkWorker:
+    """What one worker holds: the face source (built once) and the loop's settings; `run` maps a chunk."""
+
+    source: FaceSource | Callable[[], FaceSource]
+    policy: str
+    reusable: frozenset[str]
+    batch_size: int
+
+    def __post_init__(self):
+        if not hasattr(self.source, "card"):  # a recipe: build the copy here, in the worker
+            self.source = self.source()
+
+    def run(self, chunk: tuple[int, list[Path]]) -> list[PhotoFaces]:
+        """Read, find, select and embed the faces of one chunk (start position, paths)."""
+        start, paths = chunk
+        results, todo = [], []
+        for i, path in enumerate(paths, start):
+            try:
+                data = path.read_bytes()
+            except OSError as e:
+                results.append(PhotoFaces(i, path, error=ImageReadError(path, e.strerror or str(e))))
+                continue
+            digest = sha256(data).hexdigest()
+            results.append(PhotoFaces(i, path, sha256=digest, reuse=digest in self.reusable))
+            if digest not in self.reusable:
+                todo.append((results[-1], data))
+        many = getattr(self.source, "faces_in_files", None)
+        try:
+            found = many([(r.path, data) for r, data in todo]) if many is not None else \
+                [_faces_or_error(self.source, r.path) for r, _ in todo]
+        except Exception:  # one photo broke more than its own read: find it, keep the others
+            found = [_faces_or_error(self.source, r.path, data) for r, data in todo]
+        crops = []
+        for (r, _), faces in zip(todo, found):
+            if isinstance(faces, ImageReadError):
+                r.error, r.sha256 = faces, ""
+                continue
+            keep = select_faces(faces, policy=self.policy)
+            r.n_faces, r.kept = len(faces), [(k, _as_box(faces[k].box)) for k in keep]
+            crops.extend(faces[k].image for k in keep)
+        card = self.source.card
+        _attach_vectors(results, crops, self.source, self.batch_size, card.embedding_size, card.name)
+        return results
+
+
+def _in_processes(chunks: list[tuple[int, list[Path]]], make_worker: Callable[[], _ChunkWorker],
+                  processes: int) -> Iterator[list[PhotoFaces]]:
+    """The chunks' results in order, from `processes` workers; a chunk whose worker died is redone
+    photo by photo, and a photo that kills a worker again is reported as unreadable."""
+    with WorkerPool(processes, make_worker, _run_chunk) as pool:
+        done = 0
+        while done < len(chunks):
+            try:
+                for batch in pool.imap(chunks[done:], window=WINDOW_PER_WORKER * processes):
+                    done += 1
+                    yield batch
+            except WorkerCrashedError:
+                yield _one_by_one(pool, chunks[done])
+                done += 1
+
+
+def _one_by_one(pool: WorkerPool, chunk: tuple[int, list[Path]]) -> list[PhotoFaces]:
+    start, paths = chunk
+    out = []
+    for i, path in enumerate(paths, start):
+        future: Future = pool.submit((i, [path]))
+        try:
+            out.extend(future.result())
+        except BrokenProcessPool:
+            pool.restart()
+            out.append(PhotoFaces(i, path, error=ImageReadError(path, "the worker process reading it died "
+                                                                      "(a crash in an image decoder?)")))
+    return out
+
+
+def _run_chunk(worker: _ChunkWorker, chunk: tuple[int, list[Path]]) -> list[PhotoFaces]:
+    return worker.run(chunk)
+
+
+def _faces_or_error(source: FaceSource, path: Path, data: bytes | None = None
+                    ) -> Sequence[FaceCropLike] | ImageReadError:
+    """The faces of one photo, or why there are none: any failure is this photo's, never the run's."""
+    many = getattr(source, "faces_in_files", None)
+    try:
+        if many is None:
+            return list(source.faces(path))
+        (found,) = many([(path, data)])
+        return found
+    except ImageReadError as e:
+        return e
+    except Exception as e:  # a decoder or the detector failing on this photo alone
+        return ImageReadError(path, f"{type(e).__name__}: {e}")
+
+
+def _in_threads(paths: list[Path], chunks: list[tuple[int, list[Path]]], embedder: FaceSource, batch_size: int,
+                policy: str, reusable: frozenset[str], workers: int | None) -> Iterator[list[PhotoFaces]]:
+    """The loop in this process: threads read and find faces, the calling thread embeds."""
+    card = embedder.card
     with ThreadPoolExecutor(max_workers=workers or reader_threads(), thread_name_prefix="facesearch-read") as pool:
-        def submit(batch: range) -> list[Future]:
-            return [pool.submit(_read, embedder, paths[i], reusable) for i in batch]
+        def submit(chunk: tuple[int, list[Path]]) -> list[Future]:
+            start, batch = chunk
+            return [pool.submit(_read, embedder, path, reusable) for path in batch]
 
         pending: list[Future] = []
         try:
-            pending = submit(batches[0]) if batches else []
-            for b, batch in enumerate(batches):
-                current, pending = pending, (submit(batches[b + 1]) if b + 1 < len(batches) else [])
+            pending = submit(chunks[0]) if chunks else []
+            for b, (start, batch) in enumerate(chunks):
+                current, pending = pending, (submit(chunks[b + 1]) if b + 1 < len(chunks) else [])
                 results, crops = [], []
-                for i, fut in zip(batch, current):
+                for i, fut in zip(range(start, start + len(batch)), current):
                     try:
                         sha, found = fut.result()
                     except ImageReadError as e:
@@ -137,8 +307,6 @@ def embed_photos(paths: Sequence[str | os.PathLike], embedder: FaceSource, *, ba
                                               kept=[(k, _as_box(found[k].box)) for k in keep]))
                     crops.extend(found[k].image for k in keep)
                 _attach_vectors(results, crops, embedder, batch_size, card.embedding_size, card.name)
-                if on_batch is not None:
-                    on_batch(len(batch))
                 yield results
         finally:
             for fut in pending:
@@ -192,7 +360,7 @@ def embed_largest_faces(paths: Sequence[str | os.PathLike], embedder: FaceSource
         paths: the photos.
         embedder: finds and embeds faces.
         batch_size: photos per batch.
-        workers: threads reading photos.
+        workers: processes (see `embed_photos`).
         progress: called as `progress(phase, done, total)`.
         phase: the phase name given to `progress`.
 

@@ -1,25 +1,27 @@
 """The embedder runtime: photos in, detected and aligned faces, then L2-normalised vectors out.
 
-Imports no TensorFlow: this is the query path (detection runs on ONNX Runtime too, embedder.detect).
+Imports no TensorFlow: this is the query path (models run on ONNX Runtime or OpenVINO, embedder.backend).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from embedder.align import DLIB_150, PREALIGNED, AlignmentTemplate, get_template
+from embedder.backend import open_session, resolve_backend
 from embedder.core.constants import DEFAULT_BATCH_SIZE
-from embedder.core.errors import ModelSpecError
+from embedder.core.errors import ImageReadError, ModelSpecError
 from embedder.core.model_card import ModelCard, sha256_file
-from embedder.crop import crop_face
-from embedder.detect import Detector, DetectorConfig
-from embedder.images import read_image, resize
+from embedder.crop import crop_faces
+from embedder.detect import Detection, Detector, DetectorConfig
+from embedder.images import read_image, read_image_reduced, resize
 
 
 @dataclass(frozen=True)
@@ -50,9 +52,13 @@ class Embedder:
 
     Args:
         model_dir: a folder written by `facesearch export` (model.onnx + model_card.json).
-        threads: ONNX Runtime intra-op threads; None lets ONNX Runtime use every core.
+        threads: inference threads; None lets the backend use every core.
         aligned: take photos as already aligned crops (no detection); None: decided by the card.
         detector: detection options (`embedder.detect.DetectorConfig`); None: the defaults.
+        backend: "onnxruntime", "openvino" or "auto" for the embedding model and the detector
+            (`embedder.backend`); None: $FACESEARCH_BACKEND, else "auto".
+        batches: it will embed many photos (a worker of `embedder.pipeline`): "auto" may then pick
+            a backend that starts slower and runs faster (`embedder.backend.resolve_backend`).
 
     Raises:
         ModelSpecError: the folder, card or ONNX file is missing, the file does not match its card,
@@ -60,9 +66,7 @@ class Embedder:
     """
 
     def __init__(self, model_dir: str | os.PathLike, *, threads: int | None = None, aligned: bool | None = None,
-                 detector: DetectorConfig | None = None):
-        import onnxruntime as ort  # deferred: keeps `import embedder.runtime` cheap for --help
-
+                 detector: DetectorConfig | None = None, backend: str | None = None, batches: bool = False):
         self.model_dir = Path(model_dir).resolve()
         if not self.model_dir.is_dir():
             raise ModelSpecError(f"model folder '{model_dir}' does not exist: pass a folder made by `facesearch export`")
@@ -75,14 +79,11 @@ class Embedder:
                 f"'{onnx_path}' does not match the sha256 in its model card: the file was changed "
                 "after export; export the model again"
             )
-        options = ort.SessionOptions()
-        # Idle ONNX Runtime threads spin by default, starving the threads that read photos beside
-        # them (index builds): with spinning off, build_index ran ~1.5x faster on 2 cores.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if threads:
-            options.intra_op_num_threads = threads
-        self._session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        self.threads, self.backend_request, self.batches = threads, backend, batches
+        self.backend = resolve_backend(backend, "embedder", batches=batches)
+        self._session = open_session(onnx_path, backend=self.backend, role="embedder", threads=threads)
         self._check_signature()
+        self._output = self._session.outputs.index(self.card.output_name)
         self._mean = np.asarray(self.card.mean, dtype=np.float32)
         self._inv_std = 1.0 / np.asarray(self.card.std, dtype=np.float32)
         self.aligned = self.card.alignment_template in PREALIGNED if aligned is None else bool(aligned)
@@ -90,6 +91,15 @@ class Embedder:
         self.detector_config = detector or DetectorConfig()
         self._detector: Detector | None = None
         self._detector_lock = threading.Lock()
+
+    def worker_factory(self, threads: int = 1) -> Callable[[], Embedder]:
+        """A picklable recipe for the same embedder in another process (`embedder.pipeline`'s workers).
+
+        The copy reads the same model folder with the same options, on `threads` threads, set up
+        for many photos (`batches`).
+        """
+        return functools.partial(Embedder, self.model_dir, threads=threads, aligned=self.aligned,
+                                 detector=self.detector_config, backend=self.backend_request, batches=True)
 
     @property
     def crop_method(self) -> str:
@@ -111,7 +121,7 @@ class Embedder:
         """The face detector, built on first use (thread-safe)."""
         with self._detector_lock:
             if self._detector is None:
-                self._detector = Detector(self.detector_config)
+                self._detector = Detector(self.detector_config, backend=self.backend_request, batches=self.batches)
             return self._detector
 
     def faces(self, path: str | os.PathLike) -> list[FaceCrop]:
@@ -125,17 +135,69 @@ class Embedder:
         Raises:
             ImageReadError: the file is not a readable image.
         """
+        (found,) = self.faces_in_files([(path, None)])
+        if isinstance(found, ImageReadError):
+            raise found
+        return found
+
+    def faces_in_files(self, files: Sequence[tuple[str | os.PathLike, bytes | None]]
+                       ) -> list[list[FaceCrop] | ImageReadError]:
+        """`faces` of several photos at once: R-Net and O-Net run once for all of them.
+
+        A large JPEG is decoded at reduced scale for the detector (libjpeg's DCT scaling to the
+        detector's `max_side`); only a photo with a face is then decoded at full size, from which
+        dlib's landmarks and the crop are cut.
+
+        Args:
+            files: (path, the file's bytes or None to read the file) per photo.
+
+        Returns:
+            Per photo, in order: its crops (as `faces`), or the `ImageReadError` it raised.
+        """
         if self.aligned:
-            image = read_image(path, min_size=self.input_size)
-            return [FaceCrop(resize(image, *self.input_size), None)]
-        return self.faces_in(read_image(path))
+            out = []
+            for path, data in files:
+                try:
+                    image = read_image(path, min_size=self.input_size, data=data)
+                except ImageReadError as e:
+                    out.append(e)
+                    continue
+                out.append([FaceCrop(resize(image, *self.input_size), None)])
+            return out
+        side = self.detector_config.max_side
+        decoded: list[tuple[np.ndarray, tuple[float, float]] | ImageReadError] = []
+        for path, data in files:
+            try:
+                decoded.append(read_image_reduced(path, min_size=(side, side) if side else None, data=data))
+            except ImageReadError as e:
+                decoded.append(e)
+        images = [d[0] for d in decoded if not isinstance(d, ImageReadError)]
+        found = iter(self.detector.detect_many(images))
+        out, faces = [], []  # faces: (photo's place in out, its photo, detection), for every face
+        for (path, data), d in zip(files, decoded):
+            if isinstance(d, ImageReadError):
+                out.append(d)
+                continue
+            (image, (fx, fy)), detections = d, next(found)
+            if detections and (fx, fy) != (1.0, 1.0):
+                image = read_image(path, data=data)  # the crop is cut at full resolution
+                detections = [_scaled(det, 1 / fx, 1 / fy, image.shape[:2]) for det in detections]
+            out.append([])
+            faces.extend((len(out) - 1, image, det) for det in detections)
+        crops = crop_faces([image for _, image, _ in faces], [det.landmarks for _, _, det in faces], self.template)
+        for (k, _, det), crop in zip(faces, crops):
+            out[k].append(FaceCrop(crop, det.box, det.score, det.landmarks))
+        return out
 
     def faces_in(self, image: np.ndarray) -> list[FaceCrop]:
         """Detect and align every face of a decoded (H, W, 3) uint8 RGB photo (see `faces`)."""
         if self.template is None:  # aligned mode
             return [FaceCrop(resize(image, *self.input_size), None)]
-        return [FaceCrop(crop_face(image, d.landmarks, self.template), d.box, d.score, d.landmarks)
-                for d in self.detector.detect(image)]
+        return self._crops(image, self.detector.detect(image))
+
+    def _crops(self, image: np.ndarray, detections: Sequence[Detection]) -> list[FaceCrop]:
+        crops = crop_faces([image] * len(detections), [d.landmarks for d in detections], self.template)
+        return [FaceCrop(crop, d.box, d.score, d.landmarks) for d, crop in zip(detections, crops)]
 
     def embed(self, crops: Sequence[np.ndarray], batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
         """Embed face crops.
@@ -168,7 +230,7 @@ class Embedder:
         return np.ascontiguousarray((x - self._mean) * self._inv_std)
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        (y,) = self._session.run([self.card.output_name], {self.card.input_name: x})
+        y = self._session.run({self.card.input_name: x})[self._output]
         y = y.reshape(len(x), -1).astype(np.float32, copy=False)
         norms = np.linalg.norm(y, axis=1, keepdims=True)
         return y / np.maximum(norms, 1e-12)
@@ -183,8 +245,8 @@ class Embedder:
         return template
 
     def _check_signature(self) -> None:
-        inputs = {i.name: i.shape for i in self._session.get_inputs()}
-        outputs = {o.name for o in self._session.get_outputs()}
+        inputs = self._session.inputs
+        outputs = set(self._session.outputs)
         shape = inputs.get(self.card.input_name)
         expected = [self.card.input_height, self.card.input_width, 3]
         if shape is None or self.card.output_name not in outputs:
@@ -194,3 +256,11 @@ class Embedder:
             )
         if list(shape[1:]) != expected:
             raise ModelSpecError(f"the ONNX input is {shape}; its card expects (batch, {', '.join(map(str, expected))})")
+
+
+def _scaled(d: Detection, sx: float, sy: float, size: tuple[int, int]) -> Detection:
+    """A detection made on a reduced photo, in the pixels of the full (height, width) `size` photo."""
+    h, w = size
+    x1, y1, x2, y2 = d.box
+    box = (min(x1 * sx, w - 1), min(y1 * sy, h - 1), min(x2 * sx, w - 1), min(y2 * sy, h - 1))
+    return Detection(box, d.score, (d.landmarks * np.float32([sx, sy])).astype(np.float32))

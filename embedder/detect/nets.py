@@ -3,8 +3,9 @@
 The `mtcnn` package (MIT licence) ships its Keras weights as joblib/lz4 files under
 `mtcnn/assets/weights/`. Importing `mtcnn` itself imports TensorFlow, so the files are located with
 `importlib.util.find_spec` (which does not run the package) and read with joblib; the graphs are
-written with `onnx.helper` and handed to ONNX Runtime as bytes (no file, no cache: building all three
-takes a few milliseconds). Nothing is downloaded and TensorFlow is never imported.
+written with `onnx.helper` once per machine into the user cache (`load_net`): building takes a few
+milliseconds, but importing `onnx` and `joblib` for it costs a process ~1 s, so later processes
+read the cached files instead. Nothing is downloaded and TensorFlow is never imported.
 
 Layer-for-layer copies of `mtcnn/network/{pnet,rnet,onet}.py`: NHWC input, Keras "same" max pooling
 (= ONNX SAME_UPPER), and Keras' `Permute((2, 1, 3))` before flattening in R-Net and O-Net.
@@ -12,12 +13,18 @@ Layer-for-layer copies of `mtcnn/network/{pnet,rnet,onet}.py`: NHWC input, Keras
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
+from embedder.core.derived import load_derived
 from embedder.core.errors import ModelSpecError
+
+T = TypeVar("T")
 
 WEIGHT_FILES = {"pnet": "pnet.lz4", "rnet": "rnet.lz4", "onet": "onet.lz4"}
 
@@ -159,6 +166,10 @@ def build_resizer() -> bytes:
 
 
 BUILDERS = {"pnet": build_pnet, "rnet": build_rnet, "onet": build_onet}
+NETS = ("resize", "pnet", "rnet", "onet")
+# The graphs' format version: part of the cache key, so a change to the builders above (bump it)
+# never meets a graph built by older code.
+GRAPH_VERSION = 1
 
 
 def build_net(net: str) -> bytes:
@@ -166,3 +177,18 @@ def build_net(net: str) -> bytes:
     if net == "resize":
         return build_resizer()
     return BUILDERS[net](load_weights(net))
+
+
+def load_net(net: str, load: Callable[[bytes], T]) -> T:
+    """`load(the serialized ONNX model of one net)`, the model built once per machine into the user cache.
+
+    Building needs `onnx` and `joblib` (~1 s of imports); later processes read the cached file, keyed by
+    the sha256 of the package's weight file (`embedder.core.derived`). `load` (e.g. making an ONNX
+    Runtime session) failing on a cached file rebuilds it.
+    """
+    if net == "resize":
+        key = "no-weights"
+    else:
+        path = weights_dir() / WEIGHT_FILES[net]
+        key = hashlib.sha256(path.read_bytes()).hexdigest()
+    return load_derived(f"mtcnn-{net}-v{GRAPH_VERSION}", key, lambda: build_net(net), load, suffix=".onnx")

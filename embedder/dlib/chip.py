@@ -12,6 +12,8 @@ Imports no TensorFlow and no dlib.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from embedder.align import DLIB_150, similarity_transform
@@ -26,6 +28,14 @@ DLIB_MEAN_FACE_5 = np.array([
     [0.8595674595992, 0.2134981538014], [0.6460604764104, 0.2289674387677],
     [0.1205750620789, 0.2137274526848], [0.3340850613712, 0.2290642403242],
     [0.4901123135679, 0.6277975316475]])
+
+@functools.lru_cache(maxsize=4)
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ys, xs) float64 pixel coordinates of a size x size chip (read-only, shared)."""
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
+    ys.flags.writeable = xs.flags.writeable = False
+    return ys, xs
+
 
 def dlib_template_points(size: int = CHIP_SIZE, padding: float = CHIP_PADDING) -> np.ndarray:
     """(5, 2) float64: where dlib puts its 5 landmarks in a `size` chip with `padding`."""
@@ -67,20 +77,25 @@ def extract_dlib_chip(image: np.ndarray, landmarks: np.ndarray, size: int = CHIP
         (size, size, 3) uint8.
     """
     matrix = chip_to_image(landmarks, size, padding)
-    ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
+    ys, xs = _grid(size)
     px = matrix[0, 0] * xs + matrix[0, 1] * ys + matrix[0, 2]
     py = matrix[1, 0] * xs + matrix[1, 1] * ys + matrix[1, 2]
     left, top = np.floor(px).astype(np.int64), np.floor(py).astype(np.int64)
     h, w = image.shape[:2]
     inside = (left >= 0) & (top >= 0) & (left + 1 < w) & (top + 1 < h)
     left, top = np.where(inside, left, 0), np.where(inside, top, 0)
-    fx, fy = (px - left)[..., None], (py - top)[..., None]
+    fx, fy = px - left, py - top
+    flat = image.reshape(h * w, -1)
+    corner = top * w + left  # the top-left neighbour of every sample, as a row of `flat`
 
-    def at(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:  # gather first: never the whole photo in float
-        return image[rows, cols].astype(np.float64)
+    def at(offset: int) -> np.ndarray:
+        # Gather first (never the whole photo in float; np.take is ~5x faster than []), then lay the
+        # channels out as planes (c, y, x): the arithmetic below then runs over whole planes, not
+        # 3 values at a time (2-3x faster; the same operations on the same numbers).
+        return np.ascontiguousarray(np.moveaxis(np.take(flat, corner + offset, axis=0), 2, 0), dtype=np.float64)
 
-    value = ((1 - fy) * ((1 - fx) * at(top, left) + fx * at(top, left + 1))
-             + fy * ((1 - fx) * at(top + 1, left) + fx * at(top + 1, left + 1)))
-    chip = np.clip(value, 0, 255).astype(np.uint8)
+    value = ((1 - fy) * ((1 - fx) * at(0) + fx * at(1))
+             + fy * ((1 - fx) * at(w) + fx * at(w + 1)))
+    chip = np.ascontiguousarray(np.moveaxis(np.clip(value, 0, 255).astype(np.uint8), 0, 2))
     chip[~inside] = 0
     return chip

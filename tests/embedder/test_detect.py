@@ -101,7 +101,8 @@ def test_onnx_nets_match_the_keras_nets_of_the_mtcnn_package():
         net.set_weights(load_weights(name))
         x = rng.uniform(-1, 1, shape).astype(np.float32)
         want = [np.asarray(t) for t in net(x)]
-        got = det._sessions[name].run(outputs, {"image": x})
+        session = det._sessions[name]
+        got = [dict(zip(session.outputs, session.run({"image": x})))[o] for o in outputs]
         for w, g in zip(want, got):
             np.testing.assert_allclose(g, w, atol=2e-5, err_msg=name)
 
