@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import time
 
-_LABELS = {"hash": "checking changed files", "embed": "embedding faces"}
+_LABELS = {"hash": "checking changed files", "embed": "embedding faces", "ingest": "reading embeddings"}
 
 
 class PhaseProgress:
