@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli.options import AlignedOpt, JsonOpt, ModelOpt, emit, friendly_errors
+from cli.options import AlignedOpt, JsonOpt, ModelOpt, emit, fpir_option, friendly_errors
 from embedder.core.constants import DEFAULT_BATCH_SIZE
 from embedder.core.errors import DatasetError
 
@@ -50,13 +50,15 @@ def eval_identify(
     model: ModelOpt = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = DEFAULT_BATCH_SIZE,
     aligned: AlignedOpt = False,
+    fpir: fpir_option("Target FPIR the temporary index self-calibrates for (default 0.01).") = None,
+    compare_rules: Annotated[bool, typer.Option("--compare-rules", help="Also self-calibrate every decision rule and fusion on the gallery and report each one's FPIR and DIR.")] = False,
     json_out: JsonOpt = False,
 ):
-    """Identification: rank-1/rank-5 of enrolled probes, open-set DIR at false alarm rates for impostors."""
+    """Identification: rank-1/rank-5 of enrolled probes; open-set DIR, and the FPIR/FNIR of the gallery's self-calibrated threshold."""
     from cli.output import format_eval_identify
 
     result = run_eval_identify(gallery, probes, model=model, batch_size=batch_size, aligned=aligned,
-                               progress=not json_out)
+                               progress=not json_out, fpir=fpir, compare_rules=compare_rules)
     emit(result, json_out, format_eval_identify)
 
 
@@ -111,7 +113,8 @@ def _write_roc(path: Path, report, name: str) -> str:
 
 
 def run_eval_identify(gallery: Path, probes: Path, *, model: Path | None, batch_size: int = DEFAULT_BATCH_SIZE,
-                      aligned: bool = False, progress: bool = True) -> dict:
+                      aligned: bool = False, progress: bool = True, fpir: float | None = None,
+                      compare_rules: bool = False) -> dict:
     """Rank-1/rank-5 and open-set figures of the probes against a temporary index of the gallery."""
     from cli.models import embedder_for
     from cli.progress import PhaseProgress
@@ -119,5 +122,6 @@ def run_eval_identify(gallery: Path, probes: Path, *, model: Path | None, batch_
 
     embedder = embedder_for(model, aligned=aligned)
     with PhaseProgress(enabled=progress) as bar:
-        result = evaluate_identification(gallery, probes, embedder, batch_size=batch_size, progress=bar)
+        result = evaluate_identification(gallery, probes, embedder, batch_size=batch_size, progress=bar, fpir=fpir,
+                                         compare_rules=compare_rules)
     return _model_fields(embedder) | result

@@ -14,17 +14,17 @@ statistics (Hyndman & Fan type 8): the actual FPIR then lands above and below th
 often. Sampling the *queries* keeps the cost at m searches whatever N is, while every search still
 sees the whole gallery, so no extrapolation in N is needed at calibration time.
 
-Carrying to another gallery size (`carry_fpir`): with per-search maxima over n independent
-identities, P(best < t) = (1 - FMR(t))^n, hence FPIR_N(t) = 1 - (1 - FPIR_n(t))^(N / n); for small
-rates FPIR grows linearly with N. Assumptions: identities are exchangeable and their scores against
-one query independent. Measured on LFW (cache/calibration-research.md): for the plain best score
-the rule tracks direct measurement; for the margin rule the true growth is slower (the runner-up
-rises with N too), so the rule over-predicts growth, which errs towards fewer false alarms. It is
-only used between recalibrations (`needs_recalibration`: a gallery change beyond x1.25 either way).
+Carrying to another gallery size (`carry_fpir`): if a search's identities were independent,
+P(best < t) = (1 - FMR(t))^n, hence FPIR_N(t) = 1 - (1 - FPIR_n(t))^(N / n), about linear in N.
+Measured on LFW (cache/calibration-research.md) FPIR at a fixed threshold grows more slowly: as
+N^0.83 for the best score and N^0.25 for the margin rule (the runner-up rises with N too), and the
+pooled 1:1 form 1 - (1 - FMR)^N over-predicted FPIR twofold at N = 1,680. So the rule is used only
+where it errs towards fewer false alarms: to raise the threshold when the gallery has grown, within
+x1.25 (`needs_recalibration`); a shrunk gallery keeps its threshold; beyond x1.25, recalibrate.
 
 Minimum size: with m independent samples the actual FPIR of an order-statistic threshold is
 Beta-distributed around the target with m * target expected exceedances; at 5 the chance of
-landing within [target / 2, 2 x target] is about 0.87, below that it falls fast (0.75 at 3). So
+landing within [target / 2, 2 x target] is about 0.88, below that it falls fast (0.78 at 3). So
 calibration needs m >= 5 / target sampled identities (500 at 1%) and is refused otherwise.
 
 Vocabulary: FPIR = share of non-enrolled searches returning any identity at or above the threshold;
@@ -41,23 +41,31 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from embedder.core.errors import FaceSearchError
+from embedder.core.model_card import ModelCard
+from index.decision import (
+    DEFAULT_FUSION,
+    DEFAULT_MARGIN_WEIGHT,
+    DEFAULT_RULE,
+    FUSIONS,
+    RULES,
+    Decision,
+    check_choice,
+    check_vectors,
+    decision_statistic,
+    identity_templates,
+)
 
 METHOD_LOIO = "leave-one-identity-out"
 METHOD_STRANGERS = "strangers"  # `calibrate --strangers DIR`: real non-enrolled photos, same estimator
 METHODS = (METHOD_LOIO, METHOD_STRANGERS)
-FUSIONS = ("best", "top2", "template")
-RULES = ("score", "margin")
+STRANGER_UNITS = "people in the stranger photos"  # the sampled units of a stranger calibration
 DEFAULT_TARGET_FPIR = 0.01
-DEFAULT_FUSION = "template"  # won on View-1 DevTrain with 2 photos enrolled; equals "best" with 1 photo
-DEFAULT_RULE = "margin"
-DEFAULT_MARGIN_WEIGHT = 1.0  # statistic s1 + w (s1 - s2); chosen on DevTrain without strangers
 MIN_EXCEEDANCES = 5  # sampled identities x target FPIR must reach this
 MAX_SAMPLED_IDENTITIES = 10_000  # 100 exceedances at 1%: about +-10% on the FPIR; cost bounded at any N
 FACES_PER_IDENTITY = 2  # LOIO queries per sampled identity (more add little: they are correlated)
 RECALIBRATE_FACTOR = 1.25  # recompute when identities or faces change by more than this factor
 TAIL_MAX_FPIR = 0.2  # the stored tail answers --fpir up to this rate
 TAIL_POINTS = 48
-FLOOR_SCORE = -1.0  # the runner-up score when a search returns a single identity
 CALIBRATION_VERSION = 1
 
 
@@ -67,96 +75,6 @@ class CalibrationError(FaceSearchError):
 
 class GalleryTooSmallError(CalibrationError):
     """Too few identities (or stranger photos) to estimate a threshold at the asked FPIR."""
-
-
-# ------------------------------------------------------------------ decisions over one search
-
-
-def fuse_identity_scores(scores: np.ndarray, identities: Sequence[Hashable],
-                         fusion: str = "best") -> tuple[list[Hashable], np.ndarray]:
-    """One identity score per identity from a query's neighbour faces, best first.
-
-    `best`: the identity's highest face score. `top2`: the mean of its two highest (its one score
-    when only one of its faces is among the neighbours: ask for enough neighbours). `template`: the
-    neighbours are already identity templates (`identity_templates`), one per identity; a gallery
-    using it keeps a second index of templates, updated when an identity's faces change.
-
-    Args:
-        scores: `(k,)` neighbour scores (inner products of L2-normalised vectors).
-        identities: `k` identity labels, one per neighbour.
-        fusion: one of `FUSIONS`.
-
-    Returns:
-        `(labels, fused)`: distinct identities and `(n,)` float64 scores, highest first (stable).
-
-    Raises:
-        ValueError: lengths differ, unknown fusion, or repeated identities with `template`.
-    """
-    s = np.asarray(scores, dtype=np.float64).reshape(-1)
-    if len(s) != len(identities):
-        raise ValueError(f"got {len(s)} scores but {len(identities)} identities")
-    _check_choice("fusion", fusion, FUSIONS)
-    per: dict[Hashable, list[float]] = {}
-    for value, label in zip(s.tolist(), identities):
-        per.setdefault(label, []).append(value)
-    if fusion == "template" and len(per) != len(s):
-        raise ValueError("template fusion takes one neighbour per identity (a template index); got repeats")
-    fused = {label: (max(v) if fusion != "top2" else float(np.mean(sorted(v, reverse=True)[:2])))
-             for label, v in per.items()}
-    labels = sorted(fused, key=lambda label: -fused[label])
-    return labels, np.array([fused[label] for label in labels], dtype=np.float64)
-
-
-def identity_templates(vectors: np.ndarray, identities: Sequence[Hashable]) -> tuple[np.ndarray, np.ndarray]:
-    """The L2-normalised mean vector of each identity's faces.
-
-    Args:
-        vectors: `(n, d)` float32, rows L2-normalised.
-        identities: `n` labels.
-
-    Returns:
-        `(labels, templates)`: `(u,)` sorted distinct labels and `(u, d)` float32 rows L2-normalised.
-    """
-    v = _check_vectors(vectors)
-    labels, inverse = np.unique(np.asarray(identities), return_inverse=True)
-    sums = np.zeros((len(labels), v.shape[1]), np.float64)
-    np.add.at(sums, inverse.reshape(-1), v)
-    norms = np.linalg.norm(sums, axis=1, keepdims=True)
-    return labels, (sums / np.maximum(norms, 1e-12)).astype(np.float32)
-
-
-def decision_statistic(top_scores: np.ndarray, rule: str = DEFAULT_RULE,
-                       margin_weight: float = DEFAULT_MARGIN_WEIGHT) -> np.ndarray:
-    """The number compared with the threshold: from the best and second-best identity scores.
-
-    `score`: s1. `margin`: s1 + w (s1 - s2): a best match far ahead of the runner-up counts as
-    more certain; with w = 1 the LFW DIR at 1% FPIR rose from 0.49 to 0.65 (one photo enrolled).
-    A missing runner-up (one identity returned, or -inf) counts as `FLOOR_SCORE`. Caveat: an
-    identity enrolled twice under two names has no margin, so its matches are refused.
-
-    Args:
-        top_scores: `(m, k)` or `(k,)` fused identity scores per search, highest first, k >= 1.
-        rule: one of `RULES`.
-        margin_weight: w (>= 0) for `margin`.
-
-    Returns:
-        `(m,)` float64 statistics, or a 0-d array for one search.
-    """
-    _check_choice("rule", rule, RULES)
-    top = np.asarray(top_scores, dtype=np.float64)
-    one = top.ndim == 1
-    top = top.reshape(1, -1) if one else top
-    if top.ndim != 2 or top.shape[1] < 1:
-        raise ValueError(f"top_scores must be (m, k) with k >= 1, got shape {np.shape(top_scores)}")
-    s1 = top[:, 0]
-    if rule == "score":
-        out = s1
-    else:
-        if margin_weight < 0:
-            raise ValueError(f"margin_weight must be >= 0, got {margin_weight}")
-        s2 = top[:, 1] if top.shape[1] > 1 else np.full(len(top), FLOOR_SCORE)
-        out = s1 + margin_weight * (s1 - np.where(np.isfinite(s2), s2, FLOOR_SCORE))
-    return out[0] if one else out
 
 
 # ------------------------------------------------------------------ leave one identity out
@@ -197,8 +115,11 @@ def leave_one_identity_out(vectors: np.ndarray, identities: Sequence[Hashable], 
         GalleryTooSmallError: fewer than 3 identities.
     """
     start = time.perf_counter()
-    _check_choice("fusion", fusion, FUSIONS)
-    v = _check_vectors(vectors)
+    check_choice("fusion", fusion, FUSIONS)
+    if max_identities < 1 or faces_per_identity < 1 or chunk_size < 1:
+        raise ValueError(f"max_identities, faces_per_identity and chunk_size must be >= 1, got "
+                         f"{max_identities}, {faces_per_identity}, {chunk_size}")
+    v = check_vectors(vectors)
     if len(identities) != len(v):
         raise ValueError(f"got {len(v)} vectors but {len(identities)} identities")
     _, inverse = np.unique(np.asarray(identities), return_inverse=True)
@@ -211,7 +132,7 @@ def leave_one_identity_out(vectors: np.ndarray, identities: Sequence[Hashable], 
     faces_of = np.split(np.argsort(inverse, kind="stable"), np.cumsum(np.bincount(inverse, minlength=n_ids))[:-1])
     queries = np.concatenate([f if len(f) <= faces_per_identity else np.sort(rng.choice(f, faces_per_identity, replace=False))
                               for f in (faces_of[i] for i in chosen)])
-    gallery = _FusedGallery(v, inverse, n_ids, fusion)
+    gallery = _FusedGallery(v, inverse, fusion)
     out = []
     for lo in range(0, len(queries), chunk_size):
         q = queries[lo:lo + chunk_size]
@@ -225,7 +146,7 @@ def leave_one_identity_out(vectors: np.ndarray, identities: Sequence[Hashable], 
 class _FusedGallery:
     """Gallery faces grouped by identity, giving `(m, identities)` fused scores for query vectors."""
 
-    def __init__(self, v: np.ndarray, inverse: np.ndarray, n_ids: int, fusion: str):
+    def __init__(self, v: np.ndarray, inverse: np.ndarray, fusion: str):
         order = np.argsort(inverse, kind="stable")
         self.fusion, self.v = fusion, v[order]
         self.starts = np.flatnonzero(np.r_[True, np.diff(inverse[order]) != 0])
@@ -262,32 +183,39 @@ def carry_fpir(fpir: float, from_identities: int, to_identities: int) -> float:
     return float(-math.expm1(math.log1p(-fpir) * to_identities / from_identities)) if fpir < 1.0 else 1.0
 
 
-def minimum_identities(target_fpir: float, min_exceedances: int = MIN_EXCEEDANCES) -> int:
+def minimum_identities(target_fpir: float, min_exceedances: float = MIN_EXCEEDANCES) -> int:
     """The fewest sampled identities (or stranger photos) that can calibrate at `target_fpir`."""
     return math.ceil(min_exceedances / target_fpir - 1e-9)
 
 
+def lowest_supported_fpir(sampled: int, min_exceedances: float = MIN_EXCEEDANCES) -> float:
+    """The lowest target FPIR `sampled` identities (or stranger photos) can calibrate, rounded up."""
+    return _round_up(min_exceedances / max(sampled, 1))
+
+
 def check_calibratable(sampled: int, target_fpir: float, *, what: str = "gallery identities",
-                       min_exceedances: int = MIN_EXCEEDANCES) -> None:
+                       min_exceedances: float = MIN_EXCEEDANCES) -> None:
     """Refuse a calibration whose sample cannot resolve `target_fpir`.
 
     Raises:
-        GalleryTooSmallError: `sampled < minimum_identities(target_fpir)`; says what to do instead.
+        GalleryTooSmallError: `sampled < minimum_identities(target_fpir)`; says what the minimum
+            is and what to do instead.
     """
     if not 0.0 < target_fpir < 1.0:
         raise ValueError(f"target FPIR must be in (0, 1), got {target_fpir}")
     need = minimum_identities(target_fpir, min_exceedances)
     if sampled < need:
+        more = ("add photos of more non-enrolled people" if what == STRANGER_UNITS else
+                "calibrate on real non-enrolled photos with `facesearch calibrate --strangers DIR`")
         raise GalleryTooSmallError(
-            f"cannot self-calibrate at FPIR {target_fpir:g} from {sampled} {what}: at least {need} are needed "
-            f"({min_exceedances} / FPIR); give a threshold with --threshold, ask for a higher --fpir "
-            f"(this gallery supports {min_exceedances / max(sampled, 1):.2g} and above), or calibrate on real "
-            "non-enrolled photos with `facesearch calibrate --strangers DIR`")
+            f"cannot calibrate at FPIR {target_fpir:g} from {sampled} {what}: at least {need} are needed "
+            f"({min_exceedances:g} / FPIR); give a threshold with --threshold, ask for a higher --fpir "
+            f"(these {sampled} support {lowest_supported_fpir(sampled, min_exceedances):g} and above), or {more}")
 
 
 def threshold_for_fpir(statistics: np.ndarray, target_fpir: float, *, searched_identities: int,
                        gallery_identities: int, sampled_identities: int | None = None,
-                       min_exceedances: int = MIN_EXCEEDANCES) -> float:
+                       min_exceedances: float = MIN_EXCEEDANCES) -> float:
     """The threshold whose FPIR at `gallery_identities` is `target_fpir`, from stranger-like statistics.
 
     The target is first carried to the size each search saw (`carry_fpir`, N -> N - 1 for LOIO),
@@ -363,19 +291,51 @@ class Calibration:
     tail_threshold: tuple[float, ...]
     seconds: float = 0.0
     seed: int | None = 0
+    requested_fpir: float | None = None  # the rate asked for, when the gallery could only resolve a higher one
     version: int = CALIBRATION_VERSION
 
     def threshold_at(self, fpir: float | None = None, gallery_identities: int | None = None) -> float:
         """The threshold for `fpir` (default: the target) at a gallery size (default: calibrated).
 
+        A larger gallery raises the threshold by `carry_fpir` (conservative, see the module notes;
+        never past the highest threshold the stored tail holds); a smaller one keeps the
+        calibrated size's threshold.
+
+        Raises:
+            CalibrationError: the stored tail does not reach `fpir` at the calibrated size.
+        """
+        fpir = self.target_fpir if fpir is None else float(fpir)
+        # carried upwards only: FPIR falls as identities leave, so a shrunk gallery keeps its threshold
+        n = max(self.gallery_identities, self.gallery_identities if gallery_identities is None else int(gallery_identities))
+        if fpir == self.target_fpir and n == self.gallery_identities:
+            return self.threshold
+        lo, hi = (carry_fpir(f, self.searched_identities, self.gallery_identities)
+                  for f in (self.tail_fpir[0], self.tail_fpir[-1]))
+        if not lo * (1 - 1e-6) <= fpir <= hi * (1 + 1e-6):
+            raise CalibrationError(f"FPIR {fpir:g} is outside what this calibration resolves ({lo:.3g} to {hi:.3g}, "
+                                   f"from {self.sampled_identities} sampled identities): give --threshold, or "
+                                   "recalibrate with more identities or `calibrate --strangers DIR`")
+        rate = min(max(carry_fpir(fpir, n, self.searched_identities), self.tail_fpir[0]), self.tail_fpir[-1])
+        threshold = threshold_from_tail(self.tail_fpir, self.tail_threshold, rate)
+        return max(threshold, self.threshold) if fpir == self.target_fpir else threshold
+
+    def decision(self, fpir: float | None = None, gallery_identities: int | None = None) -> Decision:
+        """The `Decision` a query makes with this calibration at `fpir` (default: the target).
+
         Raises:
             CalibrationError: the stored tail does not reach `fpir`.
         """
-        fpir = self.target_fpir if fpir is None else float(fpir)
-        n = self.gallery_identities if gallery_identities is None else int(gallery_identities)
-        if fpir == self.target_fpir and n == self.gallery_identities:
-            return self.threshold
-        return threshold_from_tail(self.tail_fpir, self.tail_threshold, carry_fpir(fpir, n, self.searched_identities))
+        asked = fpir is not None and float(fpir) != self.target_fpir
+        return Decision(self.threshold_at(fpir, gallery_identities), self.rule, self.fusion, self.margin_weight,
+                        "--fpir" if asked else "calibration", float(fpir) if asked else self.target_fpir, self.method)
+
+    def describe(self) -> str:
+        """One line: threshold, target, rule, and what it was computed from."""
+        what = ("leave-one-identity-out searches of" if self.method == METHOD_LOIO else "searches of stranger photos "
+                "against")
+        return (f"threshold {self.threshold:.4f} for FPIR {self.target_fpir:g} ({self.rule} rule, {self.fusion} "
+                f"fusion), from {self.samples} {what} a gallery of {self.gallery_identities} identities "
+                f"({self.gallery_faces} faces; {self.sampled_identities} sampled, {self.seconds:.2f} s)")
 
     def needs_recalibration(self, gallery_identities: int, gallery_faces: int,
                             factor: float = RECALIBRATE_FACTOR) -> bool:
@@ -406,9 +366,9 @@ class Calibration:
         except (KeyError, TypeError) as e:
             raise CalibrationError(f"the index's calibration record is malformed ({e}): run `facesearch calibrate` "
                                    "again") from e
-        _check_choice("method", c.method, METHODS, CalibrationError)
-        _check_choice("rule", c.rule, RULES, CalibrationError)
-        _check_choice("fusion", c.fusion, FUSIONS, CalibrationError)
+        check_choice("method", c.method, METHODS, CalibrationError)
+        check_choice("rule", c.rule, RULES, CalibrationError)
+        check_choice("fusion", c.fusion, FUSIONS, CalibrationError)
         if len(c.tail_fpir) != len(c.tail_threshold) or not c.tail_fpir:
             raise CalibrationError("the index's calibration tail is malformed: run `facesearch calibrate` again")
         return c
@@ -416,25 +376,64 @@ class Calibration:
 
 def calibration_from_samples(samples: LooSamples, *, target_fpir: float = DEFAULT_TARGET_FPIR,
                              method: str = METHOD_LOIO, fusion: str = DEFAULT_FUSION, rule: str = DEFAULT_RULE,
-                             margin_weight: float = DEFAULT_MARGIN_WEIGHT, seed: int | None = 0) -> Calibration:
+                             margin_weight: float = DEFAULT_MARGIN_WEIGHT, seed: int | None = 0,
+                             min_exceedances: float = MIN_EXCEEDANCES) -> Calibration:
     """A `Calibration` from LOIO samples (or real strangers' statistics wrapped in `LooSamples`).
+
+    Args:
+        min_exceedances: expected exceedances the sample must hold at the target (see
+            `check_calibratable`); below `MIN_EXCEEDANCES` only for a deliberately rough estimate
+            (the demo's 20 people).
 
     Raises:
         GalleryTooSmallError: too few sampled identities for `target_fpir`.
     """
-    _check_choice("method", method, METHODS)
+    check_choice("method", method, METHODS)
     x = samples.statistics
-    what = "gallery identities" if method == METHOD_LOIO else "stranger photos"
-    check_calibratable(samples.sampled_identities, target_fpir, what=what)
+    what = "gallery identities" if method == METHOD_LOIO else STRANGER_UNITS
+    check_calibratable(samples.sampled_identities, target_fpir, what=what, min_exceedances=min_exceedances)
     threshold = threshold_for_fpir(x, target_fpir, searched_identities=samples.searched_identities,
                                    gallery_identities=samples.gallery_identities,
-                                   sampled_identities=samples.sampled_identities)
-    lowest = carry_fpir(MIN_EXCEEDANCES / samples.sampled_identities, samples.gallery_identities,
+                                   sampled_identities=samples.sampled_identities, min_exceedances=min_exceedances)
+    lowest = carry_fpir(min(min_exceedances / samples.sampled_identities, target_fpir), samples.gallery_identities,
                         samples.searched_identities)  # the target's floor, as the searches saw it
-    fpir, thr = tail_summary(x, min_fpir=lowest)
+    highest = carry_fpir(max(TAIL_MAX_FPIR, min(0.5, 2 * target_fpir)), samples.gallery_identities,
+                         samples.searched_identities)  # up to 20%, or twice a higher target
+    fpir, thr = tail_summary(x, min_fpir=lowest, max_fpir=highest)
     return Calibration(method, float(target_fpir), threshold, rule, fusion, float(margin_weight),
                        samples.gallery_identities, samples.gallery_faces, samples.searched_identities,
                        samples.sampled_identities, len(x), fpir, thr, round(samples.seconds, 3), seed)
+
+
+def resolve_decision(card: ModelCard, calibration: dict | None, gallery_identities: int, *,
+                     threshold: float | None = None, fpir: float | None = None) -> Decision:
+    """The decision a query makes, by precedence: `threshold`, then `fpir`, then the index's calibration,
+    then the model card's pair threshold.
+
+    `threshold` is a plain best-score cut-off (the `score` rule over each identity's best face), as
+    `query --threshold` has always meant; `fpir` and the calibration use the calibrated rule.
+
+    Args:
+        card: the model card whose thresholds apply without a calibration (its calibrated pair
+            threshold, else 0.3).
+        calibration: the manifest's "calibration" entry (or None).
+        gallery_identities: the index's identities now (a grown gallery carries the threshold).
+        threshold: `query --threshold`.
+        fpir: `query --fpir`.
+
+    Raises:
+        CalibrationError: `fpir` without a calibration, a rate the calibration cannot resolve, or a
+            malformed calibration record.
+    """
+    if threshold is not None:
+        return Decision(float(threshold), source="--threshold")
+    if fpir is not None and calibration is None:
+        raise CalibrationError(f"--fpir {fpir:g} needs a calibrated index and this one has none: run `facesearch "
+                               "calibrate` (or `calibrate --strangers DIR`), or give --threshold")
+    if calibration is not None:
+        return Calibration.from_dict(calibration).decision(fpir, gallery_identities)
+    calibrated = any(key in card.thresholds for key in ("far_1e-3", "best_accuracy"))
+    return Decision(card.default_threshold, source="model-card" if calibrated else "default")
 
 
 def calibrate_gallery(vectors: np.ndarray, identities: Sequence[Hashable], *,
@@ -457,13 +456,7 @@ def calibrate_gallery(vectors: np.ndarray, identities: Sequence[Hashable], *,
 # ------------------------------------------------------------------ checks
 
 
-def _check_vectors(vectors: np.ndarray) -> np.ndarray:
-    v = np.asarray(vectors)
-    if v.ndim != 2 or v.shape[0] == 0 or not np.issubdtype(v.dtype, np.floating):
-        raise ValueError(f"vectors must be a non-empty (n, d) float array, got {v.dtype} {v.shape}")
-    return np.ascontiguousarray(v, dtype=np.float32)
-
-
-def _check_choice(name: str, value: str, allowed: tuple[str, ...], error: type[Exception] = ValueError) -> None:
-    if value not in allowed:
-        raise error(f"unknown {name} {value!r}: expected one of {', '.join(allowed)}")
+def _round_up(x: float, digits: int = 2) -> float:
+    """`x` rounded up to `digits` significant digits (a rate that is really supported)."""
+    scale = 10.0 ** (digits - 1 - math.floor(math.log10(x)))
+    return math.ceil(x * scale - 1e-9) / scale

@@ -128,3 +128,61 @@ def identification_report(probe_identities: Sequence[str], ranked: Sequence[Sequ
     points = [point(threshold_at_far(impostor, f, best[known]), float(f)) for f in far_targets] if impostor.size else []
     points += [point(t, None) for t in thresholds]
     return IdentificationReport(int(known.sum()), int((~known).sum()), rates, tuple(points))
+
+
+# ------------------------------------------------------------------ a decision rule's FPIR/FNIR curve
+
+CURVE_FPIRS = (1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.2, 0.5)
+
+
+@dataclass(frozen=True)
+class DecisionPoint:
+    """Open-set figures of a decision statistic at one threshold (answered when `statistic >= threshold`).
+
+    Attributes:
+        threshold: on the statistic's scale.
+        fpir: false positive identification rate: impostor searches answered with anyone.
+        fnir: false negative identification rate: known searches whose identity is not returned
+            first at or above the threshold (1 - DIR).
+        fpir_target: the rate the threshold was chosen for on the impostors, or None.
+    """
+
+    threshold: float
+    fpir: float
+    fnir: float
+    fpir_target: float | None = None
+
+    @property
+    def dir(self) -> float:
+        return 1.0 - self.fnir
+
+    def to_dict(self) -> dict:
+        return {"fpir_target": self.fpir_target, "threshold": self.threshold, "fpir": self.fpir, "fnir": self.fnir,
+                "dir": self.dir}
+
+
+def decision_point(threshold: float, known: np.ndarray, right: np.ndarray, impostor: np.ndarray,
+                   fpir_target: float | None = None) -> DecisionPoint:
+    """FPIR and FNIR at `threshold`.
+
+    Args:
+        threshold: accept when `statistic >= threshold`.
+        known: `(k,)` statistics of searches for enrolled people.
+        right: `(k,)` bool, whether each of those searches ranked the right identity first.
+        impostor: `(n,)` statistics of searches for people not enrolled (n may be 0: FPIR NaN).
+    """
+    known, impostor = np.asarray(known, np.float64), np.asarray(impostor, np.float64)
+    fpir = float(np.mean(impostor >= threshold)) if impostor.size else float("nan")
+    fnir = 1.0 - float(np.mean(np.asarray(right, bool) & (known >= threshold))) if known.size else float("nan")
+    return DecisionPoint(float(threshold), fpir, fnir, fpir_target)
+
+
+def decision_curve(known: np.ndarray, right: np.ndarray, impostor: np.ndarray,
+                   fpir_targets: Sequence[float] = CURVE_FPIRS) -> list[DecisionPoint]:
+    """The FPIR/FNIR trade-off: at each target, the lowest threshold letting at most that share of
+    impostors through (`threshold_at_far`, chosen on the impostors themselves: the oracle)."""
+    impostor = np.asarray(impostor, np.float64)
+    if not impostor.size:
+        return []
+    return [decision_point(threshold_at_far(impostor, f, known), known, right, impostor, float(f))
+            for f in fpir_targets]
