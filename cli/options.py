@@ -75,3 +75,14 @@ def parse_bytes(text: str) -> int:
     if number <= 0:
         raise FaceSearchError(f"a memory budget must be positive, got '{text}'")
     return int(number * scale)
+
+
+def _check_fpir(value: float | None) -> float | None:
+    if value is not None and not 0.0 < value < 1.0:
+        raise typer.BadParameter(f"expected a rate strictly between 0 and 1 (e.g. 0.01 for 1%), got {value:g}")
+    return value
+
+
+def fpir_option(help: str):
+    """The type of an `--fpir` option: a false-positive identification rate, strictly between 0 and 1."""
+    return Annotated[Optional[float], typer.Option("--fpir", callback=_check_fpir, help=help)]

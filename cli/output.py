@@ -14,7 +14,9 @@ def format_query(answer: dict) -> str:
         header = f"face {n}{where}: " if len(faces) > 1 or face.get("box") is not None else ""
         verdict = face["verdict"]
         best = face["matches"][0]["score"] if face["matches"] else float("nan")
-        if verdict == "unknown":
+        if face.get("decision", {}).get("rule", "score") != "score":
+            lines.append(f"{header}{format_decision(face, answer.get('threshold_source', ''))}")
+        elif verdict == "unknown":
             lines.append(f"{header}unknown (best score {best:.3f} < threshold {answer['threshold']:.3f})")
         else:
             lines.append(f"{header}{verdict} (score {best:.3f}, threshold {answer['threshold']:.3f})")
@@ -52,11 +54,18 @@ def format_build_report(report: dict) -> str:
         lines.append(f"{report['no_face']} photo(s) without a face, {report['multi_face']} with several")
     if report["ignored"]:
         lines.append(f"{report['ignored']} file(s) without an image extension ignored")
+    if report.get("excluded"):
+        lines.append(f"{report['excluded']} photo(s) removed through the service left out (unchanged since; change "
+                     "or move a file to index it again)")
+    if report.get("enrolled"):
+        lines.append(f"{report['enrolled']} photo(s) enrolled through the service embedded again from the photo store")
     if report["skipped"]:
         lines.append(f"skipped {len(report['skipped'])} unreadable file(s):")
         lines.extend(f"  {item['path']}: {item['reason']}" for item in report["skipped"])
     if not report["written"]:
         lines.append("nothing changed; the index was left as it was")
+    if report.get("calibration"):
+        lines.append(f"open-set threshold: {report['calibration']['message']}")
     return "\n".join(lines)
 
 
@@ -145,7 +154,7 @@ def format_eval_identify(result: dict) -> str:
               else "at the model card's threshold")
         far = "n/a" if p["far"] != p["far"] else f"{p['far']:.4f}"  # NaN without impostors
         lines.append(f"open-set {at}: DIR {p['dir']:.4f}, false alarms {far} (threshold {p['threshold']:.4f})")
-    return "\n".join(lines)
+    return "\n".join(lines + format_identify_decision(result))
 
 
 def format_models_install(result: dict) -> str:
@@ -177,6 +186,42 @@ def format_prepare(result: dict) -> str:
     return "\n".join(lines)
 
 
+def format_embed_report(report: dict) -> str:
+    """Render `embed`: where the shards went, what was embedded, skipped or faceless, and what comes next."""
+    lines = [f"embeddings: {report['out_dir']} ({report['faces']} faces of {report['embedded']} photos in "
+             f"{len(report['files'])} file(s), model {report['model']}, faces {report['faces_policy']}, "
+             f"engine {report['engine']}" + (f", {report['actors']} actors" if report.get("actors") else "") + ")",
+             f"photos: {report['photos']} seen, {report['embedded']} embedded, {len(report['no_face'])} without a "
+             f"face, {len(report['skipped'])} unreadable; {report['multi_face']} with several faces",
+             f"embedded at {report['images_per_second']:.1f} images/s ({report['seconds']:.1f} s)"]
+    if report["ignored"]:
+        lines.append(f"{report['ignored']} file(s) without an image extension ignored")
+    if report["no_face"]:
+        lines.append(f"{len(report['no_face'])} photo(s) without a face:")
+        lines += [f"  {path}" for path in report["no_face"][:10]]
+        lines += [f"  ... and {len(report['no_face']) - 10} more (see --json)"] if len(report["no_face"]) > 10 else []
+    if report["skipped"]:
+        lines.append(f"skipped {len(report['skipped'])} unreadable file(s):")
+        lines += [f"  {item['path']}: {item['reason']}" for item in report["skipped"][:10]]
+        lines += [f"  ... and {len(report['skipped']) - 10} more (see --json)"] if len(report["skipped"]) > 10 else []
+    lines.append(f"next: facesearch build-index --from-embeddings {report['out_dir']} --index INDEX_DIR")
+    return "\n".join(lines)
+
+
+def format_query_lines(answers: list[dict]) -> str:
+    """Render a batch query: per photo (or --embeddings row) a header line, then `format_query`'s block."""
+    blocks = []
+    for answer in answers:
+        name = answer["image"] if "image" in answer else f"row {answer['row']}" + (
+            f" ({answer['path']})" if answer.get("path") else "")
+        if answer.get("error"):
+            blocks.append(f"{name}: error: {answer['error']}")
+        else:
+            body = format_query(answer)
+            blocks.append(f"{name}:\n" + "\n".join(f"  {line}" for line in body.splitlines()))
+    return "\n".join(blocks)
+
+
 def format_compact(result: dict) -> str:
     """Render `compact`: segments and removed faces before and after."""
     b, a = result["before"], result["after"]
@@ -190,3 +235,75 @@ def format_compact(result: dict) -> str:
                      f"{b['stored']} vectors, {b['removed']} removed -> {a['segments']} segment(s) "
                      f"({', '.join(a['types'])}), {a['stored']} vectors, in {result['seconds']:.1f} s")
     return "\n".join(lines)
+
+
+def format_decision(face: dict, source: str) -> str:
+    """A face's verdict under a calibrated rule: the statistic against the threshold, and where that came from."""
+    d = face["decision"] | {"threshold_source": source}
+    best = face["matches"][0]["score"] if face["matches"] else float("nan")
+    runner = d.get("runner_up_score")
+    how = (f"{d['statistic']:.3f} = {best:.3f} + {d['margin_weight']:g} x lead {best - runner:.3f} over the runner-up"
+           if runner is not None else f"{d['statistic']:.3f} (no runner-up)")
+    where = _threshold_source(d)
+    if face["verdict"] == "unknown":
+        return f"unknown ({how} < threshold {d['threshold']:.3f}, {where})"
+    return f"{face['verdict']} ({how} >= threshold {d['threshold']:.3f}, {where})"
+
+
+def _threshold_source(d: dict) -> str:
+    source = d["threshold_source"]
+    if source in ("calibration", "--fpir"):
+        return f"{d['rule']} rule calibrated for FPIR {d['fpir']:g}" + (" (--fpir)" if source == "--fpir" else "")
+    return {"--threshold": "--threshold", "model-card": "the model card's pair threshold",
+            "default": "an uncalibrated default"}.get(source, source)
+
+
+def format_calibration(result: dict) -> str:
+    """Render `calibrate`: the stored threshold, what it came from, and the strangers used."""
+    c = result["calibration"]
+    lines = [f"calibrated {result['index']} (generation {result['generation']}): {result['message']}"]
+    if result.get("strangers"):
+        s = result["strangers"]
+        lines.append(f"strangers: {s['embedded']} of {s['photos']} photos of {s['people']} people embedded")
+        if s["enrolled_left_out"]:
+            lines.append(f"  left out (enrolled): {', '.join(s['enrolled_left_out'][:10])}"
+                         + (" ..." if len(s["enrolled_left_out"]) > 10 else ""))
+        lines += [f"  no face vector: {f['path']}: {f['reason']}" for f in s["failures"][:10]]
+    lines.append(f"query answers 'unknown' below {c['threshold']:.4f} ({c['rule']} rule, {c['fusion']} fusion); "
+                 "`query --fpir F` picks another rate from this estimate, `--threshold T` overrides it")
+    return "\n".join(lines)
+
+
+def format_identify_decision(result: dict) -> list[str]:
+    """`eval identify`'s lines on the gallery's self-calibrated decision: where its threshold sits."""
+    d = result.get("decision")
+    if not d:
+        return []
+    rule = d["decision"]
+    at = d["at_threshold"]
+    lines = []
+    if result.get("calibration"):
+        lines.append(f"self-calibration: {result['calibration']['message']}")
+    far = "n/a" if at["fpir"] != at["fpir"] else f"{at['fpir']:.4f}"
+    lines.append(f"answered as query answers ({rule['rule']} rule, {rule['fusion']} fusion, threshold "
+                 f"{rule['threshold']:.4f} from {_threshold_source(rule)}): FPIR {far} on {d['impostor_probes']} "
+                 f"impostors, FNIR {at['fnir']:.4f} (DIR {at['dir']:.4f})")
+    if d["oracle"]:
+        o = d["oracle"]
+        lines.append(f"oracle at FPIR {o['fpir_target']:g} (threshold chosen on the impostors): threshold "
+                     f"{o['threshold']:.4f}, FPIR {o['fpir']:.4f}, DIR {o['dir']:.4f}")
+        lines.append("FPIR/FNIR curve (thresholds chosen on the impostors), and where the stored threshold sits:")
+        points = [(p["threshold"], f"  FPIR {p['fpir']:.4f} (<= {p['fpir_target']:g}): threshold {p['threshold']:.4f}, "
+                   f"FNIR {p['fnir']:.4f}") for p in d["curve"]]
+        points.append((at["threshold"], f"  FPIR {far}: threshold {at['threshold']:.4f}, FNIR {at['fnir']:.4f}   "
+                       "<- the stored threshold"))
+        lines += [text for _, text in sorted(points, key=lambda p: -p[0])]
+    for r in result.get("rules") or []:
+        if "error" in r:
+            lines.append(f"  {r['fusion']:<8} {r['rule']:<6} not calibrated: {r['error'].split(':')[0]}")
+            continue
+        a, o = r["at_threshold"], r["oracle"]
+        lines.append(f"  {r['fusion']:<8} {r['rule']:<6} self-calibrated threshold {r['threshold']:.4f} (FPIR "
+                     f"{r['target_fpir']:g}): FPIR {a['fpir']:.4f}, DIR {a['dir']:.4f}"
+                     + (f"; oracle DIR {o['dir']:.4f}" if o else ""))
+    return lines

@@ -19,7 +19,9 @@ from embedder.core.constants import DEFAULT_BATCH_SIZE, reader_threads
 from embedder.core.errors import DatasetError, IndexFormatError
 from embedder.core.model_card import sha256_file
 from embedder.pipeline import FACE_POLICIES, embed_photos
+from index.enrolled import ExclusionPlan, carry_enrolled, plan_exclusions
 from index.manifest import MANIFEST_FILE, IndexPolicy, read_manifest_data
+from index.open_set import unchanged_calibration
 from index.protocols import EmbedderLike, Progress
 from index.scan import ScannedFile, plan_update, scan_folder
 from index.store import Photo, StoredFace
@@ -28,13 +30,16 @@ from index.writer import IndexWriter
 
 @dataclass
 class BuildReport:
-    """What a build did. Photo counts satisfy `total_files == added + updated + unchanged + len(skipped)`.
+    """What a build did. Photo counts satisfy
+    `total_files == added + updated + unchanged + len(skipped) + excluded`.
 
     `added`/`updated`: new/changed photos read successfully this run (including those with no
     face, and `reused` ones: content already indexed under another path, vectors kept).
     `removed`: indexed photos no longer in the folder. `skipped`: unreadable photos, with the
     reason; a changed photo that became unreadable loses its old vectors. `no_face`/`multi_face`:
-    among photos read this run. `ignored`: files without an image extension.
+    among photos read this run. `ignored`: files without an image extension. `excluded`: folder
+    photos removed through the service and unchanged since, left out (`index.enrolled`).
+    `enrolled`: photos enrolled through the service, embedded again from the photo store by a rebuild.
     """
 
     source_dir: str
@@ -49,6 +54,9 @@ class BuildReport:
     multi_face: int = 0
     reused: int = 0
     ignored: int = 0
+    calibration: dict | None = None  # what the build did about the open-set threshold (index.open_set)
+    excluded: int = 0
+    enrolled: int = 0
     vectors: int = 0
     photos: int = 0
     identities: int = 0
@@ -70,7 +78,7 @@ class BuildReport:
 def build_index(source_dir: str | os.PathLike, index_dir: str | os.PathLike, embedder: EmbedderLike, *,
                 batch_size: int = DEFAULT_BATCH_SIZE, strict: bool = False, rebuild: bool = False, faces: str = "largest",
                 workers: int | None = None, progress: Progress | None = None,
-                policy: IndexPolicy | None = None) -> BuildReport:
+                policy: IndexPolicy | None = None, fpir: float | None = None) -> BuildReport:
     """Create or update the index in `index_dir` from the photos in `source_dir`.
 
     Args:
@@ -85,6 +93,8 @@ def build_index(source_dir: str | os.PathLike, index_dir: str | os.PathLike, emb
         progress: optional callback, see `index.protocols.Progress`.
         policy: index type, memory budget, raw vector dtype; None keeps the index's (or the defaults).
             A new index type rewrites the segments from their stored vectors (no photo is embedded).
+        fpir: the false-positive identification rate the stored open-set threshold is for (None:
+            the stored calibration's, else 1%); see `index.open_set`.
 
     Returns:
         A `BuildReport`.
@@ -113,8 +123,15 @@ def build_index(source_dir: str | os.PathLike, index_dir: str | os.PathLike, emb
                           build=settings, policy=policy, rebuild=rebuild) as writer:
         report.rebuilt = existed and writer.fresh
         retype = (policy is not None and not writer.fresh and policy.index_type != writer.manifest.policy.index_type)
-        _update(scan.root, scan.files, writer, embedder, report, start, batch_size=batch_size, strict=strict,
-                faces=faces, workers=workers, progress=progress)
+        # What the service changed survives: a rebuild embeds the enrolled photos again (index.enrolled).
+        carried = carry_enrolled(index_dir, writer, embedder, workers=workers, batch_size=batch_size) \
+            if report.rebuilt else None
+        exclusions = plan_exclusions(scan.root, scan.files, carried.exclusions if carried else writer.exclusions())
+        if carried is not None:
+            report.enrolled, report.skipped = carried.photos, report.skipped + carried.lost
+        _update(scan.root, exclusions, writer, embedder, report, start, batch_size=batch_size, strict=strict,
+                faces=faces, workers=workers, progress=progress, carried=carried.faces if carried else 0)
+        writer.request_calibration(fpir)
         t = time.perf_counter()
         result = writer.commit()
         if retype:
@@ -126,13 +143,17 @@ def build_index(source_dir: str | os.PathLike, index_dir: str | os.PathLike, emb
         report.generation = m.generation
         report.vectors, report.photos, report.identities = m.faces, m.photos, m.identities
         report.segments, report.index_types = len(m.segments), [s.kind for s in m.segments]
+        report.calibration = result.calibration if result.written else unchanged_calibration(m.calibration)
     return report
 
 
-def _update(root: Path, files: list[ScannedFile], writer: IndexWriter, embedder: EmbedderLike, report: BuildReport,
+def _update(root: Path, exclusions: ExclusionPlan, writer: IndexWriter, embedder: EmbedderLike, report: BuildReport,
             start: float, *, batch_size: int, strict: bool, faces: str, workers: int | None,
-            progress: Progress | None) -> None:
-    """Stage in `writer` what makes the index mirror `files`."""
+            progress: Progress | None, carried: int = 0) -> None:
+    """Stage in `writer` what makes the index mirror `exclusions.files`."""
+    files = exclusions.files
+    report.excluded = len(exclusions.excluded)
+    writer.lapse_exclusions(exclusions.lapsed)
     indexed = {} if writer.fresh else writer.photos("folder")
     plan = plan_update(files, indexed)
     for f in plan.unchanged:
@@ -157,9 +178,9 @@ def _update(root: Path, files: list[ScannedFile], writer: IndexWriter, embedder:
     report.seconds["scan"] = time.perf_counter() - start
 
     t = time.perf_counter()
-    live = writer.manifest.faces - sum(len(v) for v in old_faces.values())
-    live += _embed(root, to_embed, writer, embedder, report, indexed, old_faces, reusable, batch_size=batch_size,
-                   strict=strict, faces=faces, workers=workers, progress=progress)
+    live = writer.manifest.faces - sum(len(v) for v in old_faces.values()) + carried
+    live += _embed(root, to_embed, writer, embedder, report, indexed, old_faces, reusable, exclusions,
+                   batch_size=batch_size, strict=strict, faces=faces, workers=workers, progress=progress)
     report.seconds["embed"] = time.perf_counter() - t
     report.images_per_second = len(to_embed) / report.seconds["embed"] if to_embed else 0.0
     if live == 0:
@@ -168,8 +189,8 @@ def _update(root: Path, files: list[ScannedFile], writer: IndexWriter, embedder:
 
 def _embed(root: Path, to_embed: list[ScannedFile], writer: IndexWriter, embedder: EmbedderLike,
            report: BuildReport, indexed: dict[str, Photo], old_faces: dict[str, list[StoredFace]],
-           reusable: dict[str, str], *, batch_size: int, strict: bool, faces: str, workers: int | None,
-           progress: Progress | None) -> int:
+           reusable: dict[str, str], exclusions: ExclusionPlan, *, batch_size: int, strict: bool, faces: str,
+           workers: int | None, progress: Progress | None) -> int:
     """Read and embed `to_embed` into `writer`; returns the faces staged."""
     staged = done = 0
     if progress is not None and to_embed:
@@ -202,8 +223,9 @@ def _embed(root: Path, to_embed: list[ScannedFile], writer: IndexWriter, embedde
                 report.reused += 1
                 n_faces, staged = indexed[source].n_faces, staged + len(kept)
             else:
-                writer.add_photo(_photo(file, r.sha256, r.n_faces), r.kept, r.vectors)
-                n_faces, staged = r.n_faces, staged + len(r.kept)
+                kept, vectors = exclusions.drop_faces(file.path, r.sha256, r.kept, r.vectors)
+                writer.add_photo(_photo(file, r.sha256, r.n_faces), kept, vectors)
+                n_faces, staged = r.n_faces, staged + len(kept)
             report.no_face += n_faces == 0
             report.multi_face += n_faces > 1
     return staged

@@ -45,6 +45,7 @@ CREATE TABLE photos (
 CREATE UNIQUE INDEX photos_live_path ON photos(path) WHERE removed IS NULL;
 CREATE INDEX photos_path ON photos(path, added);
 CREATE INDEX photos_identity ON photos(identity);
+CREATE INDEX photos_removed ON photos(removed) WHERE removed IS NOT NULL;
 CREATE TABLE faces (
     id      INTEGER NOT NULL,     -- the vector's id in the segments (a moved photo keeps its vectors' ids)
     path    TEXT NOT NULL,
@@ -64,6 +65,25 @@ CREATE TABLE generations (
     identities INTEGER NOT NULL
 );
 """
+
+# Gallery-folder photos (or single faces of them) removed through the service: a folder build
+# does not add them back while the file is unchanged (README "Who owns what"). Created by the
+# first writer of a file made before the table existed.
+_EXCLUSIONS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS exclusions (
+    path     TEXT NOT NULL,     -- the folder photo, relative to the gallery folder
+    size     INTEGER NOT NULL,  -- the file as it was when removed: while it keeps this size and
+    mtime_ns INTEGER NOT NULL,  -- mtime, or these bytes, a folder build leaves it out
+    sha256   TEXT NOT NULL,
+    face     INTEGER,           -- one face (its position when removed), or NULL: the whole photo
+    x1 REAL, y1 REAL, x2 REAL, y2 REAL,  -- that face's box, to find it again when photos are re-embedded
+    added    INTEGER NOT NULL,
+    removed  INTEGER
+);
+CREATE INDEX IF NOT EXISTS exclusions_path ON exclusions(path);
+"""
+_SCHEMA += _EXCLUSIONS_SCHEMA
+_VERSIONED = ("photos", "faces", "exclusions")  # tables whose rows carry added/removed generations
 
 # Rows visible at generation :g.
 _LIVE = "{t}.added <= :g AND ({t}.removed IS NULL OR {t}.removed > :g)"
@@ -109,6 +129,18 @@ class FaceRecord:
         return {"id": self.id, "path": self.path, "identity": self.identity, "face": self.face,
                 "box": list(self.box) if self.box is not None else None, "size": self.size,
                 "mtime_ns": self.mtime_ns, "sha256": self.sha256}
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    """A gallery-folder photo, or one face of it, removed through the service (not by the folder)."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    sha256: str
+    face: int | None = None  # None: the whole photo
+    box: Box | None = None  # the face's box (None for the whole photo or a pre-aligned crop)
 
 
 @dataclass(frozen=True)
@@ -191,6 +223,7 @@ class IndexStore:
             raise IndexFormatError(f"metadata file '{path}' is damaged: {e}") from e
         store = cls(conn, path, committed + 1)
         store._check_schema()
+        conn.executescript(_EXCLUSIONS_SCHEMA)
         store.rollback(committed)
         return store
 
@@ -291,6 +324,36 @@ class IndexStore:
                            {"g": self.generation, "identity": identity})
         return [r[0] for r in rows]
 
+    def photos_of_identity(self, identity: str) -> list[Photo]:
+        """Live photos of `identity` (any source), by path."""
+        rows = self._query(f"SELECT path, identity, size, mtime_ns, sha256, n_faces, source FROM photos AS p "
+                           f"WHERE {_LIVE.format(t='p')} AND p.identity = :identity ORDER BY path",
+                           {"g": self.generation, "identity": identity})
+        return [Photo(*r) for r in rows]
+
+    def live_sha256(self, digests: Iterable[str] | None, source: str = "api") -> set[str]:
+        """Those of `digests` that a live photo of `source` still has (a photo store keeps only those);
+        every live photo's with `digests=None`. A scan of the photos (there is no index by digest)."""
+        if digests is None:
+            return {r[0] for r in self._query(f"SELECT DISTINCT sha256 FROM photos AS p WHERE {_LIVE.format(t='p')} "
+                                              "AND p.source = :source", {"g": self.generation, "source": source})}
+        digests, out = list(dict.fromkeys(digests)), set()
+        for i in range(0, len(digests), _CHUNK):
+            chunk = digests[i:i + _CHUNK]
+            params = {"g": self.generation, "source": source} | {f"s{j}": v for j, v in enumerate(chunk)}
+            out |= {r[0] for r in self._query(
+                f"SELECT DISTINCT sha256 FROM photos AS p WHERE {_LIVE.format(t='p')} AND p.source = :source AND "
+                f"p.sha256 IN ({','.join(f':s{j}' for j in range(len(chunk)))})", params)}
+        return out
+
+    def exclusions(self) -> list[Exclusion]:
+        """Live exclusions (folder photos or faces removed through the service), by path then face."""
+        if not self._query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'exclusions'"):
+            return []  # a file made before the table existed, opened read-only
+        rows = self._query(f"SELECT path, size, mtime_ns, sha256, face, x1, y1, x2, y2 FROM exclusions AS e "
+                           f"WHERE {_LIVE.format(t='e')} ORDER BY path, face", {"g": self.generation})
+        return [Exclusion(path, size, mtime, sha, face, _box(*box)) for path, size, mtime, sha, face, *box in rows]
+
     def face_identities(self) -> Iterator[tuple[int, str]]:
         """(id, identity) of every live face, by id (for calibration and exports)."""
         rows = self._query(f"SELECT f.id, p.identity FROM faces AS f JOIN photos AS p ON p.path = f.path AND "
@@ -300,9 +363,15 @@ class IndexStore:
     # --- writing (generation self.generation, in one transaction) --------------------------
 
     def rollback(self, committed: int) -> None:
-        """Undo what a crashed write left for generations after `committed`."""
+        """Undo what a crashed write left for generations after `committed`.
+
+        A write's rows and its `generations` row commit in one transaction, so without a
+        `generations` row after `committed` there is nothing to undo (and no table is scanned).
+        """
+        if not self._conn.execute("SELECT 1 FROM generations WHERE generation > ? LIMIT 1", (committed,)).fetchone():
+            return
         with _transaction(self._conn):
-            for table in ("photos", "faces"):
+            for table in _VERSIONED:
                 self._conn.execute(f"DELETE FROM {table} WHERE added > ?", (committed,))
                 self._conn.execute(f"UPDATE {table} SET removed = NULL WHERE removed > ?", (committed,))
             self._conn.execute("DELETE FROM generations WHERE generation > ?", (committed,))
@@ -314,7 +383,7 @@ class IndexStore:
     def purge(self, before: int) -> None:
         """Delete rows removed at or before generation `before` (no reader may still see them)."""
         with _transaction(self._conn):
-            for table in ("photos", "faces"):
+            for table in _VERSIONED:
                 self._conn.execute(f"DELETE FROM {table} WHERE removed IS NOT NULL AND removed <= ?", (before,))
             self._conn.execute("DELETE FROM generations WHERE generation < ?", (before,))
 
@@ -421,6 +490,19 @@ class StoreWrite:
         self._conn.executemany("INSERT INTO faces (id, path, face, x1, y1, x2, y2, added) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                                rows)
         self._faces += len(rows)
+
+    def exclude(self, rows: Iterable[Exclusion]) -> None:
+        """Record exclusions (a folder build honours them; see `index.build`)."""
+        self._conn.executemany(
+            "INSERT INTO exclusions (path, size, mtime_ns, sha256, face, x1, y1, x2, y2, added)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(e.path, e.size, e.mtime_ns, e.sha256, e.face, *(e.box if e.box is not None else (None,) * 4), self.g)
+             for e in rows])
+
+    def lapse_exclusions(self, paths: Iterable[str]) -> None:
+        """End the exclusions of `paths` (their files changed or left the folder)."""
+        for path in paths:
+            self._retire("exclusions", "path = ?", (path,))
 
     def _retire(self, table: str, where: str, params: tuple) -> None:
         # A row this generation added is simply deleted; an older one is marked removed now.

@@ -34,8 +34,8 @@ from index.manifest import (
     tombstone_name,
     utc_now,
 )
-from index.segments import Segment, SegmentInfo, write_segment
-from index.store import IndexStore, Photo, StoredFace, metadata_name
+from index.segments import Segment, SegmentInfo, gather_vectors, write_segment
+from index.store import Exclusion, IndexStore, Photo, StoredFace, metadata_name
 
 # Merge policy (Lucene's log merge, by powers of ten of live rows): when one size level holds
 # MERGE_FACTOR segments they are merged into one of the next level, so a vector is rewritten
@@ -61,6 +61,7 @@ class CommitResult:
     faces_removed: int = 0  # vectors newly tombstoned
     merged: list[int] = field(default_factory=list)  # segments merged by the automatic merge that followed
     seconds: dict[str, float] = field(default_factory=dict)
+    calibration: dict | None = None  # what the commit did about the open-set calibration (index.open_set)
 
 
 class _Spool:
@@ -249,20 +250,16 @@ class IndexWriter:
     def ids_of_identity(self, identity: str) -> list[int]:
         return self.store.ids_of_identity(identity)
 
+    def photos_of_identity(self, identity: str) -> list[Photo]:
+        return self.store.photos_of_identity(identity)
+
+    def exclusions(self) -> list[Exclusion]:
+        """Folder photos and faces removed through the service (`IndexStore.exclusions`)."""
+        return self.store.exclusions()
+
     def vectors(self, ids: Sequence[int]) -> np.ndarray:
         """Stored vectors of committed live `ids`, `(n, d)` float32, in order (KeyError if one is absent)."""
-        ids = np.asarray(ids, dtype=np.int64)
-        out = np.zeros((len(ids), self.manifest.dim), np.float32)
-        found = np.zeros(len(ids), bool)
-        for seg in self.segments:
-            at = seg.positions(ids)
-            hit = at >= 0
-            if hit.any():
-                out[hit] = seg.vectors(at[hit])
-                found |= hit
-        if not found.all() or np.isin(ids, self.tombstones).any():
-            raise KeyError(f"ids not in the index: {ids[~found][:10].tolist()}")
-        return out
+        return gather_vectors(self.segments, self.tombstones, ids, self.manifest.dim)
 
     # --- staging ---------------------------------------------------------------------------
 
@@ -307,6 +304,16 @@ class IndexWriter:
         """Stage the removal of single faces by id."""
         if ids:
             self._ops.append(("remove_ids", [int(i) for i in ids]))
+
+    def exclude(self, rows: Sequence[Exclusion]) -> None:
+        """Stage exclusions: folder photos (or faces) a folder build must not add back while unchanged."""
+        if rows:
+            self._ops.append(("exclude", list(rows)))
+
+    def lapse_exclusions(self, paths: Sequence[str]) -> None:
+        """Stage the end of the exclusions of `paths`."""
+        if paths:
+            self._ops.append(("lapse", list(paths)))
 
     @property
     def staged(self) -> bool:
@@ -358,6 +365,10 @@ class IndexWriter:
                     removed |= set(w.remove_photos(op[1]))
                 elif op[0] == "remove_ids":
                     removed |= set(w.remove_faces(op[1]))
+                elif op[0] == "exclude":
+                    w.exclude(op[1])
+                elif op[0] == "lapse":
+                    w.lapse_exclusions(op[1])
         counts = w.counts
         seconds["metadata"] = time.perf_counter() - t
 
@@ -372,12 +383,13 @@ class IndexWriter:
                            faces=counts.faces, photos=counts.photos, identities=counts.identities,
                            next_id=self._next_id, next_segment=number, updated=utc_now())
         _check_consistent(manifest)
+        manifest, calibration = self._calibrate(manifest, tombstones, new_segment, seconds)
         commit(self.index_dir, manifest)
-        seconds["commit"] = time.perf_counter() - t
+        seconds["commit"] = time.perf_counter() - t - seconds["calibration"]
         self._after_commit(manifest, tombstones, new_segment)
         result = CommitResult(g, True, counts.faces, counts.photos, counts.identities,
                               vectors_added=new_segment.count if new_segment else 0, faces_removed=len(newly_dead),
-                              seconds=seconds)
+                              seconds=seconds, calibration=calibration)
         if merge and (plan := plan_merge(self.manifest, self._dead_counts())):
             t = time.perf_counter()
             merged = self.merge(plan)
@@ -402,6 +414,50 @@ class IndexWriter:
         self.store.generation = manifest.generation + 1
         if manifest.generation % 16 == 0:
             self.store.checkpoint()
+
+    # --- open-set calibration (index.open_set) -------------------------------------------------
+
+    calibration_fpir: float | None = None  # the target FPIR asked for; None keeps the stored one's (else 1%)
+    _calibration_force = False
+    _calibration_given: dict | None = None
+
+    def request_calibration(self, fpir: float | None = None, *, force: bool = False,
+                            calibration: dict | None = None) -> None:
+        """Ask the next commit to calibrate at `fpir` (when the stored target differs, or `force`), or to
+        store `calibration` as given (measured on stranger photos)."""
+        from index.open_set import target_differs
+
+        self.calibration_fpir = fpir
+        self._calibration_force = force or calibration is not None
+        self._calibration_given = calibration
+        if self._calibration_force or target_differs(self.manifest.calibration, fpir):
+            self._settings_changed = True
+
+    def _calibrate(self, manifest: Manifest, tombstones: np.ndarray, new_segment: SegmentInfo | None,
+                   seconds: dict[str, float]) -> tuple[Manifest, dict]:
+        """`manifest` with the calibration it should carry, estimated on a read view of its own generation
+        (a failure keeps the previous estimate: the write itself never fails for it)."""
+        from index.gallery import GalleryIndex
+        from index.open_set import CalibrationOutcome, calibrate_on_commit, settled
+
+        t = time.perf_counter()
+        if self._calibration_given is not None:
+            outcome = CalibrationOutcome(self._calibration_given, "stored", "stored as measured")
+        elif (outcome := settled(manifest.calibration, manifest.identities, manifest.faces,
+                                 requested_fpir=self.calibration_fpir, force=self._calibration_force)) is None:
+            try:
+                segments = self.segments + ([Segment.open(self.index_dir, new_segment, manifest.dim)] if new_segment
+                                            else [])
+                store = IndexStore.open_reader(self.index_dir / manifest.metadata_file, manifest.generation)
+                with GalleryIndex(self.index_dir, manifest, segments, tombstones, store) as view:
+                    outcome = calibrate_on_commit(view, manifest.calibration, requested_fpir=self.calibration_fpir,
+                                                  force=self._calibration_force)
+            except Exception as e:  # noqa: BLE001 - reading the pending generation failed: keep the write
+                outcome = CalibrationOutcome(manifest.calibration, "failed", f"calibration failed ({type(e).__name__}: "
+                                             f"{e}); the previous estimate is kept - run `facesearch calibrate`")
+        self._calibration_force, self._calibration_given = False, None
+        seconds["calibration"] = time.perf_counter() - t
+        return replace(manifest, calibration=outcome.calibration), outcome.to_dict()
 
     def _choose(self, n: int) -> tuple[str, dict]:
         """The kind and spec of a new segment of `n` vectors, by the index's policy."""

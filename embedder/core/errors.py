@@ -40,3 +40,27 @@ class NoFaceFoundError(FaceSearchError):
     def __init__(self, path, hint: str = ""):
         self.path = str(path)
         super().__init__(f"no face found in '{self.path}'" + (f": {hint}" if hint else ""))
+
+
+class EmbeddingShardError(FaceSearchError):
+    """An embedding shard folder or file (`embedder.embedding_shards`) is missing, malformed or holds a bad row.
+
+    `file` names the file at fault and `row` its 0-based row, where one row is to blame (else None).
+    """
+
+    def __init__(self, message: str, file=None, row: int | None = None):
+        self.file = None if file is None else str(file)
+        self.row = row
+        super().__init__(message)
+
+
+class EngineError(FaceSearchError):
+    """A distributed engine (Ray) is not installed, cannot be reached, or its job failed as a whole."""
+
+
+class AnnInputError(FaceSearchError, ValueError):
+    """Vectors, queries or arguments given to the vector search (`index.ann`) are malformed."""
+
+
+class MemoryBudgetError(FaceSearchError):
+    """No index of the asked kind fits the memory budget."""
