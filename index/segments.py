@@ -20,6 +20,7 @@ import faiss
 import numpy as np
 
 from embedder.core.errors import IndexFormatError
+from index.ann.blas import use_blas_for_batches
 
 VECTOR_DTYPES = ("float32", "float16")
 KINDS = ("flat", "hnsw", "ivf")
@@ -125,6 +126,7 @@ class Segment:
     @property
     def index(self) -> faiss.Index:
         """The segment's FAISS index over positions (a flat one is built from the raw vectors on first use)."""
+        use_blas_for_batches()
         with self._lock:
             if self._index is None:
                 self._index = faiss.IndexFlatIP(self.raw.shape[1])

@@ -14,6 +14,7 @@ import faiss
 import numpy as np
 
 from embedder.core.errors import AnnInputError
+from index.ann.blas import use_blas_for_batches
 from index.ann.checks import CHUNK_ROWS, check_positions, check_vectors, float32_rows, insertion_order, positive_int
 from index.ann.rules import train_size
 from index.ann.spec import IndexSpec
@@ -80,6 +81,7 @@ def build_segment_index(vectors: np.ndarray, spec: IndexSpec, *, seed: int = 0,
         AnnInputError: vectors of the wrong shape/dtype, a NaN/infinite or non-normalised row,
             bad `exclude`, or too few rows to train the IVF codes.
     """
+    use_blas_for_batches()
     n, _ = check_vectors(vectors, spec.dim)
     seed = positive_int("seed", seed, minimum=0)
     skip = check_positions(exclude if exclude is not None else [], n, "exclude")

@@ -9,6 +9,7 @@ import faiss
 import numpy as np
 
 from embedder.core.errors import AnnInputError
+from index.ann.blas import use_blas_for_batches
 from index.ann.checks import check_queries, check_vectors, positive_int
 from index.ann.spec import IndexSpec
 
@@ -99,6 +100,7 @@ def search(index: faiss.Index, spec: IndexSpec, queries: np.ndarray, k: int, *,
     Raises:
         AnnInputError: bad queries, k, filter or raw vectors.
     """
+    use_blas_for_batches()
     q = check_queries(queries, spec.dim)
     k = positive_int("k", k)
     live = alive if isinstance(alive, LiveFilter) or alive is None else LiveFilter(alive)
