@@ -28,13 +28,12 @@ from embedder.embedding_job import (
     PhotoItem,
     PhotoOutcome,
     Progress,
-    build_settings,
     nothing_embedded,
     rows_of_photos,
     sorted_items,
 )
 from embedder.embedding_shards import DEFAULT_ROWS_PER_FILE, EmbeddingRows, ShardWriter
-from embedder.pipeline import embed_photos
+from embedder.pipeline import build_settings, embed_photos
 from embedder.runtime import Embedder
 
 MAX_BLOCKS = 10_000  # input blocks; below it, one block per batch of photos spreads work evenly

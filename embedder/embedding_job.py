@@ -18,7 +18,7 @@ import numpy as np
 from embedder.core.constants import DEFAULT_BATCH_SIZE
 from embedder.core.errors import DatasetError, ImageReadError
 from embedder.embedding_shards import DEFAULT_ROWS_PER_FILE, EmbeddingRows, ShardWriter
-from embedder.pipeline import FACE_POLICIES, FaceSource, PhotoFaces, embed_photos
+from embedder.pipeline import FACE_POLICIES, FaceSource, PhotoFaces, build_settings, embed_photos
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total), as index.protocols.Progress
 
@@ -91,11 +91,6 @@ class EmbedReport:
         d = asdict(self)
         d["skipped"] = [{"path": p, "reason": r} for p, r in self.skipped]
         return d
-
-
-def build_settings(embedder: FaceSource, faces: str) -> dict:
-    """How vectors were made, kept in the shards' metadata (as an index's manifest keeps it)."""
-    return {"faces": faces, "crops": getattr(embedder, "crop_method", "unknown")}
 
 
 def sorted_items(items: Sequence[PhotoItem], faces: str) -> list[PhotoItem]:

@@ -97,6 +97,12 @@ class PhotoFaces:
         self.__dict__.update(state)
 
 
+def build_settings(embedder: FaceSource, faces: str) -> dict:
+    """How an embedder and a face policy make vectors: an index's manifest and a shard folder record
+    it, and vectors made with other settings are not mixed with them."""
+    return {"faces": faces, "crops": getattr(embedder, "crop_method", "unknown")}
+
+
 def select_faces(crops: Sequence[FaceCropLike], policy: str) -> list[int]:
     """Positions of the faces to keep: all of them, or the one with the largest box."""
     if policy == "all" or len(crops) <= 1:

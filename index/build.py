@@ -18,7 +18,7 @@ from pathlib import Path
 from embedder.core.constants import DEFAULT_BATCH_SIZE, reader_threads
 from embedder.core.errors import DatasetError, IndexFormatError
 from embedder.core.model_card import sha256_file
-from embedder.pipeline import FACE_POLICIES, embed_photos
+from embedder.pipeline import FACE_POLICIES, build_settings, embed_photos
 from index.enrolled import ExclusionPlan, carry_enrolled, plan_exclusions
 from index.manifest import MANIFEST_FILE, IndexPolicy, read_manifest_data
 from index.open_set import unchanged_calibration
@@ -114,7 +114,7 @@ def build_index(source_dir: str | os.PathLike, index_dir: str | os.PathLike, emb
     index_dir = Path(index_dir).expanduser().resolve()
     scan = scan_folder(source_dir)
     report = BuildReport(str(scan.root), str(index_dir), total_files=len(scan.files), ignored=scan.ignored)
-    settings = _settings(embedder, faces)
+    settings = build_settings(embedder, faces)
     existed = (index_dir / MANIFEST_FILE).exists()
     # A new face policy or crop method (e.g. --aligned, or a facesearch that aligns differently)
     # changes every photo: embed them all again.
@@ -263,11 +263,6 @@ def _settings_differ(index_dir: Path, settings: dict) -> bool:
     except IndexFormatError:
         return False  # no index yet, or a damaged one: the writer says what to do
     return isinstance(data, dict) and {"faces": "largest"} | dict(data.get("build") or {}) != settings
-
-
-def _settings(embedder: EmbedderLike, faces: str) -> dict:
-    """The build settings a manifest records: a change in any of them changes every photo's vectors."""
-    return {"faces": faces, "crops": embedder.crop_method}
 
 
 def _nothing_indexed(root: Path, report: BuildReport) -> str:
