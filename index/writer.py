@@ -487,22 +487,14 @@ class IndexWriter:
         if not chosen:
             return CommitResult(self.manifest.generation, False)
         g = self.manifest.generation + 1
-        parts_ids, parts_vectors = [], []
-        for seg in chosen:
-            live = ~np.isin(seg.ids, self.tombstones, assume_unique=True) if len(self.tombstones) else \
-                np.ones(len(seg.ids), bool)
-            parts_ids.append(seg.ids[live])
-            parts_vectors.append(np.asarray(seg.raw[live], dtype=np.float32))
-        ids = np.concatenate(parts_ids)
-        vectors = np.concatenate(parts_vectors) if parts_vectors else np.empty((0, self.manifest.dim), np.float32)
-        order = np.argsort(ids, kind="stable")
-        ids, vectors = ids[order], vectors[order]
+        ids, vectors = self._live_rows(chosen)
         number = self.manifest.next_segment
         kept = [s for s in self.manifest.segments if s.number not in set(numbers)]
         if len(ids):
             kind, spec = self._choose(len(ids))
             kept.append(write_segment(self.index_dir, number, vectors, ids, dtype=self.manifest.policy.vector_dtype,
                                       kind=kind, spec=spec))
+        self._spool.discard()
         dropped = np.concatenate([s.ids for s in chosen])
         tombstones = np.setdiff1d(self.tombstones, dropped)
         tomb_file = None
@@ -524,6 +516,27 @@ class IndexWriter:
         if new_info is not None:
             self.segments.append(Segment.open(self.index_dir, new_info, manifest.dim))
         return CommitResult(g, True, counts.faces, counts.photos, counts.identities, merged=list(numbers))
+
+    def _live_rows(self, chosen: Sequence[Segment]) -> tuple[np.ndarray, np.ndarray]:
+        """(ids ascending, their vectors) of the live rows of `chosen`, the vectors gathered chunk by
+        chunk into this writer's spool file (memory-mapped), so merging large segments stays out of RAM."""
+        live = [~np.isin(s.ids, self.tombstones, assume_unique=True) if len(self.tombstones)
+                else np.ones(len(s.ids), bool) for s in chosen]
+        ids = np.concatenate([s.ids[m] for s, m in zip(chosen, live)]) if chosen else np.empty(0, np.int64)
+        source = np.concatenate([np.full(int(m.sum()), i) for i, m in enumerate(live)]) if chosen else ids
+        position = np.concatenate([np.flatnonzero(m) for m in live]) if chosen else ids
+        order = np.argsort(ids, kind="stable")
+        for start in range(0, len(order), 1 << 16):
+            take = order[start:start + (1 << 16)]
+            block = np.empty((len(take), self.manifest.dim), np.float32)
+            for i, seg in enumerate(chosen):
+                here = source[take] == i
+                if here.any():
+                    block[here] = seg.vectors(position[take][here])
+            self._spool.append(ids[take], block)
+        if not len(order):
+            return ids, np.empty((0, self.manifest.dim), np.float32)
+        return self._spool.arrays()
 
     def compact(self, force: bool = False) -> CommitResult:
         """Merge every segment into one without removed rows (choosing its type for the whole size).
