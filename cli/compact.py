@@ -17,15 +17,18 @@ def compact(
     index: IndexOpt = None,
     index_type: Annotated[Optional[str], typer.Option("--index-type", help="Rewrite the segments as this type: auto, flat, hnsw or ivf (default: keep the index's).")] = None,
     memory_budget: Annotated[Optional[str], typer.Option("--memory-budget", help="Bytes the search structures may take, e.g. 8G or 512M (default: keep the index's).")] = None,
+    target_recall: Annotated[Optional[float], typer.Option("--target-recall", min=0.5, max=1.0, help="Recall@10 against exact search the merged segment is tuned to (default: keep the index's).")] = None,
     json_out: JsonOpt = False,
 ):
     """Merge the index's segments into one, dropping removed faces; choose and tune its type for the whole size."""
     from cli.output import format_compact
 
-    emit(run_compact(index_dir(index), index_type=index_type, memory_budget=memory_budget), json_out, format_compact)
+    emit(run_compact(index_dir(index), index_type=index_type, memory_budget=memory_budget, target_recall=target_recall),
+         json_out, format_compact)
 
 
-def run_compact(index, *, index_type: str | None = None, memory_budget: str | None = None) -> dict:
+def run_compact(index, *, index_type: str | None = None, memory_budget: str | None = None,
+                target_recall: float | None = None) -> dict:
     """Compact (and, for an old format, upgrade) the index at `index`; a summary of before and after."""
     import dataclasses
     import time
@@ -42,9 +45,10 @@ def run_compact(index, *, index_type: str | None = None, memory_budget: str | No
         upgraded = upgrade_if_old(index.expanduser().resolve())
     before = read_manifest(index)
     policy = before.policy
-    if index_type is not None or memory_budget is not None:
+    if index_type is not None or memory_budget is not None or target_recall is not None:
         policy = dataclasses.replace(policy, index_type=index_type or policy.index_type,
-                                     memory_budget=parse_bytes(memory_budget) if memory_budget else policy.memory_budget)
+                                     memory_budget=parse_bytes(memory_budget) if memory_budget else policy.memory_budget,
+                                     target_recall=target_recall or policy.target_recall)
     with IndexWriter.open(index, card=before.model_card, model_dir=before.model_dir, policy=policy) as writer:
         result = writer.compact(force=policy != before.policy)
         after = writer.manifest

@@ -46,6 +46,7 @@ def build_index(
     index_type: Annotated[Optional[str], typer.Option("--index-type", help="auto (by size), flat (exact), hnsw or ivf; a change rewrites the segments from their stored vectors (default: the index's, else auto).")] = None,
     memory_budget: Annotated[Optional[str], typer.Option("--memory-budget", help="Memory the search structures may take, e.g. 8G (default: the index's, else a share of this machine's RAM).")] = None,
     vector_dtype: Annotated[Optional[str], typer.Option("--vector-dtype", help="How the raw vectors kept beside the index are stored: float32 or float16 (new segments).")] = None,
+    target_recall: Annotated[Optional[float], typer.Option("--target-recall", min=0.5, max=1.0, help="Recall@10 against exact search that approximate segments are tuned to at build (default: the index's, else 0.99).")] = None,
     fpir: fpir_option("False-positive identification rate the index's 'unknown' threshold is calibrated for, from the gallery itself (default: the stored one, else 0.01).") = None,
     json_out: JsonOpt = False,
 ):
@@ -57,7 +58,7 @@ def build_index(
     if (directory is None) == (from_embeddings is None):
         raise typer.BadParameter("pass a gallery folder or --from-embeddings SHARDS (one, not both)",
                                  param_hint="DIRECTORY")
-    policy = index_policy(index_dir(index), index_type, memory_budget, vector_dtype)
+    policy = index_policy(index_dir(index), index_type, memory_budget, vector_dtype, target_recall)
     if from_embeddings is not None:
         from cli.progress import PhaseProgress
         from index.ingest import build_index_from_embeddings
@@ -183,7 +184,8 @@ def model_for_vectors(model: Path | None, shards: Path) -> Path | None:
     return None
 
 
-def index_policy(index: Path, index_type: str | None, memory_budget: str | None, vector_dtype: str | None):
+def index_policy(index: Path, index_type: str | None, memory_budget: str | None, vector_dtype: str | None,
+                 target_recall: float | None = None):
     """The index's policy with these options applied (None: keep the index's, or the defaults)."""
     import dataclasses
 
@@ -192,14 +194,14 @@ def index_policy(index: Path, index_type: str | None, memory_budget: str | None,
     from index.manifest import INDEX_TYPES, IndexPolicy, read_manifest
     from index.segments import VECTOR_DTYPES
 
-    if index_type is None and memory_budget is None and vector_dtype is None:
+    if index_type is None and memory_budget is None and vector_dtype is None and target_recall is None:
         return None
     if index_type is not None and index_type not in INDEX_TYPES:
         raise FaceSearchError(f"--index-type takes one of {', '.join(INDEX_TYPES)}, got '{index_type}'")
     if vector_dtype is not None and vector_dtype not in VECTOR_DTYPES:
         raise FaceSearchError(f"--vector-dtype takes one of {', '.join(VECTOR_DTYPES)}, got '{vector_dtype}'")
     base = read_manifest(index).policy if (index / "manifest.json").is_file() else IndexPolicy()
-    changes = {"index_type": index_type, "vector_dtype": vector_dtype,
+    changes = {"index_type": index_type, "vector_dtype": vector_dtype, "target_recall": target_recall,
                "memory_budget": parse_bytes(memory_budget) if memory_budget is not None else None}
     return dataclasses.replace(base, **{k: v for k, v in changes.items() if v is not None})
 
