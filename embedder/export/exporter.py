@@ -22,6 +22,12 @@ from embedder.core.constants import EMBEDDING_NAME, INPUT_NAME, PIXEL_MEAN, PIXE
 from embedder.core.errors import ExportParityError, ModelSpecError
 from embedder.core.model_card import CARD_FILE, ModelCard, sha256_file
 
+# How PReLUs are written into the ONNX file (embedder.export.onnx_prelu): "batchnorm" keeps ONNX
+# Runtime's CPU convolutions in their blocked layout from the first to the last; on the exported
+# MobileFaceNet it ran 1.8-1.9x as fast as tf2onnx's five ops (benchmarks/export_throughput.py).
+# For OpenVINO, "tf2onnx" (or "prelu") is faster: it fuses those PReLUs into the convolutions.
+DEFAULT_PRELU_FORM = "batchnorm"
+
 ONNX_FILE = "model.onnx"
 SAVEDMODEL_DIR = "savedmodel"
 REPORT_FILE = "export_report.json"
@@ -36,6 +42,8 @@ class ExportReport:
 
     Cosines are the minimum over `parity_samples` rows of the row-wise cosine between the
     exported model's embedding and the Keras embedding model's; None for a format not exported.
+    `prelu_fused` counts the PReLUs rewritten from tf2onnx's five ops into `prelu_form`
+    (embedder.export.onnx_prelu).
     """
 
     name: str
@@ -47,6 +55,7 @@ class ExportReport:
     savedmodel_min_cosine: float | None = None
     savedmodel_max_abs_diff: float | None = None
     prelu_fused: int = 0
+    prelu_form: str = "tf2onnx"
     opset: int = 17
     seconds: float = 0.0
 
@@ -55,8 +64,11 @@ class ExportReport:
         """Read the report of the export in `out_dir`."""
         path = Path(out_dir) / REPORT_FILE
         try:
-            return cls(**json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError, TypeError) as e:
+            fields = json.loads(path.read_text())
+            # Reports written before `prelu_form` existed: PRelu nodes when any were fused, else five ops.
+            fields.setdefault("prelu_form", "prelu" if fields.get("prelu_fused") else "tf2onnx")
+            return cls(**fields)
+        except (OSError, json.JSONDecodeError, TypeError, AttributeError) as e:
             raise ModelSpecError(f"cannot read export report '{path}': {e}; export the model again") from e
 
 
@@ -71,6 +83,7 @@ def export_model(
     parity_samples: int = 64,
     seed: int = 0,
     alignment_template: str | None = None,
+    prelu: str | None = None,
     fuse_prelu: bool = False,
     mean: tuple[float, float, float] = (PIXEL_MEAN,) * 3,
     std: tuple[float, float, float] = (PIXEL_STD,) * 3,
@@ -97,9 +110,10 @@ def export_model(
         seed: seed of those inputs.
         alignment_template: the template the model was trained on; default the one its input
             size implies (`embedder.core.constants.TEMPLATE_FOR_INPUT_SIZE`, else `none`).
-        fuse_prelu: write each PReLU as one ONNX `PRelu` node instead of tf2onnx's five ops. Off by
-            default: ONNX Runtime 1.32 ran the fused MobileFaceNet at 0.70-0.77x the speed of the
-            five-op form on this project's 2-core CPU (benchmarks/export_throughput.py).
+        prelu: how PReLUs are written, one of `onnx_prelu.PRELU_FORMS`: "batchnorm" (the default,
+            `DEFAULT_PRELU_FORM`: fastest in ONNX Runtime on CPU), "prelu" (one `PRelu` node each)
+            or "tf2onnx" (tf2onnx's five ops, which OpenVINO fuses best).
+        fuse_prelu: the same as `prelu="prelu"` (`facesearch export --fuse-prelu`).
         mean: per-channel (R, G, B) mean the model expects subtracted from its pixels (card and
             parity inputs); default that of `facesearch train`.
         std: per-channel divisor applied after the mean.
@@ -118,6 +132,13 @@ def export_model(
         raise ValueError("nothing to export: onnx and savedmodel are both False")
     if parity_samples < 1:
         raise ValueError(f"parity_samples must be >= 1, got {parity_samples}")
+    from embedder.export.onnx_prelu import PRELU_FORMS  # imports onnx (~0.5 s): only once exporting
+
+    if fuse_prelu and prelu not in (None, "prelu"):
+        raise ValueError(f"fuse_prelu=True asks for PRelu nodes but prelu={prelu!r}: pass one of them")
+    prelu = "prelu" if fuse_prelu else (prelu or DEFAULT_PRELU_FORM)
+    if prelu not in PRELU_FORMS:
+        raise ValueError(f"unknown PReLU form {prelu!r}: expected one of {list(PRELU_FORMS)}")
     started = time.perf_counter()
     out_dir = Path(out_dir)
     _check_replaceable(out_dir)
@@ -131,7 +152,7 @@ def export_model(
     try:
         x = parity_inputs(parity_samples, height, width, seed, mean=mean, std=std)
         measured = _write_models(model, build, x, onnx=onnx, savedmodel=savedmodel, opset=opset,
-                                 fuse_prelu=fuse_prelu, out_dir=out_dir)
+                                 prelu=prelu, out_dir=out_dir)
         card = ModelCard(
             name=name, input_height=height, input_width=width, embedding_size=int(model.output_shape[-1]),
             alignment_template=alignment_template, mean=tuple(map(float, mean)), std=tuple(map(float, std)),
@@ -150,12 +171,13 @@ def export_model(
 
 
 def _write_models(model, build: Path, x: np.ndarray, *, onnx: bool, savedmodel: bool, opset: int,
-                  fuse_prelu: bool, out_dir: Path) -> dict:
+                  prelu: str, out_dir: Path) -> dict:
     """Write the asked-for formats into `build`, checking each against Keras on `x`; the figures measured."""
     reference = _keras_embed(model, x)
     measured: dict = {}
     if onnx:
-        proto, measured["prelu_fused"] = convert_to_onnx(model, opset=opset, fuse=fuse_prelu)
+        proto, measured["prelu_fused"] = convert_to_onnx(model, opset=opset, prelu=prelu)
+        measured["prelu_form"] = prelu
         atomic_write_bytes(build / ONNX_FILE, proto.SerializeToString())
         measured["onnx_min_cosine"], measured["onnx_max_abs_diff"] = _check(
             "ONNX", _onnx_embed(build / ONNX_FILE, x), reference, out_dir)
@@ -176,24 +198,24 @@ def weights_digest(model) -> str:
     return h.hexdigest()
 
 
-def convert_to_onnx(model, *, opset: int = 17, fuse: bool = False):
-    """Convert a Keras embedding model to ONNX with tf2onnx and fuse its PReLUs.
+def convert_to_onnx(model, *, opset: int = 17, prelu: str = DEFAULT_PRELU_FORM):
+    """Convert a Keras embedding model to ONNX with tf2onnx and rewrite its PReLUs.
 
     Args:
         model: Keras model (None, H, W, 3) float32 -> (None, D).
         opset: ONNX opset.
-        fuse: rewrite tf2onnx's five-op PReLUs as `PRelu` nodes; False keeps the five ops.
+        prelu: the PReLU form, one of `onnx_prelu.PRELU_FORMS` ("tf2onnx" keeps the five ops).
 
     Returns:
         (onnx.ModelProto with input `image` and output `embedding`, both with batch axis `batch`,
-        byte-for-byte the same for the same weights; the number of PReLUs fused).
+        byte-for-byte the same for the same weights; the number of PReLUs rewritten).
     """
     import onnx
     import tensorflow as tf
     import tf2onnx
 
     from embedder.export.onnx_names import canonical_names
-    from embedder.export.onnx_prelu import fuse_prelu
+    from embedder.export.onnx_prelu import rewrite_prelu
 
     _, height, width, channels = model.input_shape
     # Keras 3 models need an explicit signature; without one tf2onnx fails to trace them.
@@ -202,10 +224,10 @@ def convert_to_onnx(model, *, opset: int = 17, fuse: bool = False):
     _rename_output(proto.graph, EMBEDDING_NAME)
     for value in (*proto.graph.input, *proto.graph.output):
         value.type.tensor_type.shape.dim[0].dim_param = "batch"
-    proto, fused = fuse_prelu(proto) if fuse else (proto, 0)
+    proto, rewritten = rewrite_prelu(proto, prelu)
     proto = canonical_names(proto)
     onnx.checker.check_model(proto)
-    return proto, fused
+    return proto, rewritten
 
 
 def save_savedmodel(model, path: str | os.PathLike) -> None:

@@ -1,15 +1,33 @@
-"""Rewrite tf2onnx's five-op spelling of Keras PReLU into single ONNX `PRelu` nodes.
+"""Rewrite tf2onnx's five-op spelling of Keras PReLU into a form a runtime runs faster.
 
 tf2onnx converts each Keras `PReLU` into
 
     pos = Relu(x);  neg = Relu(Neg(x));  y = Add(pos, Mul(neg, c))      with c = -alpha
 
 (Keras computes `relu(x) - alpha * relu(-x)`; tf2onnx folds the minus into the constant).
-For x < 0 that is `-alpha * -x = alpha * x`, so the fused node is `PRelu(x, slope=-c)`.
-One `PRelu` replaces five element-wise passes over the feature map, and the graph reads as the
-model was written. Whether it runs faster depends on the runtime's PRelu kernel: measure with
-benchmarks/export_throughput.py (ONNX Runtime 1.32 on a 2-core AMD EPYC ran the fused
-MobileFaceNet at 0.74x the unfused speed, batch 32, one thread).
+Two rewrites (`rewrite_prelu`), both computing the same function:
+
+- "prelu": one `PRelu(x, slope=-c)` node (for x < 0, `-alpha * -x = alpha * x`); the graph reads
+  as the model was written.
+- "batchnorm": `y = x + (1 - alpha) * relu(-x)` (as `relu(x) = x + relu(-x)`), with the negation
+  and the per-channel scale written as BatchNormalization nodes (mean 0, variance 1, epsilon 0:
+  exactly `scale * x`). ONNX Runtime's CPU layout pass (NCHWc, at the default optimisation level
+  on x86 CPUs with AVX2 or AVX-512) runs convolutions in a channel-blocked layout and keeps a tensor in it only
+  through ops it knows: Conv, BatchNormalization (as a 1x1 depthwise conv), Relu, Add of two
+  blocked tensors. Neg, a Mul by a constant and PRelu are not among them, so with tf2onnx's form
+  or one PRelu node every PReLU converts its feature map out of the blocked layout and back
+  (ReorderOutput / ReorderInput), on top of its own passes over the map. In this form
+  the whole backbone stays blocked: the negation + Relu become one conv with a fused activation,
+  and the scale + Add one conv that accumulates into x. On the exported MobileFaceNet
+  (benchmarks/export_throughput.py --profile, 2-core AMD EPYC, ONNX Runtime 1.32, batch 32, one
+  thread) a batch took 180 ms with tf2onnx's form, 106 of them in PReLUs (60) and the reorders
+  around them (45); 152 ms with PRelu nodes (51 + 29); 92 ms in this form, all of it in
+  convolutions: 1.8-1.9x the images per second of tf2onnx's form at batch 16 and 32, 1 and 2
+  threads. OpenVINO recognises tf2onnx's five ops as one PReLU (its PReluFusion pass) and runs
+  them as fast as a PRelu node; it has no such shortcut for this form, which runs at 0.74-0.89x there.
+
+Only PReLUs whose slope varies along the channel axis alone (Keras `shared_axes=[1, 2]`, as in
+MobileFaceNet, or a PReLU on a 2-d tensor) can take the "batchnorm" form; others stay as they were.
 """
 
 from __future__ import annotations
@@ -20,6 +38,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 from onnx import numpy_helper
+
+PRELU_FORMS = ("batchnorm", "prelu", "tf2onnx")  # "tf2onnx": the five ops as converted
 
 
 @dataclass(frozen=True)
@@ -32,55 +52,117 @@ class _Match:
 
 
 def fuse_prelu(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
-    """Replace every Relu/Neg/Relu/Mul/Add PReLU pattern by one `PRelu` node.
+    """Replace every Relu/Neg/Relu/Mul/Add PReLU pattern by one `PRelu` node (`rewrite_prelu` "prelu")."""
+    return rewrite_prelu(model, "prelu")
+
+
+def rewrite_prelu(model: onnx.ModelProto, form: str) -> tuple[onnx.ModelProto, int]:
+    """Rewrite every Relu/Neg/Relu/Mul/Add PReLU pattern into `form` (see the module docstring).
 
     Only patterns whose intermediate tensors feed nothing else, and whose slope is a constant
-    that broadcasts onto the input, are rewritten; anything else is left as it was. Initializers
-    and `Neg` nodes that fed only the removed nodes are dropped.
+    that broadcasts onto the input (for "batchnorm": varies along axis 1 alone), are rewritten;
+    anything else is left as it was. Initializers and `Neg` nodes that fed only the removed
+    nodes are dropped.
 
     Args:
         model: an ONNX model (not modified).
+        form: one of `PRELU_FORMS`; "tf2onnx" returns `model` itself.
 
     Returns:
-        (the rewritten model, checked with `onnx.checker`; the number of PReLUs fused).
+        (the rewritten model, checked with `onnx.checker`, or `model` itself when nothing matched;
+        the number of PReLUs rewritten).
     """
-    model = onnx.ModelProto.FromString(model.SerializeToString())
+    if form not in PRELU_FORMS:
+        raise ValueError(f"unknown PReLU form {form!r}: expected one of {list(PRELU_FORMS)}")
+    if form == "tf2onnx":
+        return model, 0
+    shapes = _shapes(model)
+    source, model = model, onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
     consumers = _consumers(graph)
     producers = {out: node for node in graph.node for out in node.output}
     constants = {init.name: init for init in graph.initializer}
-    shapes = _shapes(model)
     protected = {o.name for o in graph.output}
 
-    matches = []
+    replacements = []  # (match, its nodes, its initializers)
     for add in graph.node:
         if add.op_type == "Add":
             match = _match(add, producers, consumers, constants, shapes, protected)
-            if match is not None:
-                matches.append(match)
+            built = None if match is None else _BUILDERS[form](match, shapes.get(match.x))
+            if built is not None:
+                replacements.append((match, *built))
+    if not replacements:
+        return source, 0
 
     # Nodes are keyed by their first output (unique in a valid graph): protobuf message
     # wrappers are not guaranteed to keep their identity between iterations.
-    match_of = {_key(node): i for i, m in enumerate(matches) for node in m.nodes}
+    match_of = {_key(node): i for i, (m, _, _) in enumerate(replacements) for node in m.nodes}
     emitted = set()
     new_nodes = []
+    present = {init.name for init in graph.initializer}
     for node in graph.node:
-        # The PRelu takes the place of the pattern's first node in graph order: x is produced
+        # The new nodes take the place of the pattern's first node in graph order: x is produced
         # before it and y is read only after the Add, so the order stays topological.
         i = match_of.get(_key(node))
         if i is not None and i not in emitted:
             emitted.add(i)
-            m = matches[i]
-            slope_name = f"{m.name}/slope"
-            graph.initializer.append(numpy_helper.from_array(m.slope, slope_name))
-            new_nodes.append(onnx.helper.make_node("PRelu", [m.x, slope_name], [m.y], name=m.name))
+            _, nodes, initializers = replacements[i]
+            for init in initializers:
+                if init.name not in present:  # constants shared between PReLUs of one width
+                    graph.initializer.append(init)
+                    present.add(init.name)
+            new_nodes.extend(nodes)
         if i is None:
             new_nodes.append(node)
     del graph.node[:]
     graph.node.extend(new_nodes)
     _prune(graph)
     onnx.checker.check_model(model)
-    return model, len(matches)
+    return model, len(replacements)
+
+
+def _as_prelu(m: _Match, x_shape) -> tuple[list, list]:
+    slope_name = f"{m.name}/slope"
+    return ([onnx.helper.make_node("PRelu", [m.x, slope_name], [m.y], name=m.name)],
+            [numpy_helper.from_array(m.slope, slope_name)])
+
+
+def _as_batchnorm(m: _Match, x_shape) -> tuple[list, list] | None:
+    """y = x + (1 - alpha) * relu(-x), the two scales as BatchNormalization; None unless per-channel."""
+    alpha = _per_channel(m.slope, x_shape)
+    if alpha is None:
+        return None
+    n, c = m.name, alpha.size
+    ones, zeros, minus_ones = (f"PReLU/{what}_{c}" for what in ("ones", "zeros", "minus_ones"))
+    scale = f"{n}/one_minus_slope"
+    initializers = [numpy_helper.from_array(np.full(c, v, alpha.dtype), name)
+                    for name, v in ((ones, 1), (zeros, 0), (minus_ones, -1))]
+    initializers.append(numpy_helper.from_array((1 - alpha).astype(alpha.dtype), scale))
+
+    def scaled(x: str, by: str, y: str, name: str):
+        # mean 0, variance 1, epsilon 0: exactly `by * x`, per channel.
+        return onnx.helper.make_node("BatchNormalization", [x, by, zeros, zeros, ones], [y], name=name, epsilon=0.0)
+
+    nodes = [
+        scaled(m.x, minus_ones, f"{n}/neg", f"{n}/neg"),
+        onnx.helper.make_node("Relu", [f"{n}/neg"], [f"{n}/relu_neg"], name=f"{n}/relu_neg"),
+        scaled(f"{n}/relu_neg", scale, f"{n}/scaled", f"{n}/scale"),
+        onnx.helper.make_node("Add", [m.x, f"{n}/scaled"], [m.y], name=n),
+    ]
+    return nodes, initializers
+
+
+_BUILDERS = {"prelu": _as_prelu, "batchnorm": _as_batchnorm}
+
+
+def _per_channel(slope: np.ndarray, x_shape: tuple | None) -> np.ndarray | None:
+    """(C,) slope when `slope` varies along axis 1 of x alone (NCHW channels) and C is known, else None."""
+    if x_shape is None or len(x_shape) < 2 or x_shape[1] is None or slope.ndim > len(x_shape):
+        return None
+    full = slope.reshape((1,) * (len(x_shape) - slope.ndim) + slope.shape)
+    if any(d != 1 for axis, d in enumerate(full.shape) if axis != 1):
+        return None
+    return np.ascontiguousarray(np.broadcast_to(full.reshape(-1), (x_shape[1],)))
 
 
 def _match(add, producers, consumers, constants, shapes, protected) -> _Match | None:

@@ -31,7 +31,13 @@ def _same_faces(got: list[dict], want: list[dict]) -> None:
     """Equal answers, scores to float noise (a batch embeds crops in other groupings than one photo)."""
     assert len(got) == len(want)
     for g, w in zip(got, want):
-        assert {k: v for k, v in g.items() if k != "matches"} == {k: v for k, v in w.items() if k != "matches"}
+        assert {k: v for k, v in g.items() if k not in ("matches", "decision")} == \
+            {k: v for k, v in w.items() if k not in ("matches", "decision")}
+        floats = {k for k, v in w["decision"].items() if isinstance(v, float)}
+        assert {k: v for k, v in g["decision"].items() if k not in floats} == \
+            {k: v for k, v in w["decision"].items() if k not in floats}
+        np.testing.assert_allclose([g["decision"][k] for k in sorted(floats)], [w["decision"][k] for k in sorted(floats)],
+                                   atol=1e-5)
         assert [(m["identity"], m["path"], m["id"]) for m in g["matches"]] == [
             (m["identity"], m["path"], m["id"]) for m in w["matches"]]
         np.testing.assert_allclose([m["score"] for m in g["matches"]], [m["score"] for m in w["matches"]], atol=1e-5)

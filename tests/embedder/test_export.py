@@ -1,8 +1,10 @@
-"""Export: PReLU fusion, SavedModel + ONNX files, model card, parity with Keras, safe replacement."""
+"""Export: PReLU forms, SavedModel + ONNX files, model card, parity with Keras, safe replacement."""
 
 from __future__ import annotations
 
+import collections
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -24,14 +26,16 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from embedder.core.errors import ExportParityError, ModelSpecError  # noqa: E402
 from embedder.core.model_card import CARD_FILE, ModelCard, sha256_file  # noqa: E402
-from embedder.export import exporter  # noqa: E402
+from embedder.export import exporter, onnx_prelu  # noqa: E402
 from embedder.export.exporter import ExportReport, export_model, parity_inputs, row_cosines  # noqa: E402
-from embedder.export.onnx_prelu import fuse_prelu  # noqa: E402
+from embedder.export.onnx_prelu import fuse_prelu, rewrite_prelu  # noqa: E402
 from train.config import TrainConfig, get_preset  # noqa: E402
+from train.mobilefacenet import build_backbone  # noqa: E402
 from train.models import build_views, embedding_view, load_embedding_model  # noqa: E402
 
 H, W, DIM, CLASSES = 112, 96, 8, 5
 N_PRELU = 4
+N_PER_CHANNEL = 3  # all but the unshared PReLU, whose slope varies over space: those take the "batchnorm" form
 
 
 def _tiny_training_model(seed: int = 0, height: int = H, width: int = W) -> keras.Model:
@@ -154,9 +158,12 @@ def test_fused_graph_has_one_prelu_per_layer_and_same_outputs(keras_embedder):
     np.testing.assert_allclose(out_fused, keras_embedder(x, training=False).numpy(), rtol=1e-4, atol=1e-5)
 
 
-def _prelu_pattern_graph(x_is_output: bool) -> onnx.ModelProto:
+ALPHA = np.array([0.25, -0.5, 2.0], np.float32).reshape(3, 1, 1)
+
+
+def _prelu_pattern_graph(x_is_output: bool, alpha: np.ndarray = ALPHA) -> onnx.ModelProto:
     """x (2, 3, 4, 4) -> Relu/Neg/Relu/Mul/Add with the constant as Neg(alpha), unfolded."""
-    alpha = numpy_helper.from_array(np.array([0.25, -0.5, 2.0], np.float32).reshape(3, 1, 1), "alpha")
+    alpha = numpy_helper.from_array(alpha, "alpha")
     nodes = [
         helper.make_node("Identity", ["inp"], ["x"]),
         helper.make_node("Neg", ["alpha"], ["neg_alpha"]),
@@ -187,9 +194,105 @@ def test_fusion_reads_unfolded_constants_and_matches_numpy_prelu():
 
 def test_fusion_leaves_a_pattern_whose_parts_are_used_elsewhere():
     model = _prelu_pattern_graph(x_is_output=True)
-    fused, count = fuse_prelu(model)
-    assert count == 0
-    assert [n.op_type for n in fused.graph.node] == [n.op_type for n in model.graph.node]
+    for form in ("prelu", "batchnorm"):
+        rewritten, count = rewrite_prelu(model, form)
+        assert count == 0
+        assert [n.op_type for n in rewritten.graph.node] == [n.op_type for n in model.graph.node]
+
+
+@pytest.mark.parametrize("alpha", [ALPHA, np.float32(-0.75), ALPHA.reshape(1, 3, 1, 1)], ids=["c11", "scalar", "1c11"])
+def test_batchnorm_form_matches_numpy_prelu(alpha):
+    fused, count = rewrite_prelu(_prelu_pattern_graph(x_is_output=False, alpha=np.asarray(alpha)), "batchnorm")
+    assert count == 1
+    assert [n.op_type for n in fused.graph.node] == ["Identity", "BatchNormalization", "Relu", "BatchNormalization",
+                                                     "Add"]
+    assert all(a.f == 0.0 for n in fused.graph.node for a in n.attribute if a.name == "epsilon")
+    x = np.random.default_rng(0).normal(size=(2, 3, 4, 4)).astype(np.float32)
+    x[0, 0, 0, :2] = 0.0, -0.0
+    want = np.where(x > 0, x, np.asarray(alpha) * x)
+    np.testing.assert_allclose(_ort(fused).run(None, {"inp": x})[0], want, rtol=1e-6, atol=1e-7)
+
+
+def test_batchnorm_form_leaves_a_slope_that_varies_over_space():
+    # One slope per (c, h, w) cannot be a per-channel scale: that PReLU keeps tf2onnx's five ops.
+    alpha = np.random.default_rng(0).uniform(-1, 1, (3, 4, 4)).astype(np.float32)
+    model = _prelu_pattern_graph(x_is_output=False, alpha=alpha)
+    rewritten, count = rewrite_prelu(model, "batchnorm")
+    assert count == 0 and rewritten is model
+    assert rewrite_prelu(model, "prelu")[1] == 1  # a PRelu node can take it
+
+
+def test_unknown_prelu_form_is_refused(keras_embedder, tmp_path):
+    with pytest.raises(ValueError, match="unknown PReLU form 'fast'"):
+        rewrite_prelu(_prelu_pattern_graph(x_is_output=False), "fast")
+    with pytest.raises(ValueError, match="unknown PReLU form 'fast'"):
+        export_model(keras_embedder, tmp_path / "out", prelu="fast")
+    with pytest.raises(ValueError, match="fuse_prelu=True asks for PRelu nodes but prelu='tf2onnx'"):
+        export_model(keras_embedder, tmp_path / "out", prelu="tf2onnx", fuse_prelu=True)
+    assert not (tmp_path / "out").exists()
+
+
+def test_batchnorm_form_rewrites_per_channel_prelus_and_matches_keras(keras_embedder):
+    signature = [tf.TensorSpec((None, H, W, 3), tf.float32, name="image")]
+    unfused, _ = tf2onnx.convert.from_keras(keras_embedder, input_signature=signature, opset=17)
+
+    rewritten, count = rewrite_prelu(unfused, "batchnorm")
+
+    before = collections.Counter(n.op_type for n in unfused.graph.node)
+    after = collections.Counter(n.op_type for n in rewritten.graph.node)
+    assert count == N_PER_CHANNEL
+    assert after["Neg"] == before["Neg"] - N_PER_CHANNEL == 1  # the unshared PReLU keeps its five ops
+    assert after["BatchNormalization"] == before["BatchNormalization"] + 2 * N_PER_CHANNEL
+    assert after["Relu"] == before["Relu"] - N_PER_CHANNEL and after["Mul"] == before["Mul"] - N_PER_CHANNEL
+    assert after["Add"] == before["Add"] and "PRelu" not in after
+    used = {i for n in rewritten.graph.node for i in n.input}
+    assert {init.name for init in rewritten.graph.initializer} <= used, "dead initializers left behind"
+    x = parity_inputs(9, H, W, seed=1)
+    got = _ort(rewritten).run(None, {"image": x})[0]
+    np.testing.assert_allclose(got, _ort(unfused).run(None, {"image": x})[0], rtol=1e-5, atol=1e-6)
+    assert row_cosines(got, keras_embedder(x, training=False).numpy()).min() >= 0.99999
+
+
+def _ort_optimized_ops(proto: onnx.ModelProto, tmp_path) -> collections.Counter:
+    """Operator counts of the graph ONNX Runtime runs at its default (full) optimisation level."""
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / f"optimized-{len(list(tmp_path.iterdir()))}.onnx")
+    ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return collections.Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
+
+
+def _check_blocked_layout_throughout(model: keras.Model, tmp_path) -> None:
+    """The "batchnorm" form keeps ONNX Runtime's NCHWc convolutions blocked from the first to the last."""
+    n_prelu = _count_prelus(model)
+    five_op, _ = exporter.convert_to_onnx(model, prelu="tf2onnx")
+    ops = _ort_optimized_ops(five_op, tmp_path)
+    if not ops["ReorderOutput"]:
+        pytest.skip("ONNX Runtime's NCHWc layout pass does not run on this CPU (no AVX2 / AVX-512)")
+    # The problem the form solves, seen by this test: every PReLU leaves the blocked layout and comes back.
+    assert ops["ReorderInput"] >= n_prelu and ops["ReorderOutput"] >= n_prelu
+
+    proto, count = exporter.convert_to_onnx(model)
+    assert count == n_prelu
+    ops = _ort_optimized_ops(proto, tmp_path)
+    # One ReorderOutput, before the final Reshape; the PReLUs' scales became convolutions.
+    assert ops["ReorderInput"] == 0 and ops["ReorderOutput"] == 1, ops
+    assert not {"BatchNormalization", "Neg", "Mul", "PRelu"} & set(ops), ops
+    _, height, width, _ = model.input_shape
+    x = parity_inputs(8, height, width, seed=2)
+    assert row_cosines(_ort(proto).run(None, {"image": x})[0], model(x, training=False).numpy()).min() >= 0.99999
+
+
+def test_tiny_mobilefacenet_stays_in_onnx_runtimes_blocked_layout(tmp_path):
+    # 16 stem channels: every convolution's channels are then a multiple of the NCHWc block (8 or 16).
+    config = TrainConfig(**{**get_preset("tiny").to_dict(), "stem_channels": 16})
+    keras.utils.set_random_seed(0)
+    _check_blocked_layout_throughout(_trained_looking(build_backbone(config)), tmp_path)
+
+
+@pytest.mark.slow
+def test_full_size_mobilefacenet_stays_in_onnx_runtimes_blocked_layout(tmp_path):
+    keras.utils.set_random_seed(0)
+    _check_blocked_layout_throughout(_trained_looking(build_backbone(get_preset("mobilefacenet"))), tmp_path)
 
 
 def test_conversion_does_not_depend_on_tf2onnx_name_counter(keras_embedder, monkeypatch):
@@ -207,7 +310,8 @@ def test_conversion_does_not_depend_on_tf2onnx_name_counter(keras_embedder, monk
 def test_conversion_is_the_same_in_a_fresh_process(run_dir, keras_embedder):
     script = (
         "import hashlib, sys\n"
-        "from embedder.export.exporter import convert_to_onnx, load_embedding_model\n"
+        "from embedder.export.exporter import convert_to_onnx\n"
+        "from train.models import load_embedding_model\n"
         "model, _ = load_embedding_model(sys.argv[1])\n"
         "print(hashlib.sha256(convert_to_onnx(model)[0].SerializeToString()).hexdigest())\n"
     )
@@ -233,7 +337,8 @@ def test_export_writes_onnx_savedmodel_card_and_report(exported, run_dir, keras_
     assert (card.input_name, card.output_name, card.opset) == ("image", "embedding", 17)
     assert card.source_checkpoint == str(run_dir.resolve())
     report = ExportReport.load(out)
-    assert report.name == card.name and report.parity_samples == 64 and report.prelu_fused == 0  # five-op default
+    assert report.name == card.name and report.parity_samples == 64
+    assert (report.prelu_form, report.prelu_fused) == ("batchnorm", N_PER_CHANNEL)
     # The parity the export claims, measured again here from the written files on its own inputs.
     measured = recomputed_parity(out, keras_embedder)
     assert measured["onnx"] >= 0.99999 and measured["savedmodel"] >= 0.99999
@@ -246,7 +351,8 @@ def test_export_writes_onnx_savedmodel_card_and_report(exported, run_dir, keras_
 def test_onnx_has_a_dynamic_batch_and_matches_keras(exported, keras_embedder, batch):
     _, out = exported
     model = onnx.load(out / "model.onnx")
-    assert [n.op_type for n in model.graph.node].count("Neg") == N_PRELU  # five-op PReLUs by default
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("Neg") == N_PRELU - N_PER_CHANNEL and "PRelu" not in ops  # the "batchnorm" form by default
     for value in (*model.graph.input, *model.graph.output):
         assert value.type.tensor_type.shape.dim[0].dim_param == "batch"
     x = parity_inputs(batch, H, W, seed=batch)
@@ -268,18 +374,38 @@ def test_savedmodel_signature_maps_image_to_embedding(exported, keras_embedder, 
     np.testing.assert_allclose(got, keras_embedder(x, training=False).numpy(), rtol=1e-5, atol=1e-6)
 
 
-def test_export_keeps_the_five_op_prelus_unless_asked_to_fuse(keras_embedder, tmp_path):
-    export_model(keras_embedder, tmp_path / "out", savedmodel=False)
+@pytest.mark.parametrize("options, form, marker, count", [
+    ({}, "batchnorm", "BatchNormalization", 2 * N_PER_CHANNEL),
+    ({"prelu": "tf2onnx"}, "tf2onnx", "Neg", N_PRELU),
+    ({"prelu": "prelu"}, "prelu", "PRelu", N_PRELU),
+    ({"fuse_prelu": True}, "prelu", "PRelu", N_PRELU),  # facesearch export --fuse-prelu
+])
+def test_export_writes_the_prelu_form_asked_for(keras_embedder, tmp_path, options, form, marker, count):
+    export_model(keras_embedder, tmp_path / "out", savedmodel=False, **options)
     report = ExportReport.load(tmp_path / "out")
     ops = [n.op_type for n in onnx.load(tmp_path / "out" / "model.onnx").graph.node]
-    assert report.prelu_fused == 0 and ops.count("Neg") == N_PRELU and "PRelu" not in ops
+    assert report.prelu_form == form and ops.count(marker) == count
+    assert report.prelu_fused == {"batchnorm": N_PER_CHANNEL, "prelu": N_PRELU, "tf2onnx": 0}[form]
     assert recomputed_parity(tmp_path / "out", keras_embedder, seed=5)["onnx"] >= 0.99999
 
-    export_model(keras_embedder, tmp_path / "fused", savedmodel=False, fuse_prelu=True)
-    report = ExportReport.load(tmp_path / "fused")
-    ops = [n.op_type for n in onnx.load(tmp_path / "fused" / "model.onnx").graph.node]
-    assert report.prelu_fused == N_PRELU and ops.count("PRelu") == N_PRELU and "Neg" not in ops
-    assert recomputed_parity(tmp_path / "fused", keras_embedder, seed=5)["onnx"] >= 0.99999
+
+def test_reports_from_before_prelu_forms_still_load(exported, tmp_path):
+    for fused, form in ((0, "tf2onnx"), (4, "prelu")):
+        shutil.copytree(exported[1], tmp_path / form)
+        fields = json.loads((tmp_path / form / "export_report.json").read_text())
+        del fields["prelu_form"]
+        fields["prelu_fused"] = fused
+        (tmp_path / form / "export_report.json").write_text(json.dumps(fields))
+        assert ExportReport.load(tmp_path / form).prelu_form == form
+
+
+def test_a_sign_flipped_slope_in_the_batchnorm_form_is_refused(keras_embedder, tmp_path, monkeypatch):
+    # The parity proof guards the rewrite too: a slope that lost its sign must not reach a model folder.
+    real = onnx_prelu._per_channel
+    monkeypatch.setattr(onnx_prelu, "_per_channel", lambda slope, shape: None if (a := real(slope, shape)) is None else -a)
+    with pytest.raises(ExportParityError, match="ONNX export does not reproduce"):
+        export_model(keras_embedder, tmp_path / "out", savedmodel=False)
+    assert not (tmp_path / "out").exists()
 
 
 def _corrupt_onnx(monkeypatch):
@@ -352,11 +478,12 @@ def test_tiny_mobilefacenet_training_model_exports_with_parity(tmp_path):
     _trained_looking(views.train_model)
     views.train_model.save(tmp_path / "tiny.keras")
 
-    card = export_checkpoint(tmp_path / "tiny.keras", tmp_path / "out", savedmodel=False, fuse_prelu=True)
+    card = export_checkpoint(tmp_path / "tiny.keras", tmp_path / "out", savedmodel=False)
 
     report = ExportReport.load(tmp_path / "out")
     assert report.savedmodel_min_cosine is None
-    assert report.prelu_fused == _count_prelus(views.train_model) > 0
+    assert report.prelu_form == "batchnorm" and report.prelu_fused == _count_prelus(views.train_model) > 0
+    assert report.onnx_min_cosine >= 0.99999
     assert (card.input_height, card.input_width, card.embedding_size) == (112, 112, config.embedding_size)
     assert card.alignment_template == "arcface-112x112"
     assert not (tmp_path / "out" / "savedmodel").exists()
@@ -375,11 +502,16 @@ def test_full_size_mobilefacenet_exports_with_parity(tmp_path):
     TrainConfig.save(config, tmp_path)
     views.train_model.save(tmp_path / "model.keras")
 
-    card = export_checkpoint(tmp_path, tmp_path / "out", fuse_prelu=True)
+    card = export_checkpoint(tmp_path, tmp_path / "out")
 
     report = ExportReport.load(tmp_path / "out")
     measured = recomputed_parity(tmp_path / "out", views.embedding_model, seed=7)
     assert measured["onnx"] >= 0.99999 and measured["savedmodel"] >= 0.99999
-    assert report.prelu_fused == _count_prelus(views.train_model) > 0
+    assert report.onnx_min_cosine >= 0.99999 and report.savedmodel_min_cosine >= 0.99999
+    assert report.prelu_form == "batchnorm" and report.prelu_fused == _count_prelus(views.train_model) == 33
+    proto, _ = exporter.convert_to_onnx(views.embedding_model, prelu="prelu")  # the single-node form too
+    x = parity_inputs(16, 112, 96, seed=8)
+    assert row_cosines(_ort(proto).run(["embedding"], {"image": x})[0],
+                       views.embedding_model(x, training=False).numpy()).min() >= 0.99999
     assert (card.input_height, card.input_width, card.embedding_size) == (112, 96, 128)
     assert card.alignment_template == "sphereface-112x96"
