@@ -35,7 +35,7 @@ from index.manifest import (
     utc_now,
 )
 from index.segments import Segment, SegmentInfo, gather_vectors, write_segment
-from index.store import Exclusion, IndexStore, Photo, StoredFace, metadata_name
+from index.store import Exclusion, IndexStore, Photo, StoredFace, StoreWrite, metadata_name
 
 # Merge policy (Lucene's log merge, by powers of ten of live rows): when one size level holds
 # MERGE_FACTOR segments they are merged into one of the next level, so a vector is rewritten
@@ -109,10 +109,20 @@ class IndexWriter:
         self._reset()
 
     def _reset(self) -> None:
-        self._ops: list[tuple] = []
+        # Staged metadata edits go straight into one SQLite transaction of the next generation (its rows
+        # invisible to readers until the commit), so staging millions of faces holds no Python objects.
+        self._write: StoreWrite | None = None
+        self._removed: set[int] = set()  # ids whose last staged edit removed them
         self._spool = _Spool(self.index_dir, self.manifest.next_segment, self.manifest.dim)
         self._next_id = self.manifest.next_id
         self._settings_changed = False
+
+    def _edits(self) -> StoreWrite:
+        """The open transaction of the next generation (opened on the first staged edit)."""
+        if self._write is None:
+            self.store.generation = self.manifest.generation + 1
+            self._write = self.store.write().__enter__()
+        return self._write
 
     # --- opening ---------------------------------------------------------------------------
 
@@ -231,6 +241,9 @@ class IndexWriter:
         return getattr(self, "_staged_manifest", None) or self.manifest
 
     def close(self) -> None:
+        if self._write is not None:  # staged but never committed: nothing of it stays
+            self._write.__exit__(RuntimeError, None, None)
+            self._write = None
         self._spool.discard()
         self.store.close()
 
@@ -279,45 +292,49 @@ class IndexWriter:
         self._next_id += len(faces)
         if len(ids):
             self._spool.append(ids, vectors)
-        self._ops.append(("put", photo))
-        self._ops.append(("faces", photo.path, [StoredFace(int(i), pos, box) for i, (pos, box) in zip(ids, faces)]))
+        self._stage_faces(photo, [StoredFace(int(i), pos, box) for i, (pos, box) in zip(ids, faces)])
         return ids.tolist()
 
     def keep_faces(self, photo: Photo, faces: Sequence[StoredFace]) -> None:
         """Stage a photo whose faces reuse vectors already stored (same ids; e.g. a moved photo).
 
-        The ids must be removed from their old photo in this same commit (`remove_photos`).
+        The ids must be removed from their old photo first, in this same commit (`remove_photos`).
         """
-        self._ops.append(("put", photo))
-        self._ops.append(("faces", photo.path, list(faces)))
+        self._stage_faces(photo, list(faces))
+
+    def _stage_faces(self, photo: Photo, faces: list[StoredFace]) -> None:
+        edits = self._edits()
+        edits.put_photo(photo)
+        edits.add_faces((photo.path, f) for f in faces)
+        self._removed.difference_update(f.id for f in faces)
 
     def put_photo(self, photo: Photo) -> None:
         """Stage a metadata-only change of a live photo (size, mtime, identity); its faces stay."""
-        self._ops.append(("put", photo))
+        self._edits().put_photo(photo)
 
     def remove_photos(self, paths: Sequence[str]) -> None:
-        """Stage the removal of photos and their faces."""
+        """Stage the removal of photos and their faces (in staging order: before a photo is put again)."""
         if paths:
-            self._ops.append(("remove", list(paths)))
+            self._removed.update(self._edits().remove_photos(paths))
 
     def remove_faces(self, ids: Sequence[int]) -> None:
         """Stage the removal of single faces by id."""
         if ids:
-            self._ops.append(("remove_ids", [int(i) for i in ids]))
+            self._removed.update(self._edits().remove_faces([int(i) for i in ids]))
 
     def exclude(self, rows: Sequence[Exclusion]) -> None:
         """Stage exclusions: folder photos (or faces) a folder build must not add back while unchanged."""
         if rows:
-            self._ops.append(("exclude", list(rows)))
+            self._edits().exclude(list(rows))
 
     def lapse_exclusions(self, paths: Sequence[str]) -> None:
         """Stage the end of the exclusions of `paths`."""
         if paths:
-            self._ops.append(("lapse", list(paths)))
+            self._edits().lapse_exclusions(list(paths))
 
     @property
     def staged(self) -> bool:
-        return bool(self._ops) or self._settings_changed
+        return self._write is not None or self._settings_changed
 
     # --- committing ------------------------------------------------------------------------
 
@@ -350,25 +367,10 @@ class IndexWriter:
         seconds["segment"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        self.store.generation = g
-        removed: set[int] = set()  # ids whose last op in this commit removed them
-        with self.store.write() as w:
-            # In the order staged: a changed photo, or a moved one taking over its old vectors' ids, is
-            # removed before it is put again; a photo added and then removed is gone.
-            for op in self._ops:
-                if op[0] == "put":
-                    w.put_photo(op[1])
-                elif op[0] == "faces":
-                    w.add_faces((op[1], f) for f in op[2])
-                    removed -= {f.id for f in op[2]}
-                elif op[0] == "remove":
-                    removed |= set(w.remove_photos(op[1]))
-                elif op[0] == "remove_ids":
-                    removed |= set(w.remove_faces(op[1]))
-                elif op[0] == "exclude":
-                    w.exclude(op[1])
-                elif op[0] == "lapse":
-                    w.lapse_exclusions(op[1])
+        w = self._edits()  # a settings-only commit records its generation too
+        self._write = None
+        w.__exit__(None, None, None)  # COMMIT: the rows of generation g, invisible until the manifest names g
+        removed = self._removed
         counts = w.counts
         seconds["metadata"] = time.perf_counter() - t
 
