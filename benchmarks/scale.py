@@ -11,6 +11,10 @@ scores its own gallery reaches beside LFW's, so the match is checked, not assume
 Each configuration runs in a child process (its peak RSS is its own), through facesearch's own
 writer and reader: `IndexWriter` (build, then adding 1,000 faces as a new segment), `GalleryIndex`
 (load, search, identity ranking). Exact answers come from numpy brute force over the same vectors.
+Memory: `peak_rss_mb` is the whole child's peak (the brute force's scratch and every mapped page
+included); `build_peak_mb` splits the build's peak into anonymous and file-backed (mapped files the
+kernel can drop and read again), and `serving_peak_mb` is a fresh process that opens the index
+and answers the 1,000 queries, beside its `baseline` before opening it.
 
     python benchmarks/scale.py --sizes 100000 1000000 --types flat hnsw ivf --out scale.json
     python benchmarks/scale.py --sizes 10000000 --types ivf --workdir /big/disk
@@ -27,6 +31,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -151,6 +156,64 @@ def sweep(g, q: np.ndarray, exact_i: np.ndarray) -> list[dict]:
     return rows
 
 
+class MemoryPeaks:
+    """Peak resident memory of this process, anonymous and file-backed apart, sampled every 0.1 s.
+
+    `ru_maxrss` counts the pages of memory-mapped files too (the raw vectors, an IVF file), which
+    the kernel can drop and read again; the anonymous part is what the process itself needs.
+    """
+
+    def __init__(self):
+        self.peaks = {"anon": 0, "file": 0}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def now() -> dict:
+        fields = {}
+        for line in Path("/proc/self/status").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name in ("RssAnon", "RssFile"):
+                fields[name[3:].lower()] = int(value.split()[0]) * 1024
+        return fields
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            for name, value in self.now().items():
+                self.peaks[name] = max(self.peaks[name], value)
+
+    def take(self) -> dict:
+        """The peaks since the last take, in MB, and start again."""
+        peaks, self.peaks = self.peaks, {"anon": 0, "file": 0}
+        return {name: round(value / 2**20) for name, value in peaks.items()}
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def serving_memory(idx: Path, n: int, seed: int) -> dict:
+    """Open the index in a fresh process, answer 1,000 single queries and one batch: its peak memory (MB).
+
+    `baseline` is the process before it opens the index (Python, numpy, FAISS, facesearch imported).
+    """
+    from index import GalleryIndex
+
+    q, _ = queries(1000, n, seed)
+    baseline = {name: round(value / 2**20) for name, value in MemoryPeaks.now().items()}
+    peaks = MemoryPeaks()
+    g = GalleryIndex.open(idx)
+    for i in range(len(q)):
+        g.search(q[i:i + 1], 10)
+    g.search(q, 10)
+    time.sleep(0.2)
+    out = peaks.take() | {"baseline": baseline}
+    peaks.stop()
+    g.close()
+    return out
+
+
 def run_one(n: int, kind: str, workdir: Path, budget: int | None, seed: int = 0,
             target_recall: float = 0.99) -> dict:
     """Build an index of `n` faces of type `kind` and measure it (run in a child process)."""
@@ -165,6 +228,7 @@ def run_one(n: int, kind: str, workdir: Path, budget: int | None, seed: int = 0,
     shutil.rmtree(idx, ignore_errors=True)
     policy = IndexPolicy(index_type=kind, memory_budget=budget, target_recall=target_recall)
     out: dict = {"faces": n, "type": kind}
+    memory = MemoryPeaks()
     t = time.perf_counter()
     with IndexWriter.open(idx, card=card, model_dir=workdir / "model", policy=policy) as w:
         for start in range(0, n, CHUNK):
@@ -176,6 +240,7 @@ def run_one(n: int, kind: str, workdir: Path, budget: int | None, seed: int = 0,
         result = w.commit(merge=False)
         segment = w.manifest.segments[-1]
     out["build_s"] = time.perf_counter() - t
+    out["build_peak_mb"] = memory.take()
     out["segment"] = {"kind": segment.kind, "spec": segment.spec}
     out["disk_bytes"] = sum(p.stat().st_size for p in idx.iterdir() if p.is_file())
     out["commit_seconds"] = result.seconds
@@ -209,6 +274,10 @@ def run_one(n: int, kind: str, workdir: Path, budget: int | None, seed: int = 0,
     out["identity_rank1_agreement"] = agree / 200
     out["sweep"] = sweep(g, q, exact_i)
     g.close()
+    memory.stop()
+    done = subprocess.run([sys.executable, __file__, "--serving", str(n), str(idx), str(seed)],
+                          capture_output=True, text=True, check=True)
+    out["serving_peak_mb"] = json.loads(done.stdout.strip().splitlines()[-1])
 
     extra = make_faces(n, 1000, seed=seed)  # the next 1,000 faces of the same generator
     first_segment = idx / f"seg-{segment.number:06d}.vectors.npy"
@@ -235,7 +304,11 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--child", nargs=3, metavar=("N", "TYPE", "WORKDIR"), help=argparse.SUPPRESS)
+    parser.add_argument("--serving", nargs=3, metavar=("N", "INDEX", "SEED"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serving:
+        print(json.dumps(serving_memory(Path(args.serving[1]), int(args.serving[0]), int(args.serving[2]))))
+        return
     if args.child:
         n, kind, workdir = int(args.child[0]), args.child[1], Path(args.child[2])
         print(json.dumps(run_one(n, kind, workdir, args.budget, target_recall=args.target_recall)))
