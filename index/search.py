@@ -10,8 +10,9 @@ best face score against the model card's threshold.
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -101,6 +102,64 @@ class QueryResult:
         return d
 
 
+class FaceIdentities:
+    """Every live face's identity, in arrays: face ids ascending, an identity code per face, the names.
+
+    About 20 bytes a face plus one string per identity, where a dict of face id -> name and one
+    id array per identity cost over 200 (2.5 GB at 10M faces, during calibration). Looked up as
+    `table[face_id]` (binary search) and `table.ids_of(name)`.
+    """
+
+    def __init__(self, rows: Iterable[tuple[int, str]], chunk: int = 1 << 16):
+        code_of: dict[str, int] = {}
+        ids, codes = [np.empty(0, np.int64)], [np.empty(0, np.int32)]
+        rows = iter(rows)
+        while block := list(itertools.islice(rows, chunk)):
+            ids.append(np.fromiter((r[0] for r in block), np.int64, len(block)))
+            codes.append(np.fromiter((code_of.setdefault(r[1], len(code_of)) for r in block), np.int32, len(block)))
+        self.ids, self.codes = np.concatenate(ids), np.concatenate(codes)
+        if len(self.ids) > 1 and not np.all(self.ids[1:] > self.ids[:-1]):
+            order = np.argsort(self.ids, kind="stable")
+            self.ids, self.codes = self.ids[order], self.codes[order]
+        self.names = list(code_of)
+        self._code_of = code_of
+        by_identity = np.argsort(self.codes, kind="stable")  # ids stay ascending within an identity
+        self._grouped = self.ids[by_identity]
+        self._starts = np.searchsorted(self.codes[by_identity], np.arange(len(self.names) + 1))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, face: int) -> str:
+        at = int(np.searchsorted(self.ids, face))
+        if at == len(self.ids) or self.ids[at] != face:
+            raise KeyError(face)
+        return self.names[self.codes[at]]
+
+    def names_of(self, faces: np.ndarray) -> list[list[str | None]]:
+        """The identity of each face id in a 2-d array, in one pass (None for the padding id -1).
+
+        Raises:
+            KeyError: an id that is not a live face of the table.
+        """
+        faces = np.asarray(faces, np.int64)
+        if len(self.ids) == 0:
+            codes = np.full(faces.shape, -1, np.int64)
+        else:
+            at = np.minimum(np.searchsorted(self.ids, faces), len(self.ids) - 1)
+            codes = np.where(self.ids[at] == faces, self.codes[at], -1)
+        unknown = (faces >= 0) & (codes < 0)
+        if unknown.any():
+            raise KeyError(int(faces[unknown][0]))
+        names = self.names
+        return [[names[c] if c >= 0 else None for c in row] for row in codes.tolist()]
+
+    def ids_of(self, identity: str) -> np.ndarray:
+        """The live face ids of `identity`, ascending (KeyError for a name without live faces)."""
+        code = self._code_of[identity]
+        return self._grouped[self._starts[code]:self._starts[code + 1]]
+
+
 class IdentityFaces:
     """The live face vectors of identities in one open gallery, and their templates, kept as they are read.
 
@@ -114,24 +173,16 @@ class IdentityFaces:
         self.gallery = gallery
         self.capacity = capacity
         self._kept: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
-        self._ids_of: dict[str, np.ndarray] | None = None
-        self.identity_of: dict[int, str] | None = None  # every live face's identity, once `preload` ran
+        self.identity_of: FaceIdentities | None = None  # every live face's identity, once `preload` ran
 
     def preload(self) -> None:
         """Read the (id, identity) of every live face now (one metadata scan)."""
-        rows = list(self.gallery.store.face_identities())
-        self.identity_of = dict(rows)
-        ids = np.array([r[0] for r in rows], np.int64)
-        names = np.array([r[1] for r in rows], dtype=object)
-        order = np.argsort(names, kind="stable")
-        names, ids = names[order], ids[order]
-        starts = np.flatnonzero(np.r_[True, names[1:] != names[:-1]]) if len(names) else np.empty(0, np.int64)
-        self._ids_of = dict(zip(names[starts].tolist(), np.split(ids, starts[1:])))
+        self.identity_of = FaceIdentities(self.gallery.store.face_identities())
 
     def ids_of(self, identity: str) -> np.ndarray:
         """The live face ids of `identity`, ascending."""
-        if self._ids_of is not None:
-            return self._ids_of[identity]
+        if self.identity_of is not None:
+            return self.identity_of.ids_of(identity)
         return np.asarray(self.gallery.store.ids_of_identity(identity), np.int64)
 
     def fill(self, identities) -> None:
@@ -263,7 +314,7 @@ def rank_batch(gallery: SearchableGallery, vectors: np.ndarray, *, k: int = 5, d
 
 def _neighbour_identities(gallery: SearchableGallery, q: np.ndarray, wanted: int, n: int, oversample: int,
                           exclude: Sequence[str | None] | None, known: dict[int, FaceRecord],
-                          lookup: dict[int, str] | None) -> tuple[list[dict], list[int]]:
+                          lookup: FaceIdentities | None) -> tuple[list[dict], list[int]]:
     """Per query, up to `wanted` identities in order of their best neighbour: identity -> (score, face id).
 
     Rows short of `wanted` identities are searched again with 4x the neighbours, until the whole
@@ -275,7 +326,7 @@ def _neighbour_identities(gallery: SearchableGallery, q: np.ndarray, wanted: int
     searched = [0] * m
     pending = np.arange(m)
     want = min(n, wanted * oversample)
-    identity_of: dict[int, str] = lookup if lookup is not None else {}
+    identity_of: dict[int, str] = {}
     while len(pending):
         scores, ids = gallery.search(q[pending], want)
         if lookup is None:
@@ -283,14 +334,15 @@ def _neighbour_identities(gallery: SearchableGallery, q: np.ndarray, wanted: int
             for r in gallery.records(sorted(fresh)):
                 known[r.id] = r
                 identity_of[r.id] = r.identity
+        names = lookup.names_of(ids) if lookup is not None else None
         short = []
         for row, i in enumerate(pending):
             skip = exclude[i] if exclude is not None else None
             best: dict[str, tuple[float, int]] = {}
-            for score, face in zip(scores[row].tolist(), ids[row].tolist()):
+            for j, (score, face) in enumerate(zip(scores[row].tolist(), ids[row].tolist())):
                 if face < 0:
                     break
-                identity = identity_of[face]
+                identity = names[row][j] if names is not None else identity_of[face]
                 if identity != skip and identity not in best:
                     best[identity] = (float(score), face)
                     if len(best) == wanted:

@@ -70,15 +70,21 @@ def live_vectors(g: GalleryIndex) -> tuple[np.ndarray, list[str]]:
     return g.vectors([i for i, _ in pairs]), [name for _, name in pairs]
 
 
+@pytest.mark.parametrize("preload", [False, True], ids=["per-identity reads", "preloaded table"])
 @pytest.mark.parametrize("fusion", ["best", "top2", "template"])
 @pytest.mark.parametrize("rule", ["score", "margin"])
-def test_loio_through_the_index_matches_the_numpy_reference(tmp_path, model_args, monkeypatch, fusion, rule):
+def test_loio_through_the_index_matches_the_numpy_reference(tmp_path, model_args, monkeypatch, fusion, rule, preload):
+    """Both ways of finding faces' identities: record by record, and the table a large calibration preloads."""
     monkeypatch.setattr(search, "TEMPLATE_CANDIDATES", 1000)  # every identity scored: exactly the reference
     people = People(1)
     per = {p: 1 + p % 4 for p in range(80)}  # 1 to 4 faces: sampling picks 2 of 3 or 4
     build(tmp_path / "idx", model_args, people, range(80), per)
     with GalleryIndex.open(tmp_path / "idx") as g:
-        got = loio_samples(g, rule=Rule(rule, fusion), max_identities=50, seed=7)
+        faces = search.IdentityFaces(g)
+        if preload:
+            faces.preload()
+            assert len(faces.identity_of) == 200
+        got = loio_samples(g, rule=Rule(rule, fusion), max_identities=50, seed=7, faces=faces)
         v, names = live_vectors(g)
     ref = C.leave_one_identity_out(v, names, fusion=fusion, rule=rule, max_identities=50, seed=7)
     assert (got.sampled_identities, got.searched_identities, got.gallery_identities, got.gallery_faces) == \

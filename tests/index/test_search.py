@@ -11,7 +11,7 @@ import pytest
 from index_fakes import PixelEmbedder, TableEmbedder, make_gallery, write_photo
 
 from embedder.core.errors import IndexMismatchError
-from index import GalleryIndex, build_index, rank_identities
+from index import GalleryIndex, build_index, rank_identities, search
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -193,3 +193,26 @@ def test_rank_identities_matches_numpy_reference(tmp_path, model_dir, rng):
                 np.testing.assert_allclose([m.score for m in r.matches], [v[0] for _, v in ref[:k]], rtol=1e-5)
                 assert [m.path for m in r.matches] == [f"{who[v[1]]}/{v[1]:03d}.png" for _, v in ref[:k]]
                 assert r.verdict == (ref[0][0] if ref[0][1][0] >= 0.5 else "unknown")
+
+
+def test_face_identities_table_answers_as_a_dict_would():
+    rng = np.random.default_rng(5)
+    ids = rng.choice(10_000, 600, replace=False)  # not in order: the table sorts them
+    names = [f"person{int(i) % 37}" for i in rng.integers(0, 1000, 600)]
+    reference = dict(zip(ids.tolist(), names))
+    table = search.FaceIdentities(zip(ids.tolist(), names), chunk=64)  # several chunks
+    assert len(table) == 600
+    assert all(table[i] == name for i, name in reference.items())
+    for name in set(names):
+        np.testing.assert_array_equal(table.ids_of(name), sorted(i for i, n in reference.items() if n == name))
+    probe = np.array([[ids[0], ids[5], -1], [ids[7], -1, -1]])
+    assert table.names_of(probe) == [[reference[ids[0]], reference[ids[5]], None], [reference[ids[7]], None, None]]
+    missing = next(i for i in range(10_000) if i not in reference)
+    with pytest.raises(KeyError):
+        table[missing]
+    with pytest.raises(KeyError):
+        table.names_of(np.array([[ids[0], missing]]))
+    with pytest.raises(KeyError):
+        table.ids_of("nobody")
+    empty = search.FaceIdentities([])
+    assert len(empty) == 0 and empty.names_of(np.array([[-1, -1]])) == [[None, None]]
