@@ -110,8 +110,9 @@ def tune(index: faiss.Index, spec: IndexSpec, vectors: np.ndarray, holdout: np.n
     """Raise efSearch / nprobe along a doubling ladder until recall@k reaches the target, then bisect.
 
     Once a rung meets the target after the one below it missed, `REFINE_STEPS` bisections between
-    the two keep the smallest value that still meets it. For lossy codes (sq8, pq) the re-ranking factor doubles too (up to `RERANK_MAX`) when the
-    ladder stalls (a doubling gains less than `PLATEAU`) or ends below the target.
+    the two keep the smallest value that still meets it. For lossy codes (sq8, pq) the re-ranking
+    factor doubles too (up to `RERANK_MAX`) when the ladder stalls (a doubling gains less than
+    `PLATEAU`) or ends below the target.
 
     The queries are the held-out rows `holdout` of the segment's own vectors, which the index
     must not contain (build it with `build_segment_index(..., exclude=holdout)`; a query that is
