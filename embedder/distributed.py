@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import math
 import os
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,12 +27,11 @@ from embedder.embedding_job import (
     PhotoItem,
     PhotoOutcome,
     Progress,
-    nothing_embedded,
     rows_of_photos,
-    sorted_items,
+    run_job,
 )
-from embedder.embedding_shards import DEFAULT_ROWS_PER_FILE, EmbeddingRows, ShardWriter
-from embedder.pipeline import build_settings, embed_photos
+from embedder.embedding_shards import DEFAULT_ROWS_PER_FILE, EmbeddingRows
+from embedder.pipeline import embed_photos
 from embedder.runtime import Embedder
 
 MAX_BLOCKS = 10_000  # input blocks; below it, one block per batch of photos spreads work evenly
@@ -179,33 +177,19 @@ def embed_to_shards_ray(root: str | os.PathLike, items: Sequence[PhotoItem], emb
         DatasetError, ImageReadError, EmbeddingShardError: as `embed_to_shards`.
     """
     ray = _import_ray()
-    start = time.perf_counter()
     root = Path(root)
-    items = sorted_items(items, faces)
-    card = embedder.card
-    build = build_settings(embedder, faces)
-    report = EmbedReport(str(root), str(out), "ray", card.name, faces, build["crops"], photos=len(items))
-    with ShardWriter(out, card, rows_per_file=rows_per_file, build=build, overwrite=overwrite) as writer:
+
+    def batches(items: list[PhotoItem], report: EmbedReport) -> Iterator[tuple[EmbeddingRows, list[PhotoOutcome]]]:
         started = _connect(ray, address)
         try:
-            if progress is not None:
-                progress("embed", 0, len(items))
-            done = 0
             for batch in _run(ray, root, items, embedder_recipe(embedder), faces, batch_size, actors, report):
-                rows, outcomes = decode_results(batch)
-                for outcome in outcomes:
-                    report.add(outcome, root=root, strict=strict)
-                writer.write(rows)
-                done += len(outcomes)
-                if progress is not None:
-                    progress("embed", done, len(items))
+                yield decode_results(batch)
         finally:
             if started:
                 ray.shutdown()
-        if writer.rows == 0:
-            raise nothing_embedded(root, report)
-    report.finish(writer, start)
-    return report
+
+    return run_job(root, items, embedder, out, "ray", batches, faces=faces, strict=strict, overwrite=overwrite,
+                   rows_per_file=rows_per_file, progress=progress)
 
 
 def _run(ray, root: Path, items: Sequence[PhotoItem], recipe: Callable[[], Embedder], faces: str, batch_size: int,

@@ -7,9 +7,10 @@ for an actor pool and keeps everything else, so both engines count, list and wri
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -175,25 +176,47 @@ def embed_to_shards(root: str | os.PathLike, items: Sequence[PhotoItem], embedde
         ImageReadError: with `strict`, the first unreadable photo.
         EmbeddingShardError: `out` cannot take shards (a file, or a non-empty folder without `overwrite`).
     """
-    start = time.perf_counter()
     root = Path(root)
+
+    def batches(items: list[PhotoItem], report: EmbedReport) -> Iterator[tuple[EmbeddingRows, list[PhotoOutcome]]]:
+        for results in embed_photos([root / it.path for it in items], embedder, batch_size=batch_size, policy=faces,
+                                    workers=workers):
+            yield rows_of_photos(items, results, embedder.card.embedding_size)
+
+    return run_job(root, items, embedder, out, "local", batches, faces=faces, strict=strict, overwrite=overwrite,
+                   rows_per_file=rows_per_file, progress=progress)
+
+
+def run_job(root: Path, items: Sequence[PhotoItem], embedder: FaceSource, out: str | os.PathLike, engine: str,
+            batches: Callable[[list[PhotoItem], EmbedReport], Iterator[tuple[EmbeddingRows, list[PhotoOutcome]]]],
+            *, faces: str, strict: bool, overwrite: bool, rows_per_file: int,
+            progress: Progress | None) -> EmbedReport:
+    """What every engine does around its batches: sort the photos, count outcomes, write and commit the shards.
+
+    Args:
+        engine: the report's engine name.
+        batches: called once as `batches(sorted_items, report)`; yields `(rows, outcomes)` with
+            one outcome per photo, in input order. It is closed when the job stops early, so an
+            engine's clean-up (a `finally`) runs at once.
+        Other arguments: see `embed_to_shards`.
+    """
+    start = time.perf_counter()
     items = sorted_items(items, faces)
     card = embedder.card
     build = build_settings(embedder, faces)
-    report = EmbedReport(str(root), str(out), "local", card.name, faces, build["crops"], photos=len(items))
+    report = EmbedReport(str(root), str(out), engine, card.name, faces, build["crops"], photos=len(items))
     with ShardWriter(out, card, rows_per_file=rows_per_file, build=build, overwrite=overwrite) as writer:
         done = 0
         if progress is not None:
             progress("embed", 0, len(items))
-        for results in embed_photos([root / it.path for it in items], embedder, batch_size=batch_size, policy=faces,
-                                    workers=workers):
-            rows, outcomes = rows_of_photos(items, results, card.embedding_size)
-            for outcome in outcomes:
-                report.add(outcome, root=root, strict=strict)
-            writer.write(rows)
-            done += len(results)
-            if progress is not None:
-                progress("embed", done, len(items))
+        with contextlib.closing(batches(items, report)) as stream:
+            for rows, outcomes in stream:
+                for outcome in outcomes:
+                    report.add(outcome, root=root, strict=strict)
+                writer.write(rows)
+                done += len(outcomes)
+                if progress is not None:
+                    progress("embed", done, len(items))
         if writer.rows == 0:
             raise nothing_embedded(root, report)
     report.finish(writer, start)
