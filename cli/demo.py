@@ -7,7 +7,7 @@ enrolled (they should come back "unknown").
 
 Without: train a tiny MobileFaceNet on synthetic identities, export it, index a gallery of
 unseen images of those identities, calibrate the threshold on generated people who are neither
-trained on nor enrolled, then query held-out images (and two identities the gallery has never
+trained on nor enrolled, then query held-out images (and 20 identities the gallery has never
 seen). Each step is skipped when its output exists.
 
 Twenty people are far fewer than the 500 a 1% false-alarm rate needs (`index.calibration`), so
@@ -30,7 +30,7 @@ from cli.options import friendly_errors
 from embedder.core.constants import DEFAULT_BATCH_SIZE
 
 IDENTITIES = 20  # enrolled; the demo trains on them
-VISITORS = 2  # extra identities, never trained on or enrolled: they should be "unknown"
+VISITORS = 20  # extra identities, never trained on or enrolled: they should be "unknown" (enough to count)
 TRAIN_PER_IDENTITY = 30
 GALLERY_PER_IDENTITY = 3
 CALIBRATION_STRANGERS = 100  # generated people, neither trained on, enrolled nor queried

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from cli.main import app
 
 ENROLLED = 20
-STRANGERS = 2
+STRANGERS = 20  # never enrolled: enough that a rate of them turned away means something
 
 
 def invoke(*args: str):

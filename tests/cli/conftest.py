@@ -37,7 +37,8 @@ def faces(tmp_path_factory):
 def trained_run(faces, tmp_path_factory):
     """`facesearch train` on the synthetic set with the tiny preset: the run folder and its summary."""
     run_dir = tmp_path_factory.mktemp("run")
-    summary = invoke_json("train", faces / "train", "--out", run_dir, "--preset", "tiny", "--epochs", "8")
+    summary = invoke_json("train", faces / "train", "--out", run_dir, "--preset", "tiny", "--epochs", "8",
+                          "--seed", os.environ.get("FACESEARCH_TEST_SEED", "0"))  # tests/seed_sweep.py sets it
     return run_dir, summary
 
 

@@ -37,6 +37,7 @@ def _reference_scores(model, lfw):
     return np.sum(v[pl.pairs[:, 0]] * v[pl.pairs[:, 1]], axis=1), pl
 
 
+@pytest.mark.quality
 def test_eval_lfw_matches_a_reference_and_calibrates_the_card(fake_lfw, own_model, tmp_path):
     from embedder.evaluation.metrics import verify_pairs
 
@@ -103,6 +104,7 @@ def test_eval_lfw_errors(fake_lfw, model_dir, tmp_path, monkeypatch):
     assert r.exit_code == 1 and "pairs.txt:3: expected 'name n1 n2'" in r.stderr, r.output
 
 
+@pytest.mark.quality
 def test_calibrated_threshold_is_what_query_uses(faces, own_model, tmp_path):
     from embedder.core.model_card import ModelCard
     from embedder.evaluation.verification import calibrate_card

@@ -10,6 +10,7 @@ import pytest
 from clitools import ENROLLED, STRANGERS, invoke, invoke_json
 
 
+@pytest.mark.quality
 def test_training_lifted_pair_verification(trained_run):
     _, summary = trained_run
     assert summary["num_classes"] == ENROLLED
@@ -36,6 +37,7 @@ def index_dir(faces, model_dir, tmp_path_factory):
     return index
 
 
+@pytest.mark.quality
 def test_query_finds_the_right_identity_for_held_out_faces(faces, index_dir):
     right = 0
     for identity in range(ENROLLED):
@@ -72,6 +74,7 @@ def test_query_scores_match_a_brute_force_reference(faces, index_dir, model_dir)
     np.testing.assert_allclose([g[1] for g in got], [w[1] for w in want], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.quality
 def test_query_text_output_and_unknown_verdict(faces, index_dir):
     probe = faces / "probes" / "id_03" / "033.png"
     # The text shows the answer --json gives (whether id_03 is that answer is the test above's business).
@@ -89,6 +92,7 @@ def test_query_text_output_and_unknown_verdict(faces, index_dir):
     assert answer["threshold_source"] == "--threshold" and answer["faces"][0]["decision"]["threshold"] == 0.9999
 
 
+@pytest.mark.quality
 def test_strangers_score_lower_than_enrolled_people(faces, index_dir):
     def best(identity):
         probe = faces / "probes" / f"id_{identity:02d}" / "033.png"

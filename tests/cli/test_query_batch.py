@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from clitools import ENROLLED, invoke, invoke_json
+from clitools import ENROLLED, STRANGERS, invoke, invoke_json
 from PIL import Image
 
 
@@ -95,7 +95,7 @@ def test_query_embeddings_answers_rows_as_the_photos_are_answered(faces, model_d
     rows = _lines(invoke("query", "--embeddings", file, "--index", index, "--jsonl"))
     photos = _lines(invoke("query", "--aligned", faces / "probes", "--index", index, "--jsonl"))
 
-    assert len(rows) == len(photos) == ENROLLED + 2
+    assert len(rows) == len(photos) == ENROLLED + STRANGERS
     assert [row["row"] for row in rows] == list(range(len(rows)))
     assert [str(faces / "probes" / row["path"]) for row in rows] == [p["image"] for p in photos]
     for row, photo in zip(rows, photos):
