@@ -5,7 +5,7 @@ the template is looked up by name when the embedder starts, so replacing it in `
 how every photo is aligned; the model and its card are untouched. Weights are five numbers in
 landmark order (left eye, right eye, nose tip, left mouth corner, right mouth corner), or `none`.
 It measures the fit of MTCNN's points to the template, the `dlib-150` path before the Embedder cut
-dlib's own chip from dlib's predictor (embedder.runtime.crop_face), so it puts that fit back.
+dlib's own chip from dlib's predictor (facesearch.embedder.runtime.crop_face), so it puts that fit back.
 
     python benchmarks/align_weights.py 1,1,0.125,0.125,0.125 eval lfw --pairs pairsDevTrain.txt --no-roc --json
 """
@@ -19,18 +19,18 @@ import numpy as np
 
 
 def main() -> None:
-    import embedder.runtime
-    from cli.main import main as facesearch
-    from embedder.align import DLIB_150, align_face, register_template
+    import facesearch.embedder.runtime
+    from facesearch.cli.main import main as run_cli
+    from facesearch.embedder.align import DLIB_150, align_face, register_template
 
     if len(sys.argv) < 3:
         sys.exit(__doc__.strip().splitlines()[-1].strip())
     weights = None if sys.argv[1] == "none" else np.array(sys.argv[1].split(","), dtype=np.float32)
     register_template(dataclasses.replace(DLIB_150, weights=weights))
-    embedder.runtime.crop_face = align_face  # MTCNN's points fitted to the template, for every template
+    facesearch.embedder.runtime.crop_face = align_face  # MTCNN's points fitted to the template, for every template
     print(f"dlib-150 weights: {weights}", file=sys.stderr)
     sys.argv = ["facesearch", *sys.argv[2:]]
-    facesearch()
+    run_cli()
 
 
 if __name__ == "__main__":

@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def _untrained_mobilefacenet(folder: Path) -> Path:
     import keras
 
-    from embedder.export import export_model
-    from train.config import get_preset
-    from train.models import build_views
+    from facesearch.embedder.export import export_model
+    from facesearch.train.config import get_preset
+    from facesearch.train.models import build_views
 
     keras.utils.set_random_seed(0)
     views = build_views(get_preset("mobilefacenet"), num_classes=100)
@@ -39,7 +39,7 @@ def _untrained_mobilefacenet(folder: Path) -> Path:
 
 
 def _gallery(photos: Path, limit: int, folder: Path) -> int:
-    from embedder.core.constants import IMAGE_EXTENSIONS
+    from facesearch.embedder.core.constants import IMAGE_EXTENSIONS
 
     files = sorted(p for p in photos.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)[:limit]
     for p in files:
@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--aligned", action="store_true", help="photos are aligned crops: no detection")
     args = parser.parse_args(argv)
 
-    from embedder.runtime import Embedder
-    from index import build_index
+    from facesearch.embedder.runtime import Embedder
+    from facesearch.index import build_index
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from embedder.align import ARCFACE_112X112, align_face  # noqa: E402
-from embedder.detect import Detector  # noqa: E402
-from embedder.images import read_image  # noqa: E402
+from facesearch.embedder.align import ARCFACE_112X112, align_face  # noqa: E402
+from facesearch.embedder.detect import Detector  # noqa: E402
+from facesearch.embedder.images import read_image  # noqa: E402
 
 
 def lfw_photos(root: Path) -> list[Path]:

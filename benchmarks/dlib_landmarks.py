@@ -1,7 +1,7 @@
 """Fit and measure the rectangle that lets dlib's 5-point predictor run on MTCNN's faces.
 
-dlib's predictor (ported in embedder.dlib.shape_predictor) was trained inside dlib's frontal-detector
-rectangles; facesearch finds faces with MTCNN. embedder.dlib.landmarks places dlib's rectangle from
+dlib's predictor (ported in facesearch.embedder.dlib.shape_predictor) was trained inside dlib's frontal-detector
+rectangles; facesearch finds faces with MTCNN. facesearch.embedder.dlib.landmarks places dlib's rectangle from
 MTCNN's 5 points; this script fits its constants and measures what the result is worth.
 
 Data: LFW photos drawn with a seeded generator (--seed, default 0), kept where dlib's frontal
@@ -39,9 +39,9 @@ def collect(files: list[Path], wanted: int) -> dict[str, np.ndarray]:
     """dlib rectangles and points and MTCNN points of `wanted` photos where both find one face."""
     import dlib
 
-    from embedder.detect import Detector
-    from embedder.dlib.shape_predictor import find_shape_file
-    from embedder.images import read_image
+    from facesearch.embedder.detect import Detector
+    from facesearch.embedder.dlib.shape_predictor import find_shape_file
+    from facesearch.embedder.images import read_image
 
     detect_dlib = dlib.get_frontal_face_detector()
     predictor = dlib.shape_predictor(str(find_shape_file()))
@@ -73,7 +73,7 @@ def collect(files: list[Path], wanted: int) -> dict[str, np.ndarray]:
 
 def fit(rects: np.ndarray, mtcnn: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """(MTCNN_UNIT (5, 2), RECT_CENTRE (2,), RECT_SIDE) from dlib rectangles and MTCNN points."""
-    from embedder.align import similarity_transform
+    from facesearch.embedder.align import similarity_transform
 
     side = rects[:, 2] - rects[:, 0]
     unit = ((mtcnn - rects[:, None, :2]) / side[:, None, None]).mean(0)
@@ -95,11 +95,11 @@ def chip_grid_error(chip_to_photo: np.ndarray, reference: np.ndarray) -> float:
 
 def measure(data: dict[str, np.ndarray]) -> None:
     """Print rectangle, point and chip errors of the held-out faces (see the module docstring)."""
-    from embedder.align import DLIB_150, similarity_transform
-    from embedder.dlib.chip import chip_to_image
-    from embedder.dlib.landmarks import dlib_rect
-    from embedder.dlib.shape_predictor import load_shape_predictor
-    from embedder.images import read_image
+    from facesearch.embedder.align import DLIB_150, similarity_transform
+    from facesearch.embedder.dlib.chip import chip_to_image
+    from facesearch.embedder.dlib.landmarks import dlib_rect
+    from facesearch.embedder.dlib.shape_predictor import load_shape_predictor
+    from facesearch.embedder.images import read_image
 
     predictor = load_shape_predictor()
     rect_err, side_err, point_err, chip_old, chip_new, seconds = [], [], [], [], [], []
@@ -157,7 +157,7 @@ def main() -> None:
     print("MTCNN_UNIT =", np.array2string(unit.round(4), separator=", "))
     print("RECT_CENTRE =", np.array2string(centre.round(4), separator=", "), " RECT_SIDE =", round(side, 4))
     if args.constants:
-        import embedder.dlib.landmarks as placed
+        import facesearch.embedder.dlib.landmarks as placed
 
         placed.MTCNN_UNIT, placed.RECT_CENTRE, placed.RECT_SIDE = unit, centre, side
     measure(test_data)

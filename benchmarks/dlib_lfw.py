@@ -24,11 +24,11 @@ import numpy as np
 def main() -> None:
     import dlib
 
-    from embedder.dlib.install import default_model_dir
-    from embedder.dlib.weights import find_weights_file
-    from embedder.evaluation.lfw import find_images_dir, read_pairs
-    from embedder.evaluation.metrics import pair_scores, verify_pairs
-    from embedder.runtime import Embedder
+    from facesearch.embedder.dlib.install import default_model_dir
+    from facesearch.embedder.dlib.weights import find_weights_file
+    from facesearch.embedder.evaluation.lfw import find_images_dir, read_pairs
+    from facesearch.embedder.evaluation.metrics import pair_scores, verify_pairs
+    from facesearch.embedder.runtime import Embedder
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None, help="default: the installed dlib-resnet-v1")

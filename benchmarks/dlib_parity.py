@@ -1,8 +1,8 @@
 """dlib-resnet-v1 against dlib itself on real LFW faces: chip extraction, descriptors, speed.
 
 For N LFW photos with a face found by dlib's frontal detector and its 5-point predictor:
-1. chips: embedder.dlib.chip.extract_dlib_chip vs dlib.get_face_chip (largest grey-level difference);
-2. parity: the installed ONNX model (through embedder.runtime.Embedder, as build-index runs it)
+1. chips: facesearch.embedder.dlib.chip.extract_dlib_chip vs dlib.get_face_chip (largest grey-level difference);
+2. parity: the installed ONNX model (through facesearch.embedder.runtime.Embedder, as build-index runs it)
    vs dlib's compute_face_descriptor on the same dlib chips (minimum cosine);
 3. speed: embeddings per second on one batch of 64 chips, the ONNX model vs compute_face_descriptor
    (the issue asks for one run; interleaved repeats are printed too, as this machine is shared).
@@ -25,7 +25,7 @@ import numpy as np
 def _faces(n: int):
     import dlib
 
-    from embedder.dlib.weights import find_weights_file
+    from facesearch.embedder.dlib.weights import find_weights_file
 
     lfw = Path(os.environ.get("FACESEARCH_LFW", Path(__file__).resolve().parents[2] / "shared" / "lfw"))
     files = sorted((lfw / "images_deepfunneled").glob("*/*.jpg"))
@@ -49,11 +49,11 @@ def _rate(fn, chips) -> float:
 def main() -> None:
     import dlib
 
-    from embedder.dlib.chip import extract_dlib_chip
-    from embedder.dlib.install import default_model_dir
-    from embedder.dlib.weights import find_weights_file
-    from embedder.export.exporter import row_cosines
-    from embedder.runtime import Embedder
+    from facesearch.embedder.dlib.chip import extract_dlib_chip
+    from facesearch.embedder.dlib.install import default_model_dir
+    from facesearch.embedder.dlib.weights import find_weights_file
+    from facesearch.embedder.export.exporter import row_cosines
+    from facesearch.embedder.runtime import Embedder
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--faces", type=int, default=500)

@@ -1,10 +1,10 @@
 """Fit the `dlib-150` alignment template: where facesearch's 5 landmarks sit in dlib's 150x150 chip.
 
 For each of N LFW photos: dlib's frontal detector and 5-point predictor give dlib's own chip
-transform (embedder.dlib.chip.chip_to_image, which reproduces dlib.get_face_chip exactly);
-facesearch's MTCNN detector (embedder.detect) gives eye centres, nose tip and mouth corners; those
+transform (facesearch.embedder.dlib.chip.chip_to_image, which reproduces dlib.get_face_chip exactly);
+facesearch's MTCNN detector (facesearch.embedder.detect) gives eye centres, nose tip and mouth corners; those
 points, mapped into the chip by the inverse of dlib's transform, are averaged over the photos.
-The printed points go into embedder.align.DLIB_150. It also prints each point's inverse variance
+The printed points go into facesearch.embedder.align.DLIB_150. It also prints each point's inverse variance
 (1 / (std_x^2 + std_y^2), scaled so the eyes get ~1), the weights a weighted fit would give them
 (AlignmentTemplate.weights; they would not move the points, each mean is its own least-squares
 estimate); DLIB_150 keeps equal weights, as such weights did not change LFW accuracy
@@ -29,7 +29,7 @@ import numpy as np
 
 def _chip_points(image: np.ndarray, dlib_landmarks: np.ndarray, mtcnn_landmarks: np.ndarray) -> np.ndarray:
     """MTCNN's 5 points in the frame of dlib's chip of this face, (5, 2)."""
-    from embedder.dlib.chip import chip_to_image
+    from facesearch.embedder.dlib.chip import chip_to_image
 
     forward = np.linalg.inv(np.vstack([chip_to_image(dlib_landmarks), [0, 0, 1]]))[:2]
     return mtcnn_landmarks @ forward[:, :2].T + forward[:, 2]
@@ -38,8 +38,8 @@ def _chip_points(image: np.ndarray, dlib_landmarks: np.ndarray, mtcnn_landmarks:
 def main() -> None:
     import dlib
 
-    from embedder.detect import Detector
-    from embedder.dlib.weights import find_weights_file
+    from facesearch.embedder.detect import Detector
+    from facesearch.embedder.dlib.weights import find_weights_file
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--faces", type=int, default=1000)
@@ -85,11 +85,11 @@ def main() -> None:
 
 
 def _check(pairs) -> None:
-    """Descriptor cosine between dlib's chip and the dlib-150 chip (embedder.align.DLIB_150) of each face."""
-    from embedder.align import DLIB_150, align_face
-    from embedder.dlib.install import default_model_dir
-    from embedder.export.exporter import row_cosines
-    from embedder.runtime import Embedder
+    """Descriptor cosine between dlib's chip and the dlib-150 chip (facesearch.embedder.align.DLIB_150) of each face."""
+    from facesearch.embedder.align import DLIB_150, align_face
+    from facesearch.embedder.dlib.install import default_model_dir
+    from facesearch.embedder.export.exporter import row_cosines
+    from facesearch.embedder.runtime import Embedder
 
     embedder = Embedder(default_model_dir(), aligned=True)
     theirs = embedder.embed([chip for chip, _, _ in pairs], batch_size=64)

@@ -3,13 +3,13 @@
     python benchmarks/export_throughput.py [--preset mobilefacenet] [--batch 32,16] [--threads 2]
         [--forms batchnorm,prelu,tf2onnx] [--openvino f32,bf16] [--runs 7] [--iters 5] [--profile]
 
-Converts the backbone once per PReLU form (embedder.export.onnx_prelu), checks every runtime's
+Converts the backbone once per PReLU form (facesearch.embedder.export.onnx_prelu), checks every runtime's
 embeddings against Keras (min cosine over the batch), then times them in turn, round after round,
 so drift in the machine's load hits all alike: each run is `--iters` forward passes of one
 `(batch, H, W, 3)` batch after a warm-up. Printed per runtime: the median images per second over
 the runs (and the range), and the median over rounds of its ratio to today's ONNX file
 ("tf2onnx" on ONNX Runtime) and to the SavedModel on TensorFlow, run in the same round. ONNX
-Runtime runs as `embedder.backend` opens it (spinning off; `--threads` intra-op threads);
+Runtime runs as `facesearch.embedder.backend` opens it (spinning off; `--threads` intra-op threads);
 TensorFlow gets the same intra-op threads (its thread pools are fixed once per process, so one
 thread count per run of this script). `--profile` prints where ONNX Runtime spends a batch, per
 operator type, for each form. Weights are untrained except for PReLU slopes and BatchNorm
@@ -38,7 +38,7 @@ SAVEDMODEL = "savedmodel (tensorflow)"
 
 
 def ort_session(model: bytes, threads: int, profile_prefix: str | None = None) -> ort.InferenceSession:
-    """A CPU session set up as `embedder.backend` sets it up."""
+    """A CPU session set up as `facesearch.embedder.backend` sets it up."""
     options = ort.SessionOptions()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.intra_op_num_threads = threads
@@ -122,7 +122,7 @@ def profile(model: bytes, x: np.ndarray, threads: int, iters: int) -> tuple[floa
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="mobilefacenet", help="train.config preset of the backbone")
+    parser.add_argument("--preset", default="mobilefacenet", help="facesearch.train.config preset of the backbone")
     parser.add_argument("--batch", default="32,16", help="batch sizes, comma-separated")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads of every runtime")
     parser.add_argument("--forms", default="batchnorm,prelu,tf2onnx", help="PReLU forms (onnx_prelu.PRELU_FORMS)")
@@ -136,9 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     import keras
     import tensorflow as tf
 
-    from embedder.export.exporter import convert_to_onnx, parity_inputs, row_cosines, save_savedmodel
-    from train.config import get_preset
-    from train.mobilefacenet import build_backbone
+    from facesearch.embedder.export.exporter import convert_to_onnx, parity_inputs, row_cosines, save_savedmodel
+    from facesearch.train.config import get_preset
+    from facesearch.train.mobilefacenet import build_backbone
 
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)

@@ -40,9 +40,9 @@ def _usage() -> dict:
 
 
 def child_facesearch(gallery: Path, workers: int) -> dict:
-    from embedder.dlib.models import installed_model_dir
-    from embedder.runtime import Embedder
-    from index import build_index
+    from facesearch.embedder.dlib.models import installed_model_dir
+    from facesearch.embedder.runtime import Embedder
+    from facesearch.index import build_index
 
     start = time.perf_counter()
     embedder = Embedder(installed_model_dir())
@@ -56,7 +56,7 @@ def child_facesearch(gallery: Path, workers: int) -> dict:
 def _dlib_models():
     import dlib
 
-    from embedder.dlib.weights import find_weights_file
+    from facesearch.embedder.dlib.weights import find_weights_file
 
     weights = find_weights_file()
     return (dlib, dlib.get_frontal_face_detector(),
@@ -80,10 +80,10 @@ def child_stages(gallery: Path, n: int, batch: int = 16) -> dict:
     """CPU ms per photo of each step of both pipelines, one photo (or chunk) after another, one process."""
     from hashlib import sha256
 
-    from embedder.crop import crop_faces
-    from embedder.dlib.models import installed_model_dir
-    from embedder.images import read_image_reduced
-    from embedder.runtime import Embedder
+    from facesearch.embedder.crop import crop_faces
+    from facesearch.embedder.dlib.models import installed_model_dir
+    from facesearch.embedder.images import read_image_reduced
+    from facesearch.embedder.runtime import Embedder
 
     paths = sorted(p for p in gallery.rglob("*") if p.is_file())[:n]
     embedder = Embedder(installed_model_dir(), threads=1, batches=True)  # as a worker of build_index has it

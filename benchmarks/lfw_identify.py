@@ -50,7 +50,7 @@ def read_people(lfw_dir: Path, file: str) -> list[tuple[str, int]]:
 def link_folders(lfw_dir: Path, work: Path, people: list[tuple[str, int]], *, enrol: int, probes_per_person: int,
                  impostors: int, seed: int) -> dict:
     """Fill WORK/gallery and WORK/probes with links to LFW photos; returns the counts."""
-    from embedder.evaluation.lfw import find_images_dir, image_path
+    from facesearch.embedder.evaluation.lfw import find_images_dir, image_path
 
     images = find_images_dir(lfw_dir)
     enrolled = [(name, n) for name, n in people if n >= 2]
@@ -80,7 +80,7 @@ def run(work: Path, fpir: float | None, model: Path | None) -> dict:
     supports (view 1's DevTest: 496 identities); an explicit `--fpir` the gallery cannot resolve is
     refused instead.
     """
-    cmd = [sys.executable, "-c", "from cli.main import main; main()", "eval", "identify", "--gallery",
+    cmd = [sys.executable, "-c", "from facesearch.cli.main import main; main()", "eval", "identify", "--gallery",
            str(work / "gallery"), "--probes", str(work / "probes"), "--compare-rules", "--json"]
     if fpir is not None:
         cmd += ["--fpir", str(fpir)]
@@ -130,13 +130,13 @@ def table(rows: list[dict]) -> str:
 
 
 def scaling(sizes: list[int], seed: int = 0) -> list[dict]:
-    """Seconds to self-calibrate synthetic galleries of `sizes` faces, through `index.open_set`."""
+    """Seconds to self-calibrate synthetic galleries of `sizes` faces, through `facesearch.index.open_set`."""
     import shutil
     import tempfile
 
-    from embedder.core.model_card import ModelCard
-    from index import IndexWriter
-    from index.store import Photo
+    from facesearch.embedder.core.model_card import ModelCard
+    from facesearch.index import IndexWriter
+    from facesearch.index.store import Photo
 
     card = ModelCard(name="synthetic", input_height=8, input_width=8, embedding_size=128, alignment_template="none")
     rng = np.random.default_rng(seed)

@@ -41,10 +41,10 @@ def align_people(lfw_dir: Path, people: list[tuple[str, int]], out: Path, templa
     """Write the aligned largest face of every photo of `people` under `out`; skips photos already done."""
     from PIL import Image
 
-    from embedder.align import align_face, get_template
-    from embedder.detect import Detector
-    from embedder.evaluation.lfw import find_images_dir, image_path
-    from embedder.images import read_image
+    from facesearch.embedder.align import align_face, get_template
+    from facesearch.embedder.detect import Detector
+    from facesearch.embedder.evaluation.lfw import find_images_dir, image_path
+    from facesearch.embedder.images import read_image
 
     images = find_images_dir(lfw_dir)
     template = get_template(template_name)
@@ -78,7 +78,7 @@ def align_people(lfw_dir: Path, people: list[tuple[str, int]], out: Path, templa
 
 def facesearch(*args: str) -> dict:
     """Run `facesearch ARGS --json` in this interpreter's environment and return its answer."""
-    cmd = [sys.executable, "-c", "from cli.main import main; main()", *args, "--json"]
+    cmd = [sys.executable, "-c", "from facesearch.cli.main import main; main()", *args, "--json"]
     print("$ facesearch " + " ".join(args), file=sys.stderr)
     done = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     return json.loads(done.stdout)
@@ -88,9 +88,9 @@ def save_untrained(run: Path, target: Path) -> None:
     """The run's network as built before its first step: same config, same seed, same class count."""
     import keras
 
-    from train.config import TrainConfig
-    from train.data import LABELS_FILE
-    from train.models import build_views
+    from facesearch.train.config import TrainConfig
+    from facesearch.train.data import LABELS_FILE
+    from facesearch.train.models import build_views
 
     config = TrainConfig.load(run)
     num_classes = len(json.loads((run / LABELS_FILE).read_text())["class_names"])
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    from train.config import get_preset
+    from facesearch.train.config import get_preset
 
     work = args.work.resolve()
     aligned, run = work / "aligned", work / "run"

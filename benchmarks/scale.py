@@ -198,7 +198,7 @@ def serving_memory(idx: Path, n: int, seed: int) -> dict:
 
     `baseline` is the process before it opens the index (Python, numpy, FAISS, facesearch imported).
     """
-    from index import GalleryIndex
+    from facesearch.index import GalleryIndex
 
     q, _ = queries(1000, n, seed)
     baseline = {name: round(value / 2**20) for name, value in MemoryPeaks.now().items()}
@@ -217,9 +217,9 @@ def serving_memory(idx: Path, n: int, seed: int) -> dict:
 def run_one(n: int, kind: str, workdir: Path, budget: int | None, seed: int = 0,
             target_recall: float = 0.99) -> dict:
     """Build an index of `n` faces of type `kind` and measure it (run in a child process)."""
-    from embedder.core.model_card import ModelCard
-    from index import GalleryIndex, IndexPolicy, IndexWriter
-    from index.store import Photo
+    from facesearch.embedder.core.model_card import ModelCard
+    from facesearch.index import GalleryIndex, IndexPolicy, IndexWriter
+    from facesearch.index.store import Photo
 
     card = ModelCard(name="synthetic", input_height=150, input_width=150, embedding_size=D,
                      alignment_template="none")

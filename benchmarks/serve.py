@@ -137,7 +137,7 @@ def run_gallery(args) -> dict:
         subprocess.run([FACESEARCH, "build-index", str(gallery), "--index", str(index), "--json"], check=True,
                        stdout=subprocess.DEVNULL)
         print(f"indexed {len(firsts)} identities in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    stats = json.loads(subprocess.run([sys.executable, "-c", "import json,sys; from index import read_manifest; "
+    stats = json.loads(subprocess.run([sys.executable, "-c", "import json,sys; from facesearch.index import read_manifest; "
                                        "m = read_manifest(sys.argv[1]); print(json.dumps([m.faces, m.identities]))",
                                        str(index)], capture_output=True, text=True, check=True).stdout)
     photos = [p.read_bytes() for p in probes]
@@ -188,17 +188,17 @@ def warm_vs_cold(server: Server, photo: Path, index: Path, warm_runs: int = 20, 
 def build_synthetic(index: Path, faces: int, seed: int = 0) -> dict:
     """`faces` random unit vectors, 5 per identity, as a folder build of the default model would write them.
 
-    A build calibrates the index's open-set threshold in its commit (`index.open_set`); on 1M faces
+    A build calibrates the index's open-set threshold in its commit (`facesearch.index.open_set`); on 1M faces
     that search takes longer than the rest of the build, so the estimate is made here from a sample
     of 1,000 identities (`calibrate_gallery`, numpy) and stored as given: the index is then in the
     state a calibrated one is in, where an enrolment keeps the estimate (it changes the counts by
     far less than x1.25) instead of computing one.
     """
-    from embedder.core.model_card import ModelCard
-    from embedder.dlib.models import installed_model_dir
-    from index import IndexPolicy, IndexWriter
-    from index.calibration import calibrate_gallery
-    from index.store import Photo
+    from facesearch.embedder.core.model_card import ModelCard
+    from facesearch.embedder.dlib.models import installed_model_dir
+    from facesearch.index import IndexPolicy, IndexWriter
+    from facesearch.index.calibration import calibrate_gallery
+    from facesearch.index.store import Photo
 
     model_dir = installed_model_dir()
     card = ModelCard.load(model_dir)
@@ -236,11 +236,11 @@ def astronaut_crops(n: int) -> list[bytes]:
 
 def enrol_with_writer(index: Path, photo: bytes, identity: str) -> dict:
     """One enrolment through `IndexWriter` alone, timed by step (the photo embedded beforehand)."""
-    from embedder.core.model_card import ModelCard
-    from embedder.dlib.models import installed_model_dir
-    from index import IndexWriter
-    from index.photostore import PhotoStore, enrolled_path, sha256_bytes
-    from index.store import Photo
+    from facesearch.embedder.core.model_card import ModelCard
+    from facesearch.embedder.dlib.models import installed_model_dir
+    from facesearch.index import IndexWriter
+    from facesearch.index.photostore import PhotoStore, enrolled_path, sha256_bytes
+    from facesearch.index.store import Photo
 
     card = ModelCard.load(installed_model_dir())
     v = np.random.default_rng(len(identity)).standard_normal((1, card.embedding_size)).astype(np.float32)
@@ -269,10 +269,10 @@ def enrol_with_writer(index: Path, photo: bytes, identity: str) -> dict:
 
 def profile_open(index: Path) -> dict:
     """Where `IndexWriter.open` spends its time on this index: each step of `_load` on its own."""
-    from index.gallery import read_tombstones
-    from index.manifest import read_manifest
-    from index.segments import Segment
-    from index.store import IndexStore
+    from facesearch.index.gallery import read_tombstones
+    from facesearch.index.manifest import read_manifest
+    from facesearch.index.segments import Segment
+    from facesearch.index.store import IndexStore
 
     t = {}
     mark = time.perf_counter()

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.photos.is_dir():
         parser.error(f"no photo folder at {args.photos}")
     script = Path(sys.executable).with_name("facesearch")  # the console script, as a user runs it
-    facesearch = [str(script)] if script.exists() else [sys.executable, "-c", "from cli.main import main; main()"]
+    facesearch = [str(script)] if script.exists() else [sys.executable, "-c", "from facesearch.cli.main import main; main()"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
     with tempfile.TemporaryDirectory() as tmp:
         gallery, index = Path(tmp) / "gallery", Path(tmp) / "index"

@@ -14,7 +14,7 @@ step waits on it. Both are timed apart, in images per second:
 On a GPU, `--mixed-precision both` times the step in float32 and under `mixed_float16` (the
 policy `facesearch train --mixed-precision on` uses), one after the other in the same process.
 
-Data is generated (`train.synthetic`, 112x96 PNGs) unless `--data` names a folder. Each figure is
+Data is generated (`facesearch.train.synthetic`, 112x96 PNGs) unless `--data` names a folder. Each figure is
 the median of `--runs` timed passes after a warm-up pass (which pays tracing and Keras' compile).
 """
 
@@ -63,7 +63,7 @@ def step_rates(model: keras.Model, batch, steps: int, batch_size: int, runs: int
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="mobilefacenet", help="train.config preset")
+    parser.add_argument("--preset", default="mobilefacenet", help="facesearch.train.config preset")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=10, help="training steps per timed run")
     parser.add_argument("--batches", type=int, default=20, help="input batches per timed run")
@@ -75,13 +75,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="time the training step in float32, under mixed_float16, or both")
     args = parser.parse_args(argv)
 
-    from train.config import get_preset
-    from train.data import make_train_dataset, scan_training_folder
-    from train.fit import compile_model
-    from train.models import build_views
-    from train.precision import precision_policy
-    from train.shards import load_shards, make_shard_train_dataset, write_shards
-    from train.synthetic import make_synthetic_faces
+    from facesearch.train.config import get_preset
+    from facesearch.train.data import make_train_dataset, scan_training_folder
+    from facesearch.train.fit import compile_model
+    from facesearch.train.models import build_views
+    from facesearch.train.precision import precision_policy
+    from facesearch.train.shards import load_shards, make_shard_train_dataset, write_shards
+    from facesearch.train.synthetic import make_synthetic_faces
 
     config = dataclasses.replace(get_preset(args.preset), batch_size=args.batch)
     with tempfile.TemporaryDirectory() as tmp:

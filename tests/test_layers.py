@@ -10,10 +10,10 @@ import pkgutil
 import tomllib
 from pathlib import Path
 
-import embedder
+import facesearch.embedder as embedder
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAINING_SIDE = {"embedder.export", "embedder.dlib.install", "embedder.dlib.keras_net"}
+TRAINING_SIDE = {"facesearch.embedder.export", "facesearch.embedder.dlib.install", "facesearch.embedder.dlib.keras_net"}
 
 
 def _contract(name: str) -> dict:
@@ -28,18 +28,18 @@ def _children(package: str, path) -> set[str]:
 
 def test_the_leaf_contract_names_every_other_part_of_embedder():
     leaf = _contract("the shared leaf")
-    parts = _children("embedder", embedder.__path__) - {"embedder.core"}
+    parts = _children("facesearch.embedder", embedder.__path__) - {"facesearch.embedder.core"}
     assert parts <= set(leaf["forbidden_modules"]), parts - set(leaf["forbidden_modules"])
 
 
 def test_every_run_time_module_is_under_the_run_time_contract():
-    import embedder.dlib
+    import facesearch.embedder.dlib
 
     runtime = _contract("the run-time path")
     sources = set(runtime["source_modules"])
-    parts = (_children("embedder", embedder.__path__) - {"embedder.core", "embedder.dlib"}) \
-        | _children("embedder.dlib", embedder.dlib.__path__)
+    parts = (_children("facesearch.embedder", embedder.__path__) - {"facesearch.embedder.core", "facesearch.embedder.dlib"}) \
+        | _children("facesearch.embedder.dlib", facesearch.embedder.dlib.__path__)
     unplaced = {p for p in parts - TRAINING_SIDE if p not in sources}
     assert not unplaced, f"add these to the run-time contract (or to TRAINING_SIDE, with a reason): {unplaced}"
     assert TRAINING_SIDE <= set(runtime["forbidden_modules"])
-    assert "index" in sources
+    assert "facesearch.index" in sources

@@ -6,7 +6,7 @@ import json
 
 from typer.testing import CliRunner
 
-from cli.main import app
+from facesearch.cli.main import app
 
 ENROLLED = 20
 STRANGERS = 20  # never enrolled: enough that a rate of them turned away means something

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from clitools import ENROLLED, STRANGERS, invoke_json  # noqa: E402
 
-from train.synthetic import make_synthetic_faces  # noqa: E402
+from facesearch.train.synthetic import make_synthetic_faces  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -53,8 +53,8 @@ def model_dir(trained_run, tmp_path_factory):
 @pytest.fixture(scope="session")
 def other_model_dir(tmp_path_factory):
     """An untrained tiny model with other weights, exported to ONNX only: 'another model'."""
-    from train.config import get_preset
-    from train.models import build_views
+    from facesearch.train.config import get_preset
+    from facesearch.train.models import build_views
 
     root = tmp_path_factory.mktemp("other")
     views = build_views(get_preset("tiny"), num_classes=3)

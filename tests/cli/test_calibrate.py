@@ -12,8 +12,8 @@ import shutil
 import pytest
 from clitools import ENROLLED, STRANGERS, invoke, invoke_json
 
-from index.calibration import Calibration
-from train.synthetic import make_synthetic_faces
+from facesearch.index.calibration import Calibration
+from facesearch.train.synthetic import make_synthetic_faces
 
 CALIBRATION_PEOPLE = 60
 

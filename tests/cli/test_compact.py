@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 from clitools import invoke, invoke_json
 
-from embedder.core.model_card import ModelCard
-from index import GalleryIndex, IndexWriter
-from index.store import Photo
+from facesearch.embedder.core.model_card import ModelCard
+from facesearch.index import GalleryIndex, IndexWriter
+from facesearch.index.store import Photo
 
 CARD = ModelCard(name="fake-vectors", input_height=8, input_width=8, embedding_size=8, alignment_template="none")
 

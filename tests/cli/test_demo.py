@@ -13,7 +13,7 @@ import shutil
 import pytest
 from clitools import ENROLLED, STRANGERS, invoke
 
-from cli import demo
+from facesearch.cli import demo
 
 
 @pytest.mark.quality

@@ -7,8 +7,8 @@ import pytest
 from clitools import ENROLLED, invoke, invoke_json
 from real_photos import UNREADABLE, WITH_FACE, WITHOUT_FACE, make_real_gallery
 
-from embedder.core.model_card import ModelCard, sha256_file
-from embedder.embedding_shards import load_shards, open_shards
+from facesearch.embedder.core.model_card import ModelCard, sha256_file
+from facesearch.embedder.embedding_shards import load_shards, open_shards
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -16,7 +16,7 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def test_embed_writes_one_row_per_photo_with_the_embedders_vector(faces, model_dir, tmp_path):
-    from embedder.runtime import Embedder
+    from facesearch.embedder.runtime import Embedder
 
     out = tmp_path / "shards"
     report = invoke_json("embed", "--aligned", faces / "gallery", "--model", model_dir, "--out", out)
@@ -50,8 +50,8 @@ def real_gallery(tmp_path_factory):
 
 
 def test_embed_real_photos_counts_and_lists_what_it_could_not_use(real_gallery, model_dir, tmp_path):
-    from embedder.images import read_image
-    from embedder.runtime import Embedder
+    from facesearch.embedder.images import read_image
+    from facesearch.embedder.runtime import Embedder
 
     out = tmp_path / "shards"
     report = invoke_json("embed", real_gallery, "--model", model_dir, "--out", out, "--faces", "all",

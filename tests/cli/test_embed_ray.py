@@ -10,7 +10,7 @@ import pytest
 from clitools import invoke_json
 from real_photos import UNREADABLE, WITHOUT_FACE, make_real_gallery
 
-from embedder.embedding_shards import load_shards, open_shards
+from facesearch.embedder.embedding_shards import load_shards, open_shards
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +49,8 @@ def test_ray_engine_writes_what_the_local_engine_writes(real_gallery, model_dir,
 
 
 def test_an_actor_keeps_going_when_a_photo_breaks_it(real_gallery, model_dir):
-    from embedder.distributed import EmbedderSpec, PhotoEmbedder, decode_results
-    from embedder.embedding_job import PhotoOutcome
+    from facesearch.embedder.distributed import EmbedderSpec, PhotoEmbedder, decode_results
+    from facesearch.embedder.embedding_job import PhotoOutcome
 
     actor = PhotoEmbedder(EmbedderSpec(str(model_dir)), str(real_gallery), "largest", 4)  # as Ray builds it
 

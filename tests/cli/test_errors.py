@@ -105,7 +105,7 @@ def test_no_model_anywhere(gallery, tmp_path, monkeypatch):
     monkeypatch.delenv("FACESEARCH_MODEL", raising=False)
     # No default model in the cache, and none to convert: its weight package "is not installed".
     monkeypatch.setenv("FACESEARCH_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr("embedder.dlib.weights.WEIGHTS_PACKAGES", ("no_such_package",))
+    monkeypatch.setattr("facesearch.embedder.dlib.weights.WEIGHTS_PACKAGES", ("no_such_package",))
     _fails("build-index", "--aligned", gallery, "--index", tmp_path / "i", match="no model given")
 
 

@@ -28,8 +28,8 @@ def own_model(model_dir, tmp_path):
 
 
 def _reference_scores(model, lfw):
-    from embedder.evaluation.lfw import read_pairs
-    from embedder.runtime import Embedder
+    from facesearch.embedder.evaluation.lfw import read_pairs
+    from facesearch.embedder.runtime import Embedder
 
     embedder = Embedder(model, aligned=True)
     pl = read_pairs(lfw / "pairs.txt")
@@ -39,7 +39,7 @@ def _reference_scores(model, lfw):
 
 @pytest.mark.quality
 def test_eval_lfw_matches_a_reference_and_calibrates_the_card(fake_lfw, own_model, tmp_path):
-    from embedder.evaluation.metrics import verify_pairs
+    from facesearch.embedder.evaluation.metrics import verify_pairs
 
     card_before = json.loads((own_model / "model_card.json").read_text())
     roc = tmp_path / "roc.png"
@@ -106,8 +106,8 @@ def test_eval_lfw_errors(fake_lfw, model_dir, tmp_path, monkeypatch):
 
 @pytest.mark.quality
 def test_calibrated_threshold_is_what_query_uses(faces, own_model, tmp_path):
-    from embedder.core.model_card import ModelCard
-    from embedder.evaluation.verification import calibrate_card
+    from facesearch.embedder.core.model_card import ModelCard
+    from facesearch.embedder.evaluation.verification import calibrate_card
 
     index = tmp_path / "index"
     invoke_json("build-index", "--aligned", faces / "gallery", "--model", own_model, "--index", index)
@@ -122,7 +122,7 @@ def test_calibrated_threshold_is_what_query_uses(faces, own_model, tmp_path):
 
 
 def test_eval_identify_matches_a_brute_force_reference(faces, model_dir):
-    from embedder.runtime import Embedder
+    from facesearch.embedder.runtime import Embedder
 
     result = invoke_json("eval", "identify", "--gallery", faces / "gallery", "--probes", faces / "probes",
                          "--model", model_dir, "--aligned")

@@ -63,7 +63,7 @@ def test_updates_mirror_the_shards_and_keep_unchanged_segments(shards, tmp_path)
     m = json.loads((index / "manifest.json").read_text())
     assert [s["number"] for s in m["segments"]] == [s["number"] for s in first]  # no segment rewritten
     assert m["tombstones"]["count"] == 1
-    with __import__("index").GalleryIndex.open(index) as g:
+    with __import__("facesearch.index", fromlist=["GalleryIndex"]).GalleryIndex.open(index) as g:
         assert "renamed" in {name for name, _, _ in g.store.identities()}
 
 

@@ -55,7 +55,7 @@ def test_query_finds_the_right_identity_for_held_out_faces(faces, index_dir):
 
 
 def test_query_scores_match_a_brute_force_reference(faces, index_dir, model_dir):
-    from embedder.runtime import Embedder
+    from facesearch.embedder.runtime import Embedder
 
     embedder = Embedder(model_dir, aligned=True)
     gallery = sorted((faces / "gallery").glob("*/*.png"))

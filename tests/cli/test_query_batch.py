@@ -137,13 +137,13 @@ def test_query_embeddings_does_no_image_work(faces, model_dir, index, tmp_path):
     invoke_json("embed", "--aligned", faces / "probes" / "id_03", "--model", model_dir, "--out", tmp_path / "s")
     script = textwrap.dedent(f"""
         import sys
-        from cli.main import app
+        from facesearch.cli.main import app
         try:
             app(["query", "--embeddings", {str(tmp_path / "s" / "part-00000.parquet")!r}, "--index", {str(index)!r},
                  "--jsonl"])
         except SystemExit as e:
             assert not e.code, e.code
-        loaded = sorted(m for m in sys.modules if m in ("embedder.runtime", "embedder.detect", "onnxruntime",
+        loaded = sorted(m for m in sys.modules if m in ("facesearch.embedder.runtime", "facesearch.embedder.detect", "onnxruntime",
                                                         "tensorflow"))
         print("LOADED", loaded)
     """)

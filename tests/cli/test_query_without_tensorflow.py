@@ -17,7 +17,7 @@ def test_query_never_imports_tensorflow(faces, model_dir, tmp_path, without_tens
     # 1. In a fresh interpreter: run the command, then look at what was imported.
     script = textwrap.dedent(f"""
         import sys
-        from cli.main import app
+        from facesearch.cli.main import app
         try:
             app(["query", "--aligned", {str(probe)!r}, "--index", {str(index)!r}, "--json"])
         except SystemExit as e:

@@ -9,7 +9,7 @@ import shutil
 import pytest
 from clitools import invoke, invoke_json
 
-from train.synthetic import make_synthetic_faces
+from facesearch.train.synthetic import make_synthetic_faces
 
 
 def _fails(*args, match):

@@ -23,7 +23,7 @@ def installed_default_model(tmp_path_factory):
     from dlib_fixtures import weights_file
     from typer.testing import CliRunner
 
-    from cli.main import app
+    from facesearch.cli.main import app
 
     weights_file()
     root = tmp_path_factory.mktemp("cache")

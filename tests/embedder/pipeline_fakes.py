@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from embedder.core.errors import ImageReadError
-from embedder.core.model_card import ModelCard, sha256_file
+from facesearch.embedder.core.errors import ImageReadError
+from facesearch.embedder.core.model_card import ModelCard, sha256_file
 
 SIZE, DIM = 8, 6
 

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from embedder.align import (
+from facesearch.embedder.align import (
     ARCFACE_112X112,
     SPHEREFACE_112X96,
     TEMPLATES,
@@ -17,7 +17,7 @@ from embedder.align import (
     similarity_transform,
     warp_affine,
 )
-from embedder.core.errors import ModelSpecError
+from facesearch.embedder.core.errors import ModelSpecError
 
 
 def test_similarity_transform_matches_a_hand_worked_least_squares_case():

@@ -11,8 +11,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from embedder.detect.cascade import Detector, DetectorConfig, crop_and_resize, nms, pyramid_scales, resize_area
-from embedder.images import read_image
+from facesearch.embedder.detect.cascade import (
+    Detector,
+    DetectorConfig,
+    crop_and_resize,
+    nms,
+    pyramid_scales,
+    resize_area,
+)
+from facesearch.embedder.images import read_image
 
 LFW = Path(os.environ.get("FACESEARCH_LFW", Path(__file__).parents[3] / "shared" / "lfw"))
 LFW_IMAGES = LFW / "images_deepfunneled"
@@ -89,7 +96,7 @@ def test_onnx_nets_match_the_keras_nets_of_the_mtcnn_package():
     from mtcnn.network.pnet import PNet
     from mtcnn.network.rnet import RNet
 
-    from embedder.detect.nets import load_weights
+    from facesearch.embedder.detect.nets import load_weights
 
     det = Detector()
     rng = np.random.default_rng(0)
@@ -191,8 +198,8 @@ def test_detection_never_imports_tensorflow(without_tensorflow):
         import sys
         import numpy as np
         from pathlib import Path
-        from embedder.detect import Detector
-        from embedder.images import read_image
+        from facesearch.embedder.detect import Detector
+        from facesearch.embedder.images import read_image
         image = read_image({str(photo)!r}) if Path({str(photo)!r}).is_file() else np.zeros((80, 80, 3), np.uint8)
         faces = Detector().detect(image)
         print("FACES", len(faces), sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "mtcnn")))

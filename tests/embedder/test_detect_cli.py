@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from cli.main import app
-from embedder.core.model_card import ModelCard, sha256_file
+from facesearch.cli.main import app
+from facesearch.embedder.core.model_card import ModelCard, sha256_file
 
 LFW = Path(os.environ.get("FACESEARCH_LFW", Path(__file__).parents[3] / "shared" / "lfw"))
 LFW_IMAGES = LFW / "images_deepfunneled"
@@ -106,7 +106,7 @@ def index_dir(photos, model_dir, tmp_path_factory):
 
 
 def test_build_index_embeds_grey_rgba_and_exif_rotated_photos_alike(index_dir, model_dir, photos):
-    from embedder.runtime import Embedder
+    from facesearch.embedder.runtime import Embedder
 
     embedder = Embedder(model_dir)
     crops = {p.name: embedder.faces(p) for p in (photos / "gallery" / "bush").iterdir()}
@@ -174,8 +174,8 @@ def test_query_on_raw_photos_never_imports_tensorflow(photos, index_dir, without
 
 
 def test_a_template_of_another_size_than_the_model_input_is_refused(tmp_path):
-    from embedder.core.errors import ModelSpecError
-    from embedder.runtime import Embedder
+    from facesearch.embedder.core.errors import ModelSpecError
+    from facesearch.embedder.runtime import Embedder
 
     model = _projection_model(tmp_path / "m", template="sphereface-112x96")
     with pytest.raises(ModelSpecError, match="112x112 inputs but its alignment template 'sphereface-112x96'"):

@@ -8,16 +8,16 @@ from dlib_fixtures import weights_file
 
 skimage_data = pytest.importorskip("skimage.data", reason="scikit-image ships the photos: pip install scikit-image")
 
-from embedder.align import ARCFACE_112X112, DLIB_150  # noqa: E402
-from embedder.crop import crop_face, crop_faces  # noqa: E402
-from embedder.detect import Detector  # noqa: E402
-from embedder.dlib.landmarks import dlib_rect  # noqa: E402
+from facesearch.embedder.align import ARCFACE_112X112, DLIB_150  # noqa: E402
+from facesearch.embedder.crop import crop_face, crop_faces  # noqa: E402
+from facesearch.embedder.detect import Detector  # noqa: E402
+from facesearch.embedder.dlib.landmarks import dlib_rect  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def predictor():
     weights_file()
-    from embedder.dlib.shape_predictor import read_shape_predictor
+    from facesearch.embedder.dlib.shape_predictor import read_shape_predictor
 
     return read_shape_predictor()
 

@@ -11,8 +11,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from dlib_fixtures import dlib_faces  # noqa: E402
 
-from embedder.align import get_template  # noqa: E402
-from embedder.dlib.chip import DLIB_150, chip_to_image, dlib_template_points, extract_dlib_chip  # noqa: E402
+from facesearch.embedder.align import get_template  # noqa: E402
+from facesearch.embedder.dlib.chip import DLIB_150, chip_to_image, dlib_template_points, extract_dlib_chip  # noqa: E402
 
 
 def test_template_points_in_the_chip():

@@ -12,9 +12,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from dlib_fixtures import weights_file  # noqa: E402
 
-from embedder.core.errors import ModelSpecError  # noqa: E402
-from embedder.core.model_card import sha256_file  # noqa: E402
-from embedder.dlib.weights import NUM_LAYERS, NUM_PARAMETERS, WEIGHTS_SHA256, _Reader, read_dlib_resnet  # noqa: E402
+from facesearch.embedder.core.errors import ModelSpecError  # noqa: E402
+from facesearch.embedder.core.model_card import sha256_file  # noqa: E402
+from facesearch.embedder.dlib.weights import NUM_LAYERS, NUM_PARAMETERS, WEIGHTS_SHA256, _Reader, read_dlib_resnet  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from dlib_fixtures import LFW, dlib_faces, dlib_module, weights_file  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
-from cli.main import app  # noqa: E402
-from embedder.core.errors import ModelSpecError  # noqa: E402
-from embedder.core.model_card import ModelCard  # noqa: E402
-from embedder.dlib.install import install_dlib_resnet  # noqa: E402
-from embedder.dlib.models import MODEL_NAME, installed_model_dir, model_dir  # noqa: E402
-from embedder.export.exporter import PARITY_MIN_COSINE, ExportReport, row_cosines  # noqa: E402
-from embedder.runtime import Embedder  # noqa: E402
+from facesearch.cli.main import app  # noqa: E402
+from facesearch.embedder.core.errors import ModelSpecError  # noqa: E402
+from facesearch.embedder.core.model_card import ModelCard  # noqa: E402
+from facesearch.embedder.dlib.install import install_dlib_resnet  # noqa: E402
+from facesearch.embedder.dlib.models import MODEL_NAME, installed_model_dir, model_dir  # noqa: E402
+from facesearch.embedder.export.exporter import PARITY_MIN_COSINE, ExportReport, row_cosines  # noqa: E402
+from facesearch.embedder.runtime import Embedder  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_damaged_weights_are_refused(tmp_path, monkeypatch):
 def test_without_tensorflow_the_error_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv("FACESEARCH_CACHE", str(tmp_path))
     monkeypatch.delenv("FACESEARCH_MODEL", raising=False)
-    monkeypatch.setitem(sys.modules, "embedder.dlib.keras_net", None)  # `import` now raises ImportError
+    monkeypatch.setitem(sys.modules, "facesearch.embedder.dlib.keras_net", None)  # `import` now raises ImportError
     (tmp_path / "photos").mkdir()
     r = CliRunner().invoke(app, ["build-index", str(tmp_path / "photos"), "--index", str(tmp_path / "i")])
     assert r.exit_code == 1, r.output

@@ -16,10 +16,10 @@ import keras  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 from dlib_fixtures import dlib_faces, dlib_module, weights_file  # noqa: E402
 
-from embedder.core.errors import ModelSpecError  # noqa: E402
-from embedder.dlib.keras_net import DlibAdd, build_dlib_resnet  # noqa: E402
-from embedder.dlib.weights import read_dlib_resnet  # noqa: E402
-from embedder.export.exporter import convert_to_onnx, row_cosines  # noqa: E402
+from facesearch.embedder.core.errors import ModelSpecError  # noqa: E402
+from facesearch.embedder.dlib.keras_net import DlibAdd, build_dlib_resnet  # noqa: E402
+from facesearch.embedder.dlib.weights import read_dlib_resnet  # noqa: E402
+from facesearch.embedder.export.exporter import convert_to_onnx, row_cosines  # noqa: E402
 
 
 def _dlib_add_reference(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -15,14 +15,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from dlib_fixtures import dlib_module, lfw_photos, weights_file  # noqa: E402
 
-from embedder.align import ARCFACE_112X112, DLIB_150, align_face  # noqa: E402
-from embedder.core.model_card import ModelCard, sha256_file  # noqa: E402
-from embedder.detect import Detector  # noqa: E402
-from embedder.dlib.chip import extract_dlib_chip  # noqa: E402
-from embedder.dlib.landmarks import align_dlib_face, dlib_landmarks, dlib_rect  # noqa: E402
-from embedder.dlib.shape_predictor import SHAPE_FILE  # noqa: E402
-from embedder.images import read_image  # noqa: E402
-from embedder.runtime import Embedder  # noqa: E402
+from facesearch.embedder.align import ARCFACE_112X112, DLIB_150, align_face  # noqa: E402
+from facesearch.embedder.core.model_card import ModelCard, sha256_file  # noqa: E402
+from facesearch.embedder.detect import Detector  # noqa: E402
+from facesearch.embedder.dlib.chip import extract_dlib_chip  # noqa: E402
+from facesearch.embedder.dlib.landmarks import align_dlib_face, dlib_landmarks, dlib_rect  # noqa: E402
+from facesearch.embedder.dlib.shape_predictor import SHAPE_FILE  # noqa: E402
+from facesearch.embedder.images import read_image  # noqa: E402
+from facesearch.embedder.runtime import Embedder  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ def test_embedder_cuts_dlibs_chip_for_dlib_150_only(tmp_path, lfw_faces):
 
 
 def test_import_parses_nothing_and_loads_no_tensorflow():
-    script = ("import sys, embedder.runtime, embedder.dlib.landmarks, embedder.dlib.shape_predictor as s\n"
+    script = ("import sys, facesearch.embedder.runtime, facesearch.embedder.dlib.landmarks, facesearch.embedder.dlib.shape_predictor as s\n"
               "print(s._load.cache_info().currsize, "
               "sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'dlib')))")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)

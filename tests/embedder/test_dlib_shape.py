@@ -12,9 +12,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from dlib_fixtures import dlib_module, lfw_photos, weights_file  # noqa: E402
 
-from embedder.core.errors import ModelSpecError  # noqa: E402
-from embedder.core.model_card import sha256_file  # noqa: E402
-from embedder.dlib.shape_predictor import (  # noqa: E402
+from facesearch.embedder.core.errors import ModelSpecError  # noqa: E402
+from facesearch.embedder.core.model_card import sha256_file  # noqa: E402
+from facesearch.embedder.dlib.shape_predictor import (  # noqa: E402
     SHAPE_FILE,
     SHAPE_SHA256,
     _int_stream,
@@ -22,7 +22,7 @@ from embedder.dlib.shape_predictor import (  # noqa: E402
     parse_shape_predictor,
     read_shape_predictor,
 )
-from embedder.dlib.weights import _Reader  # noqa: E402
+from facesearch.embedder.dlib.weights import _Reader  # noqa: E402
 
 
 def _encode_int(value: int) -> bytes:
@@ -90,7 +90,7 @@ def test_integer_stream_matches_the_scalar_reader():
 
 
 def test_integer_starts_shortcut_equals_the_walk(monkeypatch):
-    import embedder.dlib.shape_predictor as dlib_shape
+    import facesearch.embedder.dlib.shape_predictor as dlib_shape
 
     rng = np.random.default_rng(3)
     values = rng.integers(-2 ** 50, 2 ** 50, 20000) >> rng.integers(0, 50, 20000)  # 1 to 7 bytes each

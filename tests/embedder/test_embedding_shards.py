@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from embedder.core.errors import EmbeddingShardError, IndexMismatchError
-from embedder.core.model_card import ModelCard
-from embedder.embedding_shards import (
+from facesearch.embedder.core.errors import EmbeddingShardError, IndexMismatchError
+from facesearch.embedder.core.model_card import ModelCard
+from facesearch.embedder.embedding_shards import (
     FORMAT_VERSION,
     EmbeddingRows,
     ShardWriter,

@@ -24,14 +24,14 @@ import tensorflow as tf  # noqa: E402
 import tf2onnx  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from embedder.core.errors import ExportParityError, ModelSpecError  # noqa: E402
-from embedder.core.model_card import CARD_FILE, ModelCard, sha256_file  # noqa: E402
-from embedder.export import exporter, onnx_prelu  # noqa: E402
-from embedder.export.exporter import ExportReport, export_model, parity_inputs, row_cosines  # noqa: E402
-from embedder.export.onnx_prelu import fuse_prelu, rewrite_prelu  # noqa: E402
-from train.config import TrainConfig, get_preset  # noqa: E402
-from train.mobilefacenet import build_backbone  # noqa: E402
-from train.models import build_views, embedding_view, load_embedding_model  # noqa: E402
+from facesearch.embedder.core.errors import ExportParityError, ModelSpecError  # noqa: E402
+from facesearch.embedder.core.model_card import CARD_FILE, ModelCard, sha256_file  # noqa: E402
+from facesearch.embedder.export import exporter, onnx_prelu  # noqa: E402
+from facesearch.embedder.export.exporter import ExportReport, export_model, parity_inputs, row_cosines  # noqa: E402
+from facesearch.embedder.export.onnx_prelu import fuse_prelu, rewrite_prelu  # noqa: E402
+from facesearch.train.config import TrainConfig, get_preset  # noqa: E402
+from facesearch.train.mobilefacenet import build_backbone  # noqa: E402
+from facesearch.train.models import build_views, embedding_view, load_embedding_model  # noqa: E402
 
 H, W, DIM, CLASSES = 112, 96, 8, 5
 N_PRELU = 4
@@ -310,8 +310,8 @@ def test_conversion_does_not_depend_on_tf2onnx_name_counter(keras_embedder, monk
 def test_conversion_is_the_same_in_a_fresh_process(run_dir, keras_embedder):
     script = (
         "import hashlib, sys\n"
-        "from embedder.export.exporter import convert_to_onnx\n"
-        "from train.models import load_embedding_model\n"
+        "from facesearch.embedder.export.exporter import convert_to_onnx\n"
+        "from facesearch.train.models import load_embedding_model\n"
         "model, _ = load_embedding_model(sys.argv[1])\n"
         "print(hashlib.sha256(convert_to_onnx(model)[0].SerializeToString()).hexdigest())\n"
     )
@@ -471,7 +471,7 @@ def test_config_that_disagrees_with_the_model_is_refused(tmp_path):
 
 
 def test_tiny_mobilefacenet_training_model_exports_with_parity(tmp_path):
-    """The real backbone + ArcFace head from train.models, saved as a bare .keras file."""
+    """The real backbone + ArcFace head from facesearch.train.models, saved as a bare .keras file."""
     config = TrainConfig(**{**get_preset("tiny").to_dict(), "input_width": 112})  # template from the size
     keras.utils.set_random_seed(0)
     views = build_views(config, num_classes=7)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from embedder.evaluation.identification import identification_report, true_match_ranks
+from facesearch.embedder.evaluation.identification import identification_report, true_match_ranks
 
 GALLERY = {"A", "B", "C"}
 # probe identity, ranked gallery identities, their scores

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from embedder.core.errors import ImageReadError
-from embedder.images import read_image, resize
+from facesearch.embedder.core.errors import ImageReadError
+from facesearch.embedder.images import read_image, resize
 
 
 def _gradient(h=40, w=30):

@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedder.core.errors import DatasetError
-from embedder.evaluation.lfw import find_images_dir, read_pairs
-from embedder.evaluation.metrics import stratified_folds
+from facesearch.embedder.core.errors import DatasetError
+from facesearch.embedder.evaluation.lfw import find_images_dir, read_pairs
+from facesearch.embedder.evaluation.metrics import stratified_folds
 
 LFW = Path(os.environ.get("FACESEARCH_LFW", Path(__file__).parents[3] / "shared" / "lfw"))
 
@@ -80,7 +80,7 @@ def test_real_pairs_txt_follows_the_protocol():
 
 
 def test_locate_images_accepts_jpg_and_png_and_names_the_missing(tmp_path):
-    from embedder.evaluation.lfw import locate_images
+    from facesearch.embedder.evaluation.lfw import locate_images
 
     (tmp_path / "dev.txt").write_text("1\nA.J._Cook 1 2\nA.J._Cook 1 Bob 1\n")
     pl = read_pairs(tmp_path / "dev.txt")

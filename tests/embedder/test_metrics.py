@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from embedder.core.errors import DatasetError
-from embedder.evaluation.metrics import (
+from facesearch.embedder.core.errors import DatasetError
+from facesearch.embedder.evaluation.metrics import (
     best_threshold_accuracy,
     make_pairs,
     pair_scores,

@@ -17,10 +17,10 @@ pytest.importorskip("skimage", reason="scikit-image ships the photos: pip instal
 
 from pipeline_fakes import PicklableSource, real_gallery, write_linear_model, write_photos  # noqa: E402
 
-import embedder.pipeline as pipeline  # noqa: E402
-from embedder.align import DLIB_150  # noqa: E402
-from embedder.pipeline import embed_photos, worker_factory  # noqa: E402
-from embedder.runtime import Embedder  # noqa: E402
+import facesearch.embedder.pipeline as pipeline  # noqa: E402
+from facesearch.embedder.align import DLIB_150  # noqa: E402
+from facesearch.embedder.pipeline import embed_photos, worker_factory  # noqa: E402
+from facesearch.embedder.runtime import Embedder  # noqa: E402
 
 
 @pytest.fixture
@@ -60,7 +60,7 @@ def test_workers_give_what_one_process_gives_on_real_photos(tmp_path, any_job_si
 
 def test_sha256_is_of_the_file_read_once(tmp_path, any_job_size):
     paths = write_photos(tmp_path / "photos", 12)
-    from embedder.core.model_card import sha256_file
+    from facesearch.embedder.core.model_card import sha256_file
 
     results = _run(paths, PicklableSource(tmp_path), workers=2, batch_size=3)
     assert [r.sha256 for r in results] == [sha256_file(p) for p in paths]
@@ -144,7 +144,7 @@ def test_ctrl_c_stops_the_loop_and_its_workers(tmp_path):
     write_photos(tmp_path / "photos", 60)
     log = tmp_path / "pids"
     script = (
-        "import sys, embedder.pipeline as p\n"
+        "import sys, facesearch.embedder.pipeline as p\n"
         "from pathlib import Path\n"
         "from pipeline_fakes import PicklableSource\n"
         "p.MIN_PHOTOS_PER_PROCESS = 1\n"
@@ -172,7 +172,7 @@ def test_ctrl_c_stops_the_loop_and_its_workers(tmp_path):
 def test_detecting_several_photos_at_once_finds_what_one_at_a_time_finds():
     from skimage import data
 
-    from embedder.detect import Detector
+    from facesearch.embedder.detect import Detector
 
     photos = [data.astronaut(), np.repeat(data.camera()[..., None], 3, axis=2), data.coffee(), data.astronaut()[::2, ::2]]
     detector = Detector()
@@ -185,7 +185,7 @@ def test_detecting_several_photos_at_once_finds_what_one_at_a_time_finds():
 def test_a_large_jpeg_is_decoded_reduced_with_the_factors_to_full_size(tmp_path):
     from PIL import Image
 
-    from embedder.images import read_image, read_image_reduced
+    from facesearch.embedder.images import read_image, read_image_reduced
 
     pixels = np.random.default_rng(0).integers(0, 256, (1800, 2700, 3), dtype=np.uint8)
     exif = Image.Exif()

@@ -17,9 +17,9 @@ skimage_data = pytest.importorskip("skimage.data", reason="scikit-image ships th
 
 from dlib_fixtures import dlib_module, weights_file  # noqa: E402
 
-from embedder.align import ARCFACE_112X112, align_face, similarity_transform  # noqa: E402
-from embedder.detect import Detector  # noqa: E402
-from embedder.images import read_image  # noqa: E402
+from facesearch.embedder.align import ARCFACE_112X112, align_face, similarity_transform  # noqa: E402
+from facesearch.embedder.detect import Detector  # noqa: E402
+from facesearch.embedder.images import read_image  # noqa: E402
 
 ASTRONAUT = skimage_data.astronaut()  # (512, 512, 3) uint8
 EXIF_ORIENTATION = 0x0112
@@ -124,7 +124,7 @@ def test_alignment_carries_the_landmarks_to_the_template():
 def test_dlib_landmarks_port_matches_dlib_on_a_real_face():
     dlib = dlib_module()
     weights = weights_file()
-    from embedder.dlib.shape_predictor import load_shape_predictor
+    from facesearch.embedder.dlib.shape_predictor import load_shape_predictor
 
     rect = dlib.get_frontal_face_detector()(ASTRONAUT, 1)[0]
     reference = dlib.shape_predictor(str(weights.parent / "shape_predictor_5_face_landmarks.dat"))(ASTRONAUT, rect)
@@ -135,8 +135,8 @@ def test_dlib_landmarks_port_matches_dlib_on_a_real_face():
 def test_default_model_embeds_real_faces_as_dlib_does(installed_default_model, tmp_path, monkeypatch):
     dlib = dlib_module()
     weights = weights_file()
-    from embedder.dlib.models import installed_model_dir
-    from embedder.runtime import Embedder
+    from facesearch.embedder.dlib.models import installed_model_dir
+    from facesearch.embedder.runtime import Embedder
 
     monkeypatch.setenv("FACESEARCH_CACHE", str(installed_default_model[0]))
     embedder = Embedder(installed_model_dir())

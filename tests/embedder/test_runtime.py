@@ -6,9 +6,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from embedder.core.errors import ModelSpecError
-from embedder.core.model_card import ModelCard, sha256_file
-from embedder.runtime import Embedder
+from facesearch.embedder.core.errors import ModelSpecError
+from facesearch.embedder.core.model_card import ModelCard, sha256_file
+from facesearch.embedder.runtime import Embedder
 
 H, W, D = 8, 6, 5
 

@@ -11,9 +11,9 @@ import pytest
 from dlib_fixtures import weights_file
 from pipeline_fakes import write_linear_model
 
-from embedder.backend import openvino_installed, resolve_backend
-from embedder.core.derived import derived_path, load_derived
-from embedder.core.errors import ModelSpecError
+from facesearch.embedder.backend import openvino_installed, resolve_backend
+from facesearch.embedder.core.derived import derived_path, load_derived
+from facesearch.embedder.core.errors import ModelSpecError
 
 FIELDS = ("initial_shape", "idx1", "idx2", "thresh", "leaf_values", "anchor_idx", "deltas")
 
@@ -56,7 +56,7 @@ def test_an_unwritable_cache_costs_speed_not_the_result(tmp_path, monkeypatch):
 
 def test_shape_predictor_is_parsed_once_per_machine(cache, monkeypatch):
     weights_file()
-    import embedder.dlib.shape_predictor as sp
+    import facesearch.embedder.dlib.shape_predictor as sp
 
     parsed = sp.read_shape_predictor(cache=False)
     cached = sp.read_shape_predictor(cache=True)  # parses and writes the cache
@@ -73,15 +73,15 @@ def test_shape_predictor_is_parsed_once_per_machine(cache, monkeypatch):
 
 def test_a_warm_process_detects_without_importing_onnx(cache):
     skimage_data = pytest.importorskip("skimage.data", reason="scikit-image ships the photo")
-    from embedder.detect import Detector
-    from embedder.detect.nets import NETS
+    from facesearch.embedder.detect import Detector
+    from facesearch.embedder.detect.nets import NETS
 
     reference = Detector(backend="onnxruntime").detect_array(skimage_data.astronaut())  # builds the cache
     assert len(list((cache / "derived").glob("mtcnn-*.onnx"))) == len(NETS)
     script = ("import sys, numpy as np\n"
               "from skimage import data\n"
-              "from embedder.detect import Detector\n"
-              "from embedder.dlib.shape_predictor import load_shape_predictor\n"
+              "from facesearch.embedder.detect import Detector\n"
+              "from facesearch.embedder.dlib.shape_predictor import load_shape_predictor\n"
               "rows = Detector(backend='onnxruntime').detect_array(data.astronaut())\n"
               "load_shape_predictor()\n"
               "print(sorted(m for m in ('onnx', 'ml_dtypes', 'joblib') if m in sys.modules))\n"
@@ -108,8 +108,8 @@ def test_backend_choice(monkeypatch):
 @pytest.mark.skipif(not openvino_installed(), reason="the [openvino] extra is not installed")
 def test_openvino_gives_what_onnx_runtime_gives(tmp_path):
     skimage_data = pytest.importorskip("skimage.data", reason="scikit-image ships the photo")
-    from embedder.detect import Detector
-    from embedder.runtime import Embedder
+    from facesearch.embedder.detect import Detector
+    from facesearch.embedder.runtime import Embedder
 
     image = skimage_data.astronaut()
     ort_rows = Detector(backend="onnxruntime").detect_array(image)

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from embedder.core.errors import ImageReadError
-from embedder.core.model_card import ModelCard
+from facesearch.embedder.core.errors import ImageReadError
+from facesearch.embedder.core.model_card import ModelCard
 
 SIZE = 8  # the fake model's input size (and the size of generated photos)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from index_fakes import PixelEmbedder, bump_mtime, make_gallery, write_photo
 
-from index import GalleryIndex, build_index, identity_of
+from facesearch.index import GalleryIndex, build_index, identity_of
 
 
 def _contents(index_dir: Path) -> dict[str, tuple[str, int]]:

@@ -1,4 +1,4 @@
-"""The open-set estimator (index.calibration, index.decision) against loop-based references and hand-worked values."""
+"""The open-set estimator (facesearch.index.calibration, facesearch.index.decision) against loop-based references and hand-worked values."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from embedder.core.model_card import ModelCard
-from index import calibration as C
-from index.decision import Decision, decision_statistic, fuse_identity_scores, identity_templates
+from facesearch.embedder.core.model_card import ModelCard
+from facesearch.index import calibration as C
+from facesearch.index.decision import Decision, decision_statistic, fuse_identity_scores, identity_templates
 
 
 def unit(n: int, d: int, rng: np.random.Generator) -> np.ndarray:

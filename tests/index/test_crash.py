@@ -20,22 +20,22 @@ import numpy as np
 import pytest
 from index_fakes import PixelEmbedder, write_photo
 
-import index.generation
-import index.writer
-from index import GalleryIndex, IndexWriter, build_index
-from index.store import StoreWrite
+import facesearch.index.generation
+import facesearch.index.writer
+from facesearch.index import GalleryIndex, IndexWriter, build_index
+from facesearch.index.store import StoreWrite
 
 QUERY = np.random.default_rng(99).standard_normal((4, 16)).astype(np.float32)
 QUERY /= np.linalg.norm(QUERY, axis=1, keepdims=True)
 
 # The step to interrupt -> (module attribute patched, what the crashing run does).
 STEPS = {
-    "segment write": ("index.writer.write_segment", "build"),
-    "tombstone write": ("index.writer._write_ids", "build"),
-    "metadata update": ("index.store.StoreWrite.add_faces", "build"),
-    "manifest swap": ("index.generation.atomic_write_json", "build"),
-    "compaction segment": ("index.writer.write_segment", "compact"),
-    "compaction swap": ("index.generation.atomic_write_json", "compact"),
+    "segment write": ("facesearch.index.writer.write_segment", "build"),
+    "tombstone write": ("facesearch.index.writer._write_ids", "build"),
+    "metadata update": ("facesearch.index.store.StoreWrite.add_faces", "build"),
+    "manifest swap": ("facesearch.index.generation.atomic_write_json", "build"),
+    "compaction segment": ("facesearch.index.writer.write_segment", "compact"),
+    "compaction swap": ("facesearch.index.generation.atomic_write_json", "compact"),
 }
 
 
@@ -112,8 +112,8 @@ def test_exception_at_each_step_leaves_the_previous_state(tmp_path, gallery, mod
     before = snapshot(index_dir)
     after = _expected_after(tmp_path, gallery, index_dir, model_dir)
     module, name = target.rsplit(".", 1)
-    owner = StoreWrite if module == "index.store.StoreWrite" else {"index.writer": index.writer,
-                                                                    "index.generation": index.generation}[module]
+    owner = StoreWrite if module == "facesearch.index.store.StoreWrite" else {"facesearch.index.writer": facesearch.index.writer,
+                                                                    "facesearch.index.generation": facesearch.index.generation}[module]
     with monkeypatch.context() as m:
         m.setattr(owner, name, _crash)
         with pytest.raises(RuntimeError, match="simulated crash"):
@@ -124,12 +124,12 @@ def test_exception_at_each_step_leaves_the_previous_state(tmp_path, gallery, mod
 
 CRASH_SCRIPT = """
 import os, sys
-import index.generation, index.writer, index.store
+import facesearch.index.generation, facesearch.index.writer, facesearch.index.store
 from index_fakes import PixelEmbedder
-from index import IndexWriter, build_index
+from facesearch.index import IndexWriter, build_index
 target, action, gallery, idx, model_dir = sys.argv[1:6]
 module, name = target.rsplit(".", 1)
-owner = index.store.StoreWrite if module == "index.store.StoreWrite" else sys.modules[module]
+owner = facesearch.index.store.StoreWrite if module == "facesearch.index.store.StoreWrite" else sys.modules[module]
 real = getattr(owner, name)
 def die(*args, **kwargs):
     if name == "add_faces":  # die in the middle of the transaction, with rows already written
@@ -148,7 +148,7 @@ os._exit(0)
 @pytest.mark.parametrize("step", [*STEPS, "after the swap"])
 def test_killed_process_at_each_step(tmp_path, gallery, model_dir, index_dir, step):
     """A real crash: the writing process dies on the spot at each step (kill -9 has the same effect)."""
-    target, action = STEPS.get(step, ("index.generation.remove_stale", "build"))
+    target, action = STEPS.get(step, ("facesearch.index.generation.remove_stale", "build"))
     if action == "compact":
         build_index(gallery, index_dir, PixelEmbedder(model_dir))
     before = snapshot(index_dir)

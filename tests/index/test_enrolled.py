@@ -1,6 +1,6 @@
-"""What the service changes survives folder builds (index.enrolled): exclusions and enrolled photos.
+"""What the service changes survives folder builds (facesearch.index.enrolled): exclusions and enrolled photos.
 
-The service's writes are done here as the service does them (`index.service.writes`), with the
+The service's writes are done here as the service does them (`facesearch.service.writes`), with the
 writer API directly, so that every folder-build rule is checked without an HTTP server.
 """
 
@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from index_fakes import PixelEmbedder, bump_mtime, write_photo
 
-from embedder.core.errors import DatasetError
-from index import GalleryIndex, IndexWriter, build_index
-from index.enrolled import exclusion_of, find_face, plan_exclusions
-from index.photostore import PhotoStore, enrolled_path, sha256_bytes
-from index.store import Photo
+from facesearch.embedder.core.errors import DatasetError
+from facesearch.index import GalleryIndex, IndexWriter, build_index
+from facesearch.index.enrolled import exclusion_of, find_face, plan_exclusions
+from facesearch.index.photostore import PhotoStore, enrolled_path, sha256_bytes
+from facesearch.index.store import Photo
 
 
 def remove_identity_as_the_service_does(index_dir, embedder, identity: str) -> list[str]:
@@ -138,8 +138,8 @@ def test_a_face_removed_from_a_group_photo_stays_out_of_a_rebuild(tmp_path, mode
 
 
 def test_exclusion_plan_and_face_matching(tmp_path, gallery):
-    from index.scan import scan_folder
-    from index.store import Exclusion
+    from facesearch.index.scan import scan_folder
+    from facesearch.index.store import Exclusion
 
     files = scan_folder(gallery).files
     f = files[0]

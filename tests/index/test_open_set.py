@@ -12,18 +12,18 @@ import json
 import numpy as np
 import pytest
 
-from embedder.core.model_card import ModelCard
-from index import GalleryIndex, IndexWriter, search
-from index import calibration as C
-from index.open_set import (
+from facesearch.embedder.core.model_card import ModelCard
+from facesearch.index import GalleryIndex, IndexWriter, search
+from facesearch.index import calibration as C
+from facesearch.index.open_set import (
     Rule,
     calibrate_with_strangers,
     loio_samples,
 )
-from index.query import FaceSearcher
-from index.recalibration import recalibrate
-from index.search import rank_batch
-from index.store import Photo
+from facesearch.index.query import FaceSearcher
+from facesearch.index.recalibration import recalibrate
+from facesearch.index.search import rank_batch
+from facesearch.index.store import Photo
 
 D = 32
 CARD = ModelCard(name="fake-vectors", input_height=8, input_width=8, embedding_size=D, alignment_template="none")
@@ -144,7 +144,7 @@ def test_fpir_estimate_agrees_with_a_direct_measurement_on_known_strangers(tmp_p
 
 
 def test_recalibration_when_the_gallery_grows_or_shrinks(tmp_path, model_args, monkeypatch):
-    import index.open_set as open_set
+    import facesearch.index.open_set as open_set
 
     searched = []
     real = open_set.loio_samples
@@ -193,7 +193,7 @@ def read_calibration(index_dir) -> dict | None:
 
 
 def test_a_failed_calibration_keeps_the_write_and_the_previous_estimate(tmp_path, model_args, monkeypatch):
-    import index.open_set as open_set
+    import facesearch.index.open_set as open_set
 
     people, idx = People(5), tmp_path / "idx"
     build(idx, model_args, people, range(600))
@@ -286,7 +286,7 @@ def test_query_uses_the_stored_threshold_and_says_where_it_came_from(tmp_path, m
 def test_eval_identify_places_the_stored_threshold_on_the_fpir_fnir_curve(tmp_path, model_dir, rng):
     from index_fakes import TableEmbedder, write_photo
 
-    from index.evaluation import evaluate_identification
+    from facesearch.index.evaluation import evaluate_identification
 
     people = People(9)
     known, strangers = range(150), range(5000, 5300)

@@ -19,10 +19,10 @@ pytest.importorskip("skimage", reason="scikit-image ships the photos: pip instal
 
 from pipeline_fakes import PicklableSource, real_gallery, write_linear_model, write_photos  # noqa: E402
 
-import embedder.pipeline as pipeline  # noqa: E402
-from embedder.align import DLIB_150  # noqa: E402
-from embedder.runtime import Embedder  # noqa: E402
-from index import GalleryIndex, build_index  # noqa: E402
+import facesearch.embedder.pipeline as pipeline  # noqa: E402
+from facesearch.embedder.align import DLIB_150  # noqa: E402
+from facesearch.embedder.runtime import Embedder  # noqa: E402
+from facesearch.index import GalleryIndex, build_index  # noqa: E402
 
 
 def _contents(index_dir: Path) -> dict[tuple[str, int], tuple[str, tuple | None, np.ndarray]]:
@@ -62,9 +62,9 @@ def test_ctrl_c_during_a_parallel_build_leaves_the_previous_index(tmp_path):
     write_photos(photos / "more", 40, seed=1)
     log = tmp_path / "pids"
     script = (
-        "import embedder.pipeline as p\n"
+        "import facesearch.embedder.pipeline as p\n"
         "from pathlib import Path\n"
-        "from index import build_index\n"
+        "from facesearch.index import build_index\n"
         "from pipeline_fakes import PicklableSource\n"
         "p.MIN_PHOTOS_PER_PROCESS = 1\n"
         f"source = PicklableSource(Path({str(tmp_path)!r}), slow=0.2, log=Path({str(log)!r}))\n"

@@ -13,9 +13,15 @@ import numpy as np
 import pytest
 from index_fakes import PixelEmbedder, write_photo
 
-from embedder.core.errors import DatasetError, FaceSearchError, ImageReadError, IndexFormatError, IndexMismatchError
-from index import GalleryIndex, build_index
-from index.generation import build_lock
+from facesearch.embedder.core.errors import (
+    DatasetError,
+    FaceSearchError,
+    ImageReadError,
+    IndexFormatError,
+    IndexMismatchError,
+)
+from facesearch.index import GalleryIndex, build_index
+from facesearch.index.generation import build_lock
 
 QUERY = np.random.default_rng(99).standard_normal((4, 16)).astype(np.float32)
 
@@ -208,8 +214,8 @@ def test_damaged_index_is_a_format_error(tmp_path, gallery, embedder, damage, me
 
 
 def test_index_package_never_imports_tensorflow():
-    code = ("import sys, index, index.build, index.gallery, index.search, index.scan, index.store, "
-            "embedder.pipeline, index.generation, index.manifest\n"
+    code = ("import sys, facesearch.index, facesearch.index.build, facesearch.index.gallery, facesearch.index.search, facesearch.index.scan, facesearch.index.store, "
+            "facesearch.embedder.pipeline, facesearch.index.generation, facesearch.index.manifest\n"
             "assert not any(m.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx') for m in sys.modules), "
             "sorted(m for m in sys.modules if 'tensorflow' in m)[:5]\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

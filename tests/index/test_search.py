@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from index_fakes import PixelEmbedder, TableEmbedder, make_gallery, write_photo
 
-from embedder.core.errors import IndexMismatchError
-from index import GalleryIndex, build_index, rank_identities, search
+from facesearch.embedder.core.errors import IndexMismatchError
+from facesearch.index import GalleryIndex, build_index, rank_identities, search
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -13,10 +13,10 @@ import faiss
 import numpy as np
 import pytest
 
-from embedder.core.model_card import ModelCard
-from index import GalleryIndex, IndexWriter, build_index
-from index.store import Photo
-from index.writer import MERGE_FACTOR, plan_merge
+from facesearch.embedder.core.model_card import ModelCard
+from facesearch.index import GalleryIndex, IndexWriter, build_index
+from facesearch.index.store import Photo
+from facesearch.index.writer import MERGE_FACTOR, plan_merge
 
 D = 16
 CARD = ModelCard(name="fake-vectors", input_height=8, input_width=8, embedding_size=D, alignment_template="none")
@@ -122,8 +122,8 @@ def test_search_skips_removed_faces_with_few_left(tmp_path, writer_args):
 
 
 def test_merge_policy_levels():
-    from index.manifest import Manifest
-    from index.segments import SegmentInfo
+    from facesearch.index.manifest import Manifest
+    from facesearch.index.segments import SegmentInfo
 
     def manifest(counts):
         segments = [SegmentInfo(i, n, "float32", "flat") for i, n in enumerate(counts)]
@@ -249,7 +249,7 @@ def _write_old_format(idx, gallery, model_dir, card, paths, vectors) -> None:
         CREATE TABLE faces (id INTEGER PRIMARY KEY, path TEXT NOT NULL, face INTEGER NOT NULL,
             x1 REAL, y1 REAL, x2 REAL, y2 REAL);
         PRAGMA user_version=1;""")
-    from embedder.core.model_card import sha256_file
+    from facesearch.embedder.core.model_card import sha256_file
 
     for i, path in zip(ids, paths):
         st = (gallery / path).stat()
@@ -277,7 +277,7 @@ def clustered(rng: np.random.Generator, identities: int, per: int) -> np.ndarray
 
 @pytest.mark.parametrize("kind", ["hnsw", "ivf"])
 def test_approximate_segments_through_the_writer(tmp_path, writer_args, kind):
-    from index.manifest import IndexPolicy
+    from facesearch.index.manifest import IndexPolicy
 
     rng = np.random.default_rng(10)
     vectors = clustered(rng, 600, 5)

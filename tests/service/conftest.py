@@ -27,13 +27,13 @@ from servers import ThreadServer  # noqa: E402
 @pytest.fixture(scope="session")
 def default_model(tmp_path_factory) -> Path:
     """The default model's folder (dlib-resnet-v1)."""
-    from embedder.dlib.models import installed_model_dir
+    from facesearch.embedder.dlib.models import installed_model_dir
 
     if (installed := installed_model_dir()) is not None:
         return installed
     from typer.testing import CliRunner
 
-    from cli.main import app
+    from facesearch.cli.main import app
 
     cache = tmp_path_factory.mktemp("cache")
     with pytest.MonkeyPatch.context() as mp:
@@ -47,7 +47,7 @@ def default_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def embedder(default_model):
     """One Embedder for every in-process server (the model loads once per session)."""
-    from embedder.runtime import Embedder
+    from facesearch.embedder.runtime import Embedder
 
     return Embedder(default_model)
 
@@ -81,7 +81,7 @@ def gallery(photos, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def built_index(gallery, embedder, tmp_path_factory) -> Path:
-    from index import build_index
+    from facesearch.index import build_index
 
     idx = tmp_path_factory.mktemp("built") / "idx"
     build_index(gallery, idx, embedder)
@@ -98,7 +98,7 @@ def index_dir(built_index, tmp_path) -> Path:
 
 @pytest.fixture
 def config(index_dir, default_model):
-    from index.service import ServiceConfig
+    from facesearch.service import ServiceConfig
 
     return ServiceConfig(index_dir=str(index_dir), model_dir=str(default_model), write_wait=10.0,
                          reload_interval=0.2)

@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import uvicorn
 
-from index.service import create_app
-from index.service.service import FaceService
+from facesearch.service import create_app
+from facesearch.service.service import FaceService
 
 
 def client(url: str, key: str | None = None, timeout: float = 60.0) -> httpx.Client:

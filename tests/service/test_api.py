@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 from servers import ThreadServer
 
-from index import GalleryIndex
-from index.query import FaceSearcher
+from facesearch.index import GalleryIndex
+from facesearch.index.query import FaceSearcher
 
 
 def upload(path, field: str = "photo", content_type: str = "image/jpeg") -> dict:

@@ -8,9 +8,9 @@ import pytest
 from servers import ThreadServer, client
 from typer.testing import CliRunner
 
-from cli.main import app
-from index.service import ServiceConfigError, check_bind, read_api_keys
-from index.service.auth import key_matches
+from facesearch.cli.main import app
+from facesearch.service import ServiceConfigError, check_bind, read_api_keys
+from facesearch.service.auth import key_matches
 
 KEY = "k3y-for-the-tests-0123456789abcdef"
 ENDPOINTS = [("POST", "/v1/query"), ("POST", "/v1/verify"), ("POST", "/v1/identities/x/faces"),

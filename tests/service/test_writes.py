@@ -16,9 +16,9 @@ from PIL import Image
 from servers import ProcessServer, client
 from typer.testing import CliRunner
 
-from cli.main import app
-from index import GalleryIndex
-from index.photostore import PhotoStore
+from facesearch.cli.main import app
+from facesearch.index import GalleryIndex
+from facesearch.index.photostore import PhotoStore
 
 
 def upload(path, field="photos"):

@@ -7,7 +7,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
 
-from train.synthetic import make_synthetic_faces  # noqa: E402
+from facesearch.train.synthetic import make_synthetic_faces  # noqa: E402
 
 IDENTITIES = 20
 TRAIN_PER_IDENTITY = 30

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from train.arcface import ArcFace
+from facesearch.train.arcface import ArcFace
 
 S, M = 32.0, 0.5
 

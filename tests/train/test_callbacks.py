@@ -3,11 +3,11 @@
 import keras
 import numpy as np
 
-from embedder.evaluation.metrics import make_pairs, pair_scores, verify_pairs
-from train.callbacks import PairVerification
-from train.config import PRESETS
-from train.data import make_image_dataset, scan_training_folder
-from train.models import build_views
+from facesearch.embedder.evaluation.metrics import make_pairs, pair_scores, verify_pairs
+from facesearch.train.callbacks import PairVerification
+from facesearch.train.config import PRESETS
+from facesearch.train.data import make_image_dataset, scan_training_folder
+from facesearch.train.models import build_views
 
 TINY = PRESETS["tiny"]
 

@@ -1,6 +1,6 @@
 """Checkpoint names: stream positions that sort epochs and mid-epoch steps together."""
 
-from train.checkpoints import Position, latest_checkpoint, list_checkpoints, position_of
+from facesearch.train.checkpoints import Position, latest_checkpoint, list_checkpoints, position_of
 
 
 def test_names_round_trip_and_sort_by_stream_position(tmp_path):

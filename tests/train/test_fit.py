@@ -10,12 +10,12 @@ import keras
 import numpy as np
 import pytest
 
-from embedder.core.errors import DatasetError
-from embedder.evaluation.metrics import best_threshold_accuracy, make_pairs, pair_scores
-from train.config import PRESETS, TrainConfig
-from train.data import load_labels, make_image_dataset, scan_training_folder
-from train.fit import train
-from train.models import build_views, embedding_view, load_checkpoint
+from facesearch.embedder.core.errors import DatasetError
+from facesearch.embedder.evaluation.metrics import best_threshold_accuracy, make_pairs, pair_scores
+from facesearch.train.config import PRESETS, TrainConfig
+from facesearch.train.data import load_labels, make_image_dataset, scan_training_folder
+from facesearch.train.fit import train
+from facesearch.train.models import build_views, embedding_view, load_checkpoint
 
 TINY = PRESETS["tiny"]
 # Trained as the CLI tests and the demo train it: 8 epochs, by which the held-out accuracy has levelled
@@ -96,7 +96,7 @@ def test_tensorboard_logs(trained):
 
 
 def test_needs_two_identities(tmp_path):
-    from train.synthetic import make_synthetic_faces
+    from facesearch.train.synthetic import make_synthetic_faces
 
     make_synthetic_faces(tmp_path / "data", identities=1, per_identity=3)
     with pytest.raises(DatasetError, match="at least two"):
@@ -107,7 +107,7 @@ def test_needs_two_identities(tmp_path):
 
 @pytest.mark.slow
 def test_full_size_model_learns(tmp_path):
-    from train.synthetic import make_synthetic_faces
+    from facesearch.train.synthetic import make_synthetic_faces
 
     make_synthetic_faces(tmp_path / "data", identities=10, per_identity=20)
     config = dataclasses.replace(PRESETS["mobilefacenet"], batch_size=32, epochs=4, val_fraction=0.25)
@@ -117,7 +117,7 @@ def test_full_size_model_learns(tmp_path):
 
 
 def test_without_held_out_pairs_and_with_a_broken_file(tmp_path):
-    from train.synthetic import make_synthetic_faces
+    from facesearch.train.synthetic import make_synthetic_faces
 
     make_synthetic_faces(tmp_path / "data", identities=2, per_identity=4)
     broken = tmp_path / "data" / "id_01" / "999.png"

@@ -9,15 +9,15 @@ import keras
 import numpy as np
 import pytest
 
-from embedder.core.errors import DatasetError, ModelSpecError
-from embedder.evaluation.lfw import read_pairs
-from embedder.evaluation.metrics import pair_scores, verify_pairs
-from train.config import PRESETS
-from train.data import make_image_dataset
-from train.fit import train
-from train.models import embedding_view, load_checkpoint
-from train.precision import precision_policy
-from train.synthetic import make_synthetic_faces
+from facesearch.embedder.core.errors import DatasetError, ModelSpecError
+from facesearch.embedder.evaluation.lfw import read_pairs
+from facesearch.embedder.evaluation.metrics import pair_scores, verify_pairs
+from facesearch.train.config import PRESETS
+from facesearch.train.data import make_image_dataset
+from facesearch.train.fit import train
+from facesearch.train.models import embedding_view, load_checkpoint
+from facesearch.train.precision import precision_policy
+from facesearch.train.synthetic import make_synthetic_faces
 
 CONFIG = dataclasses.replace(PRESETS["tiny"], epochs=3, batch_size=8, val_fraction=0.0)
 

@@ -8,17 +8,17 @@ import keras
 import numpy as np
 import pytest
 
-from embedder.core.errors import ModelSpecError
-from train.config import PRESETS
-from train.fit import train
-from train.models import build_views, load_checkpoint
+from facesearch.embedder.core.errors import ModelSpecError
+from facesearch.train.config import PRESETS
+from facesearch.train.fit import train
+from facesearch.train.models import build_views, load_checkpoint
 
 CONFIG = dataclasses.replace(PRESETS["tiny"], epochs=2, batch_size=8, val_fraction=0.0)
 
 
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory):
-    from train.synthetic import make_synthetic_faces
+    from facesearch.train.synthetic import make_synthetic_faces
 
     root = tmp_path_factory.mktemp("small")
     make_synthetic_faces(root, identities=4, per_identity=6)  # 24 images, 3 steps per epoch
@@ -49,8 +49,8 @@ def test_resume_continues_steps_epochs_and_the_same_run(small_data, tmp_path):
 
 
 def test_resume_needs_a_checkpoint(small_data, tmp_path):
-    from embedder.core.errors import DatasetError
-    from train.data import save_labels
+    from facesearch.embedder.core.errors import DatasetError
+    from facesearch.train.data import save_labels
 
     CONFIG.save(tmp_path)
     save_labels(tmp_path / "labels.json", ["id_00", "id_01", "id_02", "id_03"])

@@ -5,10 +5,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from embedder.core.errors import DatasetError
-from train.config import PRESETS
-from train.data import load_labels
-from train.listfile import parse_list_file, remap_labels
+from facesearch.embedder.core.errors import DatasetError
+from facesearch.train.config import PRESETS
+from facesearch.train.data import load_labels
+from facesearch.train.listfile import parse_list_file, remap_labels
 
 
 def test_parse_list_file_remaps_labels_densely(tmp_path):
@@ -51,8 +51,8 @@ def test_missing_or_empty_list_file(tmp_path):
 
 
 def test_train_from_a_list_file_saves_the_label_mapping(tmp_path):
-    from train.fit import train
-    from train.synthetic import make_synthetic_faces
+    from facesearch.train.fit import train
+    from facesearch.train.synthetic import make_synthetic_faces
 
     paths = make_synthetic_faces(tmp_path / "images", identities=3, per_identity=4)
     # CASIA-style sparse integer labels: 10, 20, 30 -> 0, 1, 2.

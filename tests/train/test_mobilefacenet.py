@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from train.config import PRESETS
-from train.mobilefacenet import EMBEDDING_LAYER, IMAGE_INPUT, build_backbone
+from facesearch.train.config import PRESETS
+from facesearch.train.mobilefacenet import EMBEDDING_LAYER, IMAGE_INPUT, build_backbone
 
 TINY = PRESETS["tiny"]
 

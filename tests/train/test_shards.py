@@ -6,17 +6,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from embedder.core.errors import ModelSpecError
-from train.config import PRESETS
-from train.data import make_image_dataset, scan_training_folder
-from train.shards import load_shards, make_shard_train_dataset, read_val_shard, write_shards
+from facesearch.embedder.core.errors import ModelSpecError
+from facesearch.train.config import PRESETS
+from facesearch.train.data import make_image_dataset, scan_training_folder
+from facesearch.train.shards import load_shards, make_shard_train_dataset, read_val_shard, write_shards
 
 CONFIG = dataclasses.replace(PRESETS["tiny"], batch_size=8, flip=False)
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    from train.synthetic import make_synthetic_faces
+    from facesearch.train.synthetic import make_synthetic_faces
 
     root = tmp_path_factory.mktemp("faces")
     make_synthetic_faces(root, identities=4, per_identity=5)
@@ -76,7 +76,7 @@ def test_every_block_of_two_shares_an_identity(folder, tmp_path):
 
 
 def test_train_from_shards(folder, tmp_path):
-    from train.fit import train
+    from facesearch.train.fit import train
 
     write_shards(scan_training_folder(folder), tmp_path / "shards", val_fraction=0.25)
     config = dataclasses.replace(CONFIG, epochs=1, batch_size=4, val_pairs=10)

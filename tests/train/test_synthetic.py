@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from train.synthetic import make_synthetic_faces
+from facesearch.train.synthetic import make_synthetic_faces
 
 
 def pixels(path):

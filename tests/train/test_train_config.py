@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from embedder.core.errors import ModelSpecError
-from train.config import PRESETS, TrainConfig, get_preset
+from facesearch.embedder.core.errors import ModelSpecError
+from facesearch.train.config import PRESETS, TrainConfig, get_preset
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -74,7 +74,7 @@ def test_get_preset():
 
 
 def test_light_modules_do_not_import_tensorflow():
-    code = ("import sys, train, train.config, embedder.evaluation.metrics, train.synthetic; "
+    code = ("import sys, facesearch.train, facesearch.train.config, facesearch.embedder.evaluation.metrics, facesearch.train.synthetic; "
             "sys.exit('tensorflow' in sys.modules or 'keras' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from embedder.core.errors import DatasetError
-from train.config import PRESETS
-from train.data import (
+from facesearch.embedder.core.errors import DatasetError
+from facesearch.train.config import PRESETS
+from facesearch.train.data import (
     find_unreadable,
     load_labels,
     make_image_dataset,
@@ -138,7 +138,7 @@ def test_train_dataset_skips_unreadable_images(tmp_path):
 
 @pytest.mark.parametrize("cache", ["memory", "file"])
 def test_cached_stream_yields_the_same_images(tmp_path, cache):
-    from train.synthetic import make_synthetic_faces
+    from facesearch.train.synthetic import make_synthetic_faces
 
     make_synthetic_faces(tmp_path / "data", identities=3, per_identity=4)
     data = scan_training_folder(tmp_path / "data")

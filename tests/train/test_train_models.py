@@ -6,9 +6,9 @@ import keras
 import numpy as np
 import pytest
 
-from embedder.core.errors import ModelSpecError
-from train.config import PRESETS
-from train.models import build_views, embedding_view, load_checkpoint
+from facesearch.embedder.core.errors import ModelSpecError
+from facesearch.train.config import PRESETS
+from facesearch.train.models import build_views, embedding_view, load_checkpoint
 
 TINY = PRESETS["tiny"]
 CLASSES = 5

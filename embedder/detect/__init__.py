@@ -1,5 +1,0 @@
-"""Face detection: MTCNN's cascade on ONNX Runtime (`cascade`), its nets (`nets`), drawing (`draw`)."""
-
-from embedder.detect.cascade import Detection, Detector, DetectorConfig
-
-__all__ = ["Detection", "Detector", "DetectorConfig"]

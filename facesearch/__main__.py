@@ -1,0 +1,5 @@
+"""`python -m facesearch`: the command line."""
+
+from facesearch.cli.main import main
+
+main()

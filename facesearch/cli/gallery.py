@@ -1,0 +1,301 @@
+"""`facesearch build-index`, `query` and `detect`: the run-time commands (no TensorFlow).
+
+A model is needed only once it is installed (`facesearch.cli.models.resolve_model` converts the default
+model at first use, the one step that needs the [train] extra).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from facesearch.cli.options import (
+    AlignedOpt,
+    FaceThresholdOpt,
+    IndexOpt,
+    JsonOpt,
+    MinFaceOpt,
+    ModelOpt,
+    detector_config,
+    emit,
+    fpir_option,
+    friendly_errors,
+    index_dir,
+)
+from facesearch.embedder.core.constants import DEFAULT_BATCH_SIZE
+
+
+@friendly_errors
+def build_index(
+    directory: Annotated[Optional[Path], typer.Argument(help="Gallery folder: DIR/<identity>/*.jpg (or DIR/<identity>.jpg).", show_default=False)] = None,
+    model: ModelOpt = None,
+    index: IndexOpt = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = DEFAULT_BATCH_SIZE,
+    strict: Annotated[bool, typer.Option(help="Stop at the first unreadable file instead of skipping it.")] = False,
+    rebuild: Annotated[bool, typer.Option(help="Replace an index built with another model.")] = False,
+    faces: Annotated[str, typer.Option("--faces", help="Faces stored per photo: 'largest' or 'all'.")] = "largest",
+    aligned: AlignedOpt = False,
+    min_face_size: MinFaceOpt = None,
+    face_threshold: FaceThresholdOpt = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Processes reading, detecting and embedding photos (default: the cores available).")] = None,
+    from_embeddings: Annotated[Optional[Path], typer.Option("--from-embeddings", help="Fill the index from this embedding shard folder (`facesearch embed`) instead of photos: same mirror rules, nothing embedded.")] = None,
+    index_type: Annotated[Optional[str], typer.Option("--index-type", help="auto (by size), flat (exact), hnsw or ivf; a change rewrites the segments from their stored vectors (default: the index's, else auto).")] = None,
+    memory_budget: Annotated[Optional[str], typer.Option("--memory-budget", help="Memory the search structures may take, e.g. 8G (default: the index's, else a share of this machine's RAM).")] = None,
+    vector_dtype: Annotated[Optional[str], typer.Option("--vector-dtype", help="How the raw vectors kept beside the index are stored: float32 or float16 (new segments).")] = None,
+    target_recall: Annotated[Optional[float], typer.Option("--target-recall", min=0.5, max=1.0, help="Recall@10 against exact search that approximate segments are tuned to at build (default: the index's, else 0.99).")] = None,
+    fpir: fpir_option("False-positive identification rate the index's 'unknown' threshold is calibrated for, from the gallery itself (default: the stored one, else 0.01).") = None,
+    json_out: JsonOpt = False,
+):
+    """Embed a folder of faces into an index; run again to add what is new and drop what is gone."""
+    from facesearch.cli.output import format_build_report
+
+    if faces not in ("largest", "all"):
+        raise typer.BadParameter(f"expected 'largest' or 'all', got '{faces}'", param_hint="--faces")
+    if (directory is None) == (from_embeddings is None):
+        raise typer.BadParameter("pass a gallery folder or --from-embeddings SHARDS (one, not both)",
+                                 param_hint="DIRECTORY")
+    policy = index_policy(index_dir(index), index_type, memory_budget, vector_dtype, target_recall)
+    if from_embeddings is not None:
+        from facesearch.cli.progress import PhaseProgress
+        from facesearch.index.ingest import build_index_from_embeddings
+
+        with PhaseProgress(enabled=not json_out) as bar:
+            report = build_index_from_embeddings(from_embeddings, index_dir(index),
+                                                 model_dir=model_for_vectors(model, from_embeddings), rebuild=rebuild,
+                                                 policy=policy, fpir=fpir, progress=bar).to_dict()
+        emit(report | {"model": None, "model_dir": None, "faces_policy": None, "aligned": None}, json_out,
+             format_build_report)
+        return
+    report = run_build_index(directory, model=model, index=index_dir(index), batch_size=batch_size, policy=policy,
+                             strict=strict, rebuild=rebuild, progress=not json_out, faces=faces, aligned=aligned,
+                             min_face_size=min_face_size, face_threshold=face_threshold, workers=workers, fpir=fpir)
+    emit(report, json_out, format_build_report)
+
+
+@friendly_errors
+def query(
+    images: Annotated[Optional[list[Path]], typer.Argument(help="Photos of faces to look up, or folders of photos (the model and index load once).", show_default=False)] = None,
+    index: IndexOpt = None,
+    model: ModelOpt = None,
+    k: Annotated[int, typer.Option("-k", "--top-k", min=1, help="Identities to list.")] = 5,
+    threshold: Annotated[Optional[float], typer.Option(help="Best score below which the answer is 'unknown'; overrides --fpir and the index's calibrated threshold (default: the index's calibration, else the model card's).")] = None,
+    fpir: fpir_option("Answer at this false-positive identification rate, from the index's calibration (default: the rate it was calibrated for).") = None,
+    aligned: AlignedOpt = False,
+    min_face_size: MinFaceOpt = None,
+    face_threshold: FaceThresholdOpt = None,
+    embeddings: Annotated[Optional[Path], typer.Option("--embeddings", help="Answer each row of this Parquet file (column 'embedding', the index's model) instead of photos; no image is read.")] = None,
+    jsonl: Annotated[bool, typer.Option("--jsonl", help="Print one JSON object per photo (or --embeddings row) per line, in input order.")] = False,
+    json_out: JsonOpt = False,
+):
+    """Find the most likely identities for each face in IMAGES (one photo: exit 1 if it has none).
+
+    Several photos, a folder, --embeddings or --jsonl answer each input in turn: one that cannot be
+    answered gets an "error" instead, a count goes to stderr, and the exit code is 1 only if none
+    could be answered.
+    """
+    from facesearch.cli.output import format_query, format_query_lines
+
+    if embeddings is not None and images:
+        raise typer.BadParameter("pass photos or --embeddings FILE, not both", param_hint="IMAGES")
+    if embeddings is None and not images:
+        raise typer.BadParameter("pass a photo, several photos or folders, or --embeddings FILE", param_hint="IMAGES")
+    if jsonl and json_out:
+        raise typer.BadParameter("--json prints one object, --jsonl one per line: pass one of them", param_hint="--jsonl")
+    options = {"index": index_dir(index), "model": model, "k": k, "threshold": threshold, "aligned": aligned,
+               "min_face_size": min_face_size, "face_threshold": face_threshold, "fpir": fpir}
+    if embeddings is None and len(images) == 1 and not images[0].is_dir() and not jsonl:
+        emit(run_query(images[0], **options), json_out, format_query)  # one photo: as it always was
+        return
+    answers = run_query_batch(images or [], embeddings=embeddings, **options)
+    answered = failed = 0
+    collected = []
+    for answer in answers:
+        failed += "error" in answer
+        answered += "error" not in answer
+        if jsonl:
+            typer.echo(json.dumps(answer, sort_keys=True))  # as each comes: a long run streams
+        else:
+            collected.append(answer)
+    if json_out:
+        emit({"answered": answered, "failed": failed, "answers": collected}, True, str)
+    elif not jsonl:
+        typer.echo(format_query_lines(collected))
+    what = "rows" if embeddings is not None else "photos"
+    typer.echo(f"answered {answered} of {answered + failed} {what}" + (f"; {failed} could not be answered (see their "
+                                                                          "errors)" if failed else ""), err=True)
+    if not answered:
+        typer.echo(f"Error: none of the {failed} {what} could be answered", err=True)
+        raise typer.Exit(1)
+
+
+@friendly_errors
+def detect(
+    image: Annotated[Path, typer.Argument(help="A photo.")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write the photo with boxes and landmarks drawn (e.g. annotated.png).")] = None,
+    crops: Annotated[Optional[Path], typer.Option("--crops", help="Write each aligned face crop into this folder.")] = None,
+    model: Annotated[Optional[Path], typer.Option("--model", help="Align crops to this model's template (default $FACESEARCH_MODEL, else arcface-112x112).")] = None,
+    template: Annotated[Optional[str], typer.Option("--template", help="Alignment template: arcface-112x112, sphereface-112x96, ...")] = None,
+    min_face_size: MinFaceOpt = None,
+    face_threshold: FaceThresholdOpt = None,
+    json_out: JsonOpt = False,
+):
+    """Find every face in IMAGE: box, score and 5 landmarks; draw them and write aligned crops."""
+    from facesearch.cli.output import format_detect
+
+    answer = run_detect(image, out=out, crops=crops, model=model, template=template,
+                        min_face_size=min_face_size, face_threshold=face_threshold)
+    emit(answer, json_out, format_detect)
+
+
+def recorded_model(index: Path) -> Path | None:
+    """The model folder an existing index was built with, or None when there is no index yet."""
+    from facesearch.index import read_manifest
+
+    if not (index / "manifest.json").is_file():
+        return None
+    return Path(read_manifest(index).model_dir)
+
+
+def model_for_vectors(model: Path | None, shards: Path) -> Path | None:
+    """The model folder an index filled from shards records (where `query` finds the model for photos):
+    --model, else $FACESEARCH_MODEL, else the installed default model when it made the vectors;
+    None keeps the index's (or records the shard folder, whose card says which model to pass)."""
+    from facesearch.embedder.core.environment import model_from_environment
+    from facesearch.embedder.core.errors import ModelSpecError
+    from facesearch.embedder.core.model_card import ModelCard
+    from facesearch.embedder.dlib.models import installed_model_dir
+
+    if model is not None:
+        return model
+    try:
+        shard_card = ModelCard.load(shards)
+    except ModelSpecError:
+        return None  # not a shard folder: the ingest says so, with what to do
+    for candidate in (model_from_environment(), installed_model_dir()):
+        try:
+            if candidate is not None and ModelCard.load(candidate).same_model(shard_card):
+                return candidate
+        except ModelSpecError:
+            continue
+    return None
+
+
+def index_policy(index: Path, index_type: str | None, memory_budget: str | None, vector_dtype: str | None,
+                 target_recall: float | None = None):
+    """The index's policy with these options applied (None: keep the index's, or the defaults)."""
+    import dataclasses
+
+    from facesearch.cli.options import parse_bytes
+    from facesearch.embedder.core.errors import FaceSearchError
+    from facesearch.index.manifest import INDEX_TYPES, IndexPolicy, read_manifest
+    from facesearch.index.segments import VECTOR_DTYPES
+
+    if index_type is None and memory_budget is None and vector_dtype is None and target_recall is None:
+        return None
+    if index_type is not None and index_type not in INDEX_TYPES:
+        raise FaceSearchError(f"--index-type takes one of {', '.join(INDEX_TYPES)}, got '{index_type}'")
+    if vector_dtype is not None and vector_dtype not in VECTOR_DTYPES:
+        raise FaceSearchError(f"--vector-dtype takes one of {', '.join(VECTOR_DTYPES)}, got '{vector_dtype}'")
+    base = read_manifest(index).policy if (index / "manifest.json").is_file() else IndexPolicy()
+    changes = {"index_type": index_type, "vector_dtype": vector_dtype, "target_recall": target_recall,
+               "memory_budget": parse_bytes(memory_budget) if memory_budget is not None else None}
+    return dataclasses.replace(base, **{k: v for k, v in changes.items() if v is not None})
+
+
+def run_build_index(directory: Path, *, model: Path | None, index: Path, batch_size: int, strict: bool,
+                    rebuild: bool, progress: bool, faces: str = "largest", aligned: bool = False,
+                    min_face_size: int | None = None, face_threshold: float | None = None,
+                    workers: int | None = None, fpir: float | None = None, policy=None) -> dict:
+    """Build or update the index at `index` from `directory`; returns the build report."""
+    from facesearch.cli.models import embedder_for
+    from facesearch.cli.progress import PhaseProgress
+    from facesearch.index import build_index
+
+    embedder = embedder_for(model, recorded=recorded_model(index), aligned=aligned, min_face_size=min_face_size,
+                            face_threshold=face_threshold)
+    with PhaseProgress(enabled=progress) as bar:
+        report = build_index(directory, index, embedder, batch_size=batch_size, strict=strict,
+                             rebuild=rebuild, faces=faces, workers=workers, progress=bar, fpir=fpir, policy=policy)
+    return report.to_dict() | {"model": embedder.card.name, "model_dir": str(embedder.model_dir),
+                               "faces_policy": faces, "aligned": embedder.aligned}
+
+
+def run_query(image: Path, *, index: Path, model: Path | None, k: int, threshold: float | None,
+              aligned: bool = False, min_face_size: int | None = None, face_threshold: float | None = None,
+              fpir: float | None = None) -> dict:
+    """Answer every face in `image` with its top-k identities and a verdict (`facesearch.index.query.FaceSearcher`).
+
+    Raises:
+        NoFaceFoundError: the detector finds no face in `image`.
+    """
+    from facesearch.cli.models import embedder_for
+    from facesearch.index import GalleryIndex
+    from facesearch.index.query import FaceSearcher
+
+    with GalleryIndex.open(index) as gallery:
+        embedder = embedder_for(model, recorded=gallery.model_dir, aligned=aligned, min_face_size=min_face_size,
+                                face_threshold=face_threshold)
+        return FaceSearcher(gallery, embedder, fpir=fpir).answer_photo(image, k=k, threshold=threshold)
+
+
+def run_query_batch(images: list[Path], *, embeddings: Path | None, index: Path, model: Path | None, k: int,
+                    threshold: float | None, aligned: bool = False, min_face_size: int | None = None,
+                    face_threshold: float | None = None, fpir: float | None = None) -> Iterator[dict]:
+    """Answers for many photos (folders expanded, sorted) or for each row of `embeddings`, in input order.
+
+    The index and model load once. Photos: `FaceSearcher.answer_photos` (an "error" entry for a
+    photo without a face or unreadable). Rows: `FaceSearcher.answer_file`, no model run at all
+    (only its card is read, for the default threshold).
+
+    Raises:
+        EmbeddingShardError, IndexMismatchError: `embeddings` is refused (before any answer).
+    """
+    from facesearch.cli.models import embedder_for
+    from facesearch.index import GalleryIndex
+    from facesearch.index.query import FaceSearcher, photo_paths
+
+    with GalleryIndex.open(index) as gallery:
+        if embeddings is not None:
+            searcher = FaceSearcher(gallery, card=vector_card(model, gallery), fpir=fpir)
+            yield from searcher.answer_file(embeddings, k=k, threshold=threshold)
+            return
+        paths = photo_paths(images)
+        embedder = embedder_for(model, recorded=gallery.model_dir, aligned=aligned, min_face_size=min_face_size,
+                                face_threshold=face_threshold)
+        yield from FaceSearcher(gallery, embedder, fpir=fpir).answer_photos(paths, k=k, threshold=threshold)
+
+
+def vector_card(model: Path | None, gallery):
+    """The card whose thresholds answer ready-made vectors: --model's or $FACESEARCH_MODEL's, else the
+    index's model folder's (as a photo query would use), else the index's own copy."""
+    from facesearch.embedder.core.environment import model_from_environment
+    from facesearch.embedder.core.model_card import ModelCard
+
+    chosen = model if model is not None else model_from_environment()
+    if chosen is not None:
+        return ModelCard.load(chosen)
+    if gallery.model_dir.is_dir():
+        return ModelCard.load(gallery.model_dir)
+    return gallery.card
+
+
+def run_detect(image: Path, *, out: Path | None, crops: Path | None, model: Path | None, template: str | None,
+               min_face_size: int | None = None, face_threshold: float | None = None) -> dict:
+    """Detect and align every face of `image`; optionally draw them and write the aligned crops.
+
+    The template is --template, else the model card's (--model or $FACESEARCH_MODEL), else arcface-112x112.
+    """
+    from facesearch.cli.models import resolve_model
+    from facesearch.embedder.align import ARCFACE_112X112, PREALIGNED, get_template
+    from facesearch.embedder.core.environment import model_from_environment
+    from facesearch.embedder.core.model_card import ModelCard
+    from facesearch.embedder.crop import detect_photo
+
+    if template is None and (model is not None or model_from_environment() is not None):
+        template = ModelCard.load(resolve_model(model)).alignment_template
+    tmpl = get_template(template) if template and template not in PREALIGNED else ARCFACE_112X112
+    return detect_photo(image, detector_config(min_face_size, face_threshold), tmpl, annotated=out, crops=crops)

@@ -1,0 +1,88 @@
+"""What every command shares: option types, `Error: ...` handling, and printing JSON or text.
+
+Imports no other command module, so the command modules never import each other through it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from facesearch.embedder.core.errors import FaceSearchError
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of text.")]
+IndexOpt = Annotated[Optional[Path], typer.Option("--index", help="Index folder (default $FACESEARCH_INDEX or ./facesearch-index).")]
+ModelOpt = Annotated[Optional[Path], typer.Option("--model", help="Model folder made by `facesearch export` (default $FACESEARCH_MODEL, else the index's model, else dlib-resnet-v1).")]
+AlignedOpt = Annotated[bool, typer.Option("--aligned", help="Photos are already aligned face crops: skip detection, resize each whole photo.")]
+MinFaceOpt = Annotated[Optional[int], typer.Option("--min-face-size", min=4, help="Smallest face side to look for, in pixels (default 20).")]
+FaceThresholdOpt = Annotated[Optional[float], typer.Option("--face-threshold", min=0.0, max=1.0, help="Detector score a face needs (default 0.8).")]
+
+
+def friendly_errors(command: Callable) -> Callable:
+    """Turn a FaceSearchError into `Error: ...` on stderr and exit code 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except FaceSearchError as e:
+            typer.echo(f"Error: {e}", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def emit(result: dict, json_out: bool, text: Callable[[dict], str]) -> None:
+    """Print `result` as indented, key-sorted JSON, or as `text(result)`."""
+    typer.echo(json.dumps(result, indent=2, sort_keys=True) if json_out else text(result))
+
+
+def index_dir(index: Path | None) -> Path:
+    """--index, else $FACESEARCH_INDEX, else ./facesearch-index (read now, not at import)."""
+    from facesearch.embedder.core.environment import default_index_dir
+
+    return index if index is not None else default_index_dir()
+
+
+def detector_config(min_face_size: int | None = None, face_threshold: float | None = None):
+    """The detection options with the CLI's overrides (None keeps a default)."""
+    import dataclasses
+
+    from facesearch.embedder.detect import DetectorConfig
+
+    overrides = {k: v for k, v in {"min_face_size": min_face_size, "score_threshold": face_threshold}.items()
+                 if v is not None}
+    return dataclasses.replace(DetectorConfig(), **overrides)
+
+
+def parse_bytes(text: str) -> int:
+    """'8G', '512M', '1.5g', '1000000' -> bytes (powers of 1024 for K, M, G, T)."""
+    from facesearch.embedder.core.errors import FaceSearchError
+
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    value = text.strip().lower().removesuffix("b").removesuffix("i")
+    scale = units.get(value[-1:], 1)
+    try:
+        number = float(value[:-1] if value[-1:] in units else value)
+    except ValueError:
+        raise FaceSearchError(f"cannot read '{text}' as a size: use bytes or a number with K, M, G or T, e.g. 8G") \
+            from None
+    if number <= 0:
+        raise FaceSearchError(f"a memory budget must be positive, got '{text}'")
+    return int(number * scale)
+
+
+def _check_fpir(value: float | None) -> float | None:
+    if value is not None and not 0.0 < value < 1.0:
+        raise typer.BadParameter(f"expected a rate strictly between 0 and 1 (e.g. 0.01 for 1%), got {value:g}")
+    return value
+
+
+def fpir_option(help: str):
+    """The type of an `--fpir` option: a false-positive identification rate, strictly between 0 and 1."""
+    return Annotated[Optional[float], typer.Option("--fpir", callback=_check_fpir, help=help)]

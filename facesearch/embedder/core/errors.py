@@ -1,0 +1,66 @@
+"""The facesearch error hierarchy: one base class, one subclass per kind of failure."""
+
+
+class FaceSearchError(Exception):
+    """Base of every error facesearch raises on purpose; the CLI prints it as `Error: ...`."""
+
+
+class ImageReadError(FaceSearchError):
+    """A file could not be read as an image. `path` names the file."""
+
+    def __init__(self, path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"cannot read image '{self.path}': {reason}")
+
+
+class ModelSpecError(FaceSearchError):
+    """A model file or model card is missing, malformed or of an unsupported version."""
+
+
+class ExportParityError(FaceSearchError):
+    """An exported model does not reproduce the Keras model's embeddings."""
+
+
+class DatasetError(FaceSearchError):
+    """A training or gallery folder is missing, empty or malformed."""
+
+
+class IndexFormatError(FaceSearchError):
+    """An index directory is missing, damaged or of an unsupported format version."""
+
+
+class IndexMismatchError(FaceSearchError):
+    """An index was built with a different model than the one asked to use it."""
+
+
+class NoFaceFoundError(FaceSearchError):
+    """A photo that had to show a face shows none the detector can find. `path` names the photo."""
+
+    def __init__(self, path, hint: str = ""):
+        self.path = str(path)
+        super().__init__(f"no face found in '{self.path}'" + (f": {hint}" if hint else ""))
+
+
+class EmbeddingShardError(FaceSearchError):
+    """An embedding shard folder or file (`facesearch.embedder.embedding_shards`) is missing, malformed or holds a bad row.
+
+    `file` names the file at fault and `row` its 0-based row, where one row is to blame (else None).
+    """
+
+    def __init__(self, message: str, file=None, row: int | None = None):
+        self.file = None if file is None else str(file)
+        self.row = row
+        super().__init__(message)
+
+
+class EngineError(FaceSearchError):
+    """A distributed engine (Ray) is not installed, cannot be reached, or its job failed as a whole."""
+
+
+class AnnInputError(FaceSearchError, ValueError):
+    """Vectors, queries or arguments given to the vector search (`facesearch.index.ann`) are malformed."""
+
+
+class MemoryBudgetError(FaceSearchError):
+    """No index of the asked kind fits the memory budget."""

@@ -1,0 +1,216 @@
+"""Tuning a segment's search parameter on held-out rows: recall@k against exact search, doubling ladder
+then bisection."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+import faiss
+import numpy as np
+
+from facesearch.embedder.core.errors import AnnInputError
+from facesearch.index.ann.checks import (
+    CHUNK_ROWS,
+    check_positions,
+    check_queries,
+    check_vectors,
+    float32_rows,
+    insertion_order,
+    positive_int,
+)
+from facesearch.index.ann.searching import search
+from facesearch.index.ann.spec import IndexSpec
+
+log = logging.getLogger(__name__)
+
+EF_SEARCH_START = 16  # autofaiss's rule: efSearch from 16 upwards
+EF_SEARCH_MAX = 4096  # autofaiss tries up to 2^14; here 4096 already costs tens of ms at 1M
+SCORE_TOLERANCE = 1e-5  # a returned row scoring within this of the k-th exact score counts as found
+RERANK_MAX = 64  # lossy codes: candidates per wanted neighbour that tuning may raise re-ranking to
+PLATEAU = 0.002  # a doubling that gains less recall than this has stalled
+# Bisections between the rung that missed the target and the one that met it: the value lands within
+# 1/8 of a doubling of the smallest that meets it. At 1M faces (HNSW32) recall@10 was 0.989 at
+# efSearch 512, so the ladder alone took 1024 and doubled the query time for 0.001 of recall.
+REFINE_STEPS = 3
+
+
+def exact_knn(vectors: np.ndarray, queries: np.ndarray, k: int, *,
+              exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-k over stored vectors, read `CHUNK_ROWS` rows at a time.
+
+    Args:
+        vectors: `(n, d)` float16/float32/float64 (memmap fine), rows L2-normalised.
+        queries: `(m, d)` float.
+        k: neighbours wanted.
+        exclude: positions never returned (e.g. the held-out queries themselves).
+
+    Returns:
+        scores `(m, k)` float32 and positions `(m, k)` int64, best first (-inf / -1 padding).
+    """
+    n, d = check_vectors(vectors)
+    q = check_queries(queries, d)
+    k = positive_int("k", k)
+    skip = check_positions(exclude if exclude is not None else [], n, "exclude")
+    heap = faiss.ResultHeap(len(q), k, keep_max=True)
+    for start in range(0, n, CHUNK_ROWS):
+        stop = min(n, start + CHUNK_ROWS)
+        xb = float32_rows(vectors, slice(start, stop))
+        ids = np.arange(start, stop, dtype=np.int64)
+        keep = ~np.isin(ids, skip[(skip >= start) & (skip < stop)], assume_unique=True)
+        if not keep.all():
+            xb, ids = np.ascontiguousarray(xb[keep]), ids[keep]
+        if len(ids):
+            scores, at = faiss.knn(q, xb, min(k, len(ids)), metric=faiss.METRIC_INNER_PRODUCT)
+            heap.add_result(scores, np.where(at >= 0, ids[np.maximum(at, 0)], -1))
+    heap.finalize()
+    positions = heap.I.copy()
+    scores = np.where(positions >= 0, heap.D, -np.inf).astype(np.float32)
+    return scores, positions
+
+
+def recall_at(found: np.ndarray, queries: np.ndarray, vectors: np.ndarray, truth_scores: np.ndarray,
+              k: int) -> float:
+    """Share of the exact top-k that `found` holds, ties counted as found.
+
+    A returned position counts when its exact score reaches the k-th exact score (minus
+    `SCORE_TOLERANCE`), so equal vectors (the same photo twice) never count as misses.
+
+    Args:
+        found: `(m, >=k)` int64 positions from an approximate search (-1 for none).
+        queries: `(m, d)` float32.
+        vectors: the stored vectors.
+        truth_scores: `(m, >=k)` exact scores, best first (-inf padding when fewer exist).
+        k: the k of the recall.
+    """
+    found = found[:, :k]
+    valid = found >= 0
+    exact = np.full(found.shape, -np.inf, np.float32)
+    rows = np.asarray(vectors[found[valid]], dtype=np.float32)
+    exact[valid] = np.einsum("ij,ij->i", queries[np.nonzero(valid)[0]], rows)
+    wanted = np.isfinite(truth_scores[:, :k]).sum(axis=1)  # fewer than k rows may exist
+    kth = truth_scores[np.arange(len(found)), np.maximum(wanted - 1, 0)]
+    hits = np.minimum((valid & (exact >= kth[:, None] - SCORE_TOLERANCE)).sum(axis=1), wanted)
+    return float(hits.sum() / max(1, wanted.sum()))
+
+
+def ladder(spec: IndexSpec) -> list[int]:
+    """Values of the search parameter that tuning tries, doubling: efSearch 16..4096, nprobe 1..nlist."""
+    start, stop = (EF_SEARCH_START, EF_SEARCH_MAX) if spec.kind == "hnsw" else (1, spec.nlist)
+    values = []
+    value = start
+    while value < stop:
+        values.append(value)
+        value *= 2
+    return values + [stop]
+
+
+def tune(index: faiss.Index, spec: IndexSpec, vectors: np.ndarray, holdout: np.ndarray, *,
+         target_recall: float | None = None, k: int = 10, progress=None) -> IndexSpec:
+    """Raise efSearch / nprobe along a doubling ladder until recall@k reaches the target, then bisect.
+
+    Once a rung meets the target after the one below it missed, `REFINE_STEPS` bisections between
+    the two keep the smallest value that still meets it. For lossy codes (sq8, pq) the re-ranking
+    factor doubles too (up to `RERANK_MAX`) when the ladder stalls (a doubling gains less than
+    `PLATEAU`) or ends below the target.
+
+    The queries are the held-out rows `holdout` of the segment's own vectors, which the index
+    must not contain (build it with `build_segment_index(..., exclude=holdout)`; a query that is
+    itself in the index finds itself trivially, which would overstate recall). Recall is
+    measured on the full search path (filter-free, with re-ranking for lossy codes) against
+    exact search over the indexed rows. If even the last rung misses the target, the spec says
+    so (`target_met=False`, recall as measured there) and a warning is logged.
+
+    Args:
+        index: an HNSW or IVF index over every row except `holdout`.
+        spec: its spec.
+        vectors: the segment's `(n, d)` vectors (memmap fine).
+        holdout: positions of the query rows.
+        target_recall: recall@k to reach; None: `spec.target_recall`.
+        k: the k of the recall.
+        progress: called as `progress("tune", rung, rungs)`.
+
+    Returns:
+        `spec` with `ef_search`/`nprobe` (and `rerank`), `recall`, `recall_at_1`, `recall_k`,
+        `tune_sample`, `target_recall` and `target_met` set.
+
+    Raises:
+        AnnInputError: a flat spec, or an index that holds held-out rows or lacks others.
+    """
+    if spec.kind == "flat":
+        raise AnnInputError("a flat index is exact and has nothing to tune")
+    n, _ = check_vectors(vectors, spec.dim)
+    held = check_positions(holdout, n, "holdout")
+    k = positive_int("k", k)
+    target = spec.target_recall if target_recall is None else float(target_recall)
+    if not 0.0 < target <= 1.0:
+        raise AnnInputError(f"target_recall must be in (0, 1], got {target}")
+    if index.ntotal != n - held.size:
+        raise AnnInputError(f"the index holds {index.ntotal} rows; tuning needs the {n - held.size} rows "
+                            "outside the held-out sample: build with exclude=holdout")
+    rungs = ladder(spec)
+    if held.size == 0:  # too few rows to hold any out: search exhaustively rather than guess
+        log.warning("segment of %d rows too small to tune %s; using %s", n, spec.factory, rungs[-1])
+        return replace(spec.with_search(rungs[-1]), target_recall=target, recall_k=k, tune_sample=0,
+                       recall=None, recall_at_1=None, target_met=None)
+    queries = float32_rows(vectors, held)
+    order = insertion_order(n, held) if spec.kind == "hnsw" else None
+    truth, _ = exact_knn(vectors, queries, k, exclude=held)
+
+    def measure(trial: IndexSpec) -> tuple[float, np.ndarray]:
+        _, found = search(index, trial, queries, k, raw=vectors)
+        if order is not None:  # HNSW ids are insertion order until the held-out rows are added
+            found = np.where(found >= 0, order[np.maximum(found, 0)], -1)
+        return recall_at(found, queries, vectors, truth, k), found
+
+    step, trial, previous, missed = 0, spec, None, None
+    while True:
+        if progress:
+            progress("tune", step, len(rungs))
+        trial = trial.with_search(rungs[step])
+        recall, found = measure(trial)
+        if recall >= target:
+            break
+        # Lossy codes plateau below the target when too few candidates are re-ranked: more
+        # lists do not help then, more candidates do (PQ16, 100k rows: recall@10 0.84 with 8x
+        # candidates, 0.93 with 32x, at any nprobe from 128).
+        stalled = step == len(rungs) - 1 or (previous is not None and recall - previous < PLATEAU)
+        if spec.lossy and stalled and trial.rerank < RERANK_MAX:
+            trial, previous, missed = replace(trial, rerank=trial.rerank * 2), None, None
+            continue
+        if step == len(rungs) - 1:
+            break
+        step, previous, missed = step + 1, recall, rungs[step]
+    met = recall >= target
+    if met and missed is not None:
+        trial, recall, found = _bisect_down(measure, trial, recall, found, missed, target)
+    if not met:
+        log.warning("%s reached recall@%d %.4f < %.4f at %s=%d (rerank %d), the largest values tried",
+                    spec.factory, k, recall, target, spec.search_parameter[0], trial.search_parameter[1],
+                    trial.rerank)
+    if progress:
+        progress("tune", len(rungs), len(rungs))
+    return replace(trial, target_recall=target, recall=round(recall, 6),
+                   recall_at_1=round(recall_at(found, queries, vectors, truth, 1), 6),
+                   recall_k=k, tune_sample=int(held.size), target_met=met)
+
+
+def _bisect_down(measure, trial: IndexSpec, recall: float, found: np.ndarray, missed: int,
+                 target: float) -> tuple[IndexSpec, float, np.ndarray]:
+    """The smallest value in (`missed`, trial's value] meeting the target, by `REFINE_STEPS` bisections.
+
+    `missed` is a value that was measured below the target at trial's re-ranking; recall is taken
+    to rise with the search parameter, as it does for both HNSW and IVF.
+    """
+    low, high = missed, trial.search_parameter[1]
+    for _ in range(REFINE_STEPS):
+        middle = (low + high) // 2
+        if middle in (low, high):
+            break
+        candidate = trial.with_search(middle)
+        candidate_recall, candidate_found = measure(candidate)
+        if candidate_recall >= target:
+            high, trial, recall, found = middle, candidate, candidate_recall, candidate_found
+        else:
+            low = middle
+    return trial, recall, found

@@ -1,0 +1,277 @@
+"""Build or update a gallery index from a folder of `<identity>/<photo>` images.
+
+Incremental by default: only new or changed photos are read and embedded; photos whose size
+and mtime are unchanged are not read at all; a changed size or mtime with the same sha256 only
+refreshes the metadata; a photo moved or copied to another path keeps its stored vectors (and
+their ids). A commit writes only what changed: new vectors as a new segment, removed ones as
+tombstones, the changed metadata rows (see `facesearch.index.writer`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from facesearch.embedder.core.constants import DEFAULT_BATCH_SIZE, reader_threads
+from facesearch.embedder.core.errors import DatasetError, IndexFormatError
+from facesearch.embedder.core.model_card import sha256_file
+from facesearch.embedder.pipeline import FACE_POLICIES, build_settings, embed_photos
+from facesearch.index.enrolled import ExclusionPlan, carry_enrolled, plan_exclusions
+from facesearch.index.manifest import MANIFEST_FILE, IndexPolicy, read_manifest_data
+from facesearch.index.open_set import unchanged_calibration
+from facesearch.index.protocols import EmbedderLike, Progress
+from facesearch.index.scan import ScannedFile, plan_update, scan_folder
+from facesearch.index.store import Photo, StoredFace
+from facesearch.index.writer import IndexWriter
+
+
+@dataclass
+class BuildReport:
+    """What a build did. Photo counts satisfy
+    `total_files == added + updated + unchanged + len(skipped) + excluded`.
+
+    `added`/`updated`: new/changed photos read successfully this run (including those with no
+    face, and `reused` ones: content already indexed under another path, vectors kept).
+    `removed`: indexed photos no longer in the folder. `skipped`: unreadable photos, with the
+    reason; a changed photo that became unreadable loses its old vectors. `no_face`/`multi_face`:
+    among photos read this run. `ignored`: files without an image extension. `excluded`: folder
+    photos removed through the service and unchanged since, left out (`facesearch.index.enrolled`).
+    `enrolled`: photos enrolled through the service, embedded again from the photo store by a rebuild.
+    """
+
+    source_dir: str
+    index_dir: str
+    total_files: int = 0
+    added: int = 0
+    updated: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    no_face: int = 0
+    multi_face: int = 0
+    reused: int = 0
+    ignored: int = 0
+    calibration: dict | None = None  # what the build did about the open-set threshold (facesearch.index.open_set)
+    excluded: int = 0
+    enrolled: int = 0
+    vectors: int = 0
+    photos: int = 0
+    identities: int = 0
+    generation: int = 0
+    written: bool = False  # False when nothing changed and the index was left as it was
+    rebuilt: bool = False  # True when previous contents were discarded (rebuild, new face policy or crop method)
+    segments: int = 0  # segments of the index after the build
+    index_types: list[str] = field(default_factory=list)  # their kinds (flat, hnsw, ivf)
+    merged: list[int] = field(default_factory=list)  # segments merged after the commit
+    seconds: dict[str, float] = field(default_factory=lambda: {"scan": 0.0, "embed": 0.0, "save": 0.0})
+    images_per_second: float = 0.0  # photos read + embedded per second in the embed phase
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["skipped"] = [{"path": p, "reason": r} for p, r in self.skipped]
+        return d
+
+
+def build_index(source_dir: str | os.PathLike, index_dir: str | os.PathLike, embedder: EmbedderLike, *,
+                batch_size: int = DEFAULT_BATCH_SIZE, strict: bool = False, rebuild: bool = False, faces: str = "largest",
+                workers: int | None = None, progress: Progress | None = None,
+                policy: IndexPolicy | None = None, fpir: float | None = None) -> BuildReport:
+    """Create or update the index in `index_dir` from the photos in `source_dir`.
+
+    Args:
+        source_dir: folder of `<identity>/<photo>` images (identity rule: `facesearch.index.scan`).
+        index_dir: index directory; created if missing, updated in place (crash-safe) if present.
+        embedder: gives face crops of a photo and their embeddings (`facesearch.index.protocols.EmbedderLike`).
+        batch_size: photos read and embedded per batch.
+        strict: raise on the first unreadable photo instead of skipping it.
+        rebuild: discard the existing index (even one built by another model or damaged).
+        faces: "largest" keeps the largest face of each photo, "all" keeps every face.
+        workers: threads reading photos; default `embedder.core.constants.reader_threads()`.
+        progress: optional callback, see `facesearch.index.protocols.Progress`.
+        policy: index type, memory budget, raw vector dtype; None keeps the index's (or the defaults).
+            A new index type rewrites the segments from their stored vectors (no photo is embedded).
+        fpir: the false-positive identification rate the stored open-set threshold is for (None:
+            the stored calibration's, else 1%); see `facesearch.index.open_set`.
+
+    Returns:
+        A `BuildReport`.
+
+    Raises:
+        DatasetError: `source_dir` is missing, not a folder, has no images, or no face vector at
+            all could be made (the previous index is then left as it was).
+        ImageReadError: with `strict`, the first unreadable photo.
+        IndexMismatchError: the index was built with another model (pass `rebuild=True`).
+        IndexFormatError: the existing index is damaged (pass `rebuild=True`).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if faces not in FACE_POLICIES:
+        raise ValueError(f"faces must be one of {FACE_POLICIES}, got {faces!r}")
+    start = time.perf_counter()
+    index_dir = Path(index_dir).expanduser().resolve()
+    scan = scan_folder(source_dir)
+    report = BuildReport(str(scan.root), str(index_dir), total_files=len(scan.files), ignored=scan.ignored)
+    settings = build_settings(embedder, faces)
+    existed = (index_dir / MANIFEST_FILE).exists()
+    # A new face policy or crop method (e.g. --aligned, or a facesearch that aligns differently)
+    # changes every photo: embed them all again.
+    rebuild = rebuild or _settings_differ(index_dir, settings)
+    with IndexWriter.open(index_dir, card=embedder.card, model_dir=embedder.model_dir, source_dir=scan.root,
+                          build=settings, policy=policy, rebuild=rebuild) as writer:
+        report.rebuilt = existed and writer.fresh
+        retype = (policy is not None and not writer.fresh and policy.index_type != writer.manifest.policy.index_type)
+        # What the service changed survives: a rebuild embeds the enrolled photos again (facesearch.index.enrolled).
+        carried = carry_enrolled(index_dir, writer, embedder, workers=workers, batch_size=batch_size) \
+            if report.rebuilt else None
+        exclusions = plan_exclusions(scan.root, scan.files, carried.exclusions if carried else writer.exclusions())
+        if carried is not None:
+            report.enrolled, report.skipped = carried.photos, report.skipped + carried.lost
+        _update(scan.root, exclusions, writer, embedder, report, start, batch_size=batch_size, strict=strict,
+                faces=faces, workers=workers, progress=progress, carried=carried.faces if carried else 0)
+        writer.request_calibration(fpir)
+        t = time.perf_counter()
+        result = writer.commit()
+        if retype:
+            result = writer.compact(force=True)
+        report.seconds["save"] = time.perf_counter() - t
+        m = writer.manifest
+        report.written = result.written or retype
+        report.merged = result.merged
+        report.generation = m.generation
+        report.vectors, report.photos, report.identities = m.faces, m.photos, m.identities
+        report.segments, report.index_types = len(m.segments), [s.kind for s in m.segments]
+        report.calibration = result.calibration if result.written else unchanged_calibration(m.calibration)
+    return report
+
+
+def _update(root: Path, exclusions: ExclusionPlan, writer: IndexWriter, embedder: EmbedderLike, report: BuildReport,
+            start: float, *, batch_size: int, strict: bool, faces: str, workers: int | None,
+            progress: Progress | None, carried: int = 0) -> None:
+    """Stage in `writer` what makes the index mirror `exclusions.files`."""
+    files = exclusions.files
+    report.excluded = len(exclusions.excluded)
+    writer.lapse_exclusions(exclusions.lapsed)
+    indexed = {} if writer.fresh else writer.photos("folder")
+    plan = plan_update(files, indexed)
+    for f in plan.unchanged:
+        if indexed[f.path].identity != f.identity:  # the identity rule changed
+            writer.put_photo(_photo(f, indexed[f.path].sha256, indexed[f.path].n_faces))
+    to_embed = list(plan.new)
+    digests = _hash_files(plan.touched, root, workers, progress)
+    for f in plan.touched:
+        old = indexed[f.path]
+        if digests[f.path] == old.sha256:  # touched, same bytes: keep the vectors
+            writer.put_photo(_photo(f, old.sha256, old.n_faces))
+        else:
+            to_embed.append(f)
+    to_embed.sort(key=lambda f: f.path)
+    report.unchanged = len(files) - len(to_embed)
+    report.removed = len(plan.removed)
+    outgoing = plan.removed + [f.path for f in to_embed if f.path in indexed]
+    old_faces = writer.faces_of(outgoing) if outgoing else {}
+    writer.remove_photos(outgoing)
+    # Content already indexed under an outgoing path (a moved or renamed photo) keeps its vectors.
+    reusable = {indexed[p].sha256: p for p in outgoing}
+    report.seconds["scan"] = time.perf_counter() - start
+
+    t = time.perf_counter()
+    live = writer.manifest.faces - sum(len(v) for v in old_faces.values()) + carried
+    live += _embed(root, to_embed, writer, embedder, report, indexed, old_faces, reusable, exclusions,
+                   batch_size=batch_size, strict=strict, faces=faces, workers=workers, progress=progress)
+    report.seconds["embed"] = time.perf_counter() - t
+    report.images_per_second = len(to_embed) / report.seconds["embed"] if to_embed else 0.0
+    if live == 0:
+        raise DatasetError(_nothing_indexed(root, report))
+
+
+def _embed(root: Path, to_embed: list[ScannedFile], writer: IndexWriter, embedder: EmbedderLike,
+           report: BuildReport, indexed: dict[str, Photo], old_faces: dict[str, list[StoredFace]],
+           reusable: dict[str, str], exclusions: ExclusionPlan, *, batch_size: int, strict: bool, faces: str,
+           workers: int | None, progress: Progress | None) -> int:
+    """Read and embed `to_embed` into `writer`; returns the faces staged."""
+    staged = done = 0
+    if progress is not None and to_embed:
+        progress("embed", 0, len(to_embed))
+
+    def advance(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress is not None:
+            progress("embed", done, len(to_embed))
+
+    for batch in embed_photos([root / f.path for f in to_embed], embedder, batch_size=batch_size, policy=faces,
+                              reusable=frozenset(reusable), workers=workers, on_batch=advance):
+        for r in batch:
+            file = to_embed[r.position]
+            if r.error is not None:
+                if strict:
+                    raise r.error
+                report.skipped.append((file.path, r.error.reason))
+                continue
+            if file.path in indexed:
+                report.updated += 1
+            else:
+                report.added += 1
+            if r.reuse:
+                source = reusable[r.sha256]
+                kept = old_faces.get(source, [])
+                writer.keep_faces(_photo(file, r.sha256, indexed[source].n_faces), kept)
+                del old_faces[source]  # its ids now belong to this photo
+                report.reused += 1
+                n_faces, staged = indexed[source].n_faces, staged + len(kept)
+            else:
+                kept, vectors = exclusions.drop_faces(file.path, r.sha256, r.kept, r.vectors)
+                writer.add_photo(_photo(file, r.sha256, r.n_faces), kept, vectors)
+                n_faces, staged = r.n_faces, staged + len(kept)
+            report.no_face += n_faces == 0
+            report.multi_face += n_faces > 1
+    return staged
+
+
+def _hash_files(files: list[ScannedFile], root: Path, workers: int | None,
+                progress: Progress | None) -> dict[str, str | None]:
+    """sha256 of each file (None if it cannot be read: it will be re-embedded and skipped then)."""
+    def digest(f: ScannedFile) -> str | None:
+        try:
+            return sha256_file(root / f.path)
+        except OSError:
+            return None
+
+    out: dict[str, str | None] = {}
+    if not files:
+        return out
+    if progress is not None:
+        progress("hash", 0, len(files))
+    with ThreadPoolExecutor(max_workers=workers or reader_threads()) as pool:
+        for i, (f, sha) in enumerate(zip(files, pool.map(digest, files)), 1):
+            out[f.path] = sha
+            if progress is not None and (i % 64 == 0 or i == len(files)):
+                progress("hash", i, len(files))
+    return out
+
+
+def _photo(f: ScannedFile, sha256: str, n_faces: int) -> Photo:
+    return Photo(f.path, f.identity, f.size, f.mtime_ns, sha256, n_faces)
+
+
+def _settings_differ(index_dir: Path, settings: dict) -> bool:
+    try:
+        data = read_manifest_data(index_dir)
+    except IndexFormatError:
+        return False  # no index yet, or a damaged one: the writer says what to do
+    return isinstance(data, dict) and {"faces": "largest"} | dict(data.get("build") or {}) != settings
+
+
+def _nothing_indexed(root: Path, report: BuildReport) -> str:
+    parts = []
+    if report.skipped:
+        path, reason = report.skipped[0]
+        parts.append(f"{len(report.skipped)} unreadable (first: {path}: {reason})")
+    if report.no_face:
+        parts.append(f"{report.no_face} with no face")
+    why = ", ".join(parts) or "no photos left"
+    return (f"no face vectors could be made from the {report.total_files} images in '{root}': {why}; "
+            "nothing was written and any previous index is unchanged - fix or replace the photos and run again")

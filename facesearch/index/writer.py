@@ -1,0 +1,611 @@
+"""Writing an index: one writer at a time, every commit a new generation that costs what changed.
+
+`IndexWriter` is the only way anything changes an index (a folder build, an ingest of embedding
+shards, an enrolment through the service, a compaction). It holds the index's lock, stages
+changes, and `commit()` writes them in the order `facesearch.index.generation` describes: a new segment for
+the new vectors, a new tombstone file when faces were removed, the changed metadata rows (one
+SQLite transaction), then the manifest swap. Existing segments are never rewritten by a commit;
+merging them is a separate commit of its own (`merge`, chosen by `plan_merge`, or `compact`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from facesearch.embedder.core.errors import IndexFormatError
+from facesearch.embedder.core.model_card import ModelCard
+from facesearch.index.gallery import check_counts, read_tombstones
+from facesearch.index.generation import build_lock, commit
+from facesearch.index.manifest import (
+    MANIFEST_FILE,
+    IndexPolicy,
+    Manifest,
+    read_manifest,
+    read_manifest_data,
+    rebuild_hint,
+    tombstone_name,
+    utc_now,
+)
+from facesearch.index.segments import Segment, SegmentInfo, gather_vectors, write_segment
+from facesearch.index.store import Exclusion, IndexStore, Photo, StoredFace, StoreWrite, metadata_name
+
+# Merge policy (Lucene's log merge, by powers of ten of live rows): when one size level holds
+# MERGE_FACTOR segments they are merged into one of the next level, so a vector is rewritten
+# about log10(N) times over the life of an index, and a commit never rewrites a big segment for
+# a small one. A segment whose share of removed rows reaches DEAD_SHARE is rewritten without them.
+MERGE_FACTOR = 4
+DEAD_SHARE = 0.3
+# Segments smaller than this stay flat (exact) whatever the index type: an approximate structure
+# over a few hundred vectors saves nothing (and IVF cannot even train).
+MIN_APPROXIMATE = 1000
+
+
+@dataclass
+class CommitResult:
+    """What a commit did."""
+
+    generation: int
+    written: bool  # False when nothing had changed and no generation was written
+    faces: int = 0
+    photos: int = 0
+    identities: int = 0
+    vectors_added: int = 0  # new vectors, in a new segment
+    faces_removed: int = 0  # vectors newly tombstoned
+    merged: list[int] = field(default_factory=list)  # segments merged by the automatic merge that followed
+    seconds: dict[str, float] = field(default_factory=dict)
+    calibration: dict | None = None  # what the commit did about the open-set calibration (facesearch.index.open_set)
+
+
+class _Spool:
+    """New vectors of a generation, appended to a temporary file so a large ingest stays out of RAM."""
+
+    def __init__(self, folder: Path, number: int, dim: int):
+        self.path = folder / f".seg-{number:06d}.spool.tmp"
+        self.dim = dim
+        # One growing array, not an array per photo: those cost ~110 bytes each (1.1 GB at 10M photos).
+        self._ids = np.empty(1024, np.int64)
+        self.count = 0
+        self._file = None
+
+    def append(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if self._file is None:
+            self._file = open(self.path, "wb")
+        self._file.write(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
+        ids = np.asarray(ids, np.int64).ravel()
+        if self.count + len(ids) > len(self._ids):
+            grown = np.empty(max(2 * len(self._ids), self.count + len(ids)), np.int64)
+            grown[:self.count] = self._ids[:self.count]
+            self._ids = grown
+        self._ids[self.count:self.count + len(ids)] = ids
+        self.count += len(ids)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors memmap) of everything appended."""
+        self._file.flush()
+        vectors = np.memmap(self.path, dtype=np.float32, mode="r", shape=(self.count, self.dim))
+        return self._ids[:self.count].copy(), vectors
+
+    def discard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self.path.unlink(missing_ok=True)
+
+
+class IndexWriter:
+    """Stages changes to an index and commits them as one new generation. Use `IndexWriter.open`.
+
+    Reads (`photos`, `faces_of`, `vectors`) see the committed generation plus nothing staged.
+    """
+
+    def __init__(self, index_dir: Path, manifest: Manifest, store: IndexStore, segments: list[Segment],
+                 tombstones: np.ndarray):
+        self.index_dir = index_dir
+        self.manifest = manifest  # the committed generation (its counts, segments, settings)
+        self.store = store
+        self.segments = segments
+        self.tombstones = tombstones
+        self._reset()
+
+    def _reset(self) -> None:
+        # Staged metadata edits go straight into one SQLite transaction of the next generation (its rows
+        # invisible to readers until the commit), so staging millions of faces holds no Python objects.
+        self._write: StoreWrite | None = None
+        self._removed: set[int] = set()  # ids whose last staged edit removed them
+        self._spool = _Spool(self.index_dir, self.manifest.next_segment, self.manifest.dim)
+        self._next_id = self.manifest.next_id
+        self._settings_changed = False
+
+    def _edits(self) -> StoreWrite:
+        """The open transaction of the next generation (opened on the first staged edit)."""
+        if self._write is None:
+            self.store.generation = self.manifest.generation + 1
+            self._write = self.store.write().__enter__()
+        return self._write
+
+    # --- opening ---------------------------------------------------------------------------
+
+    @classmethod
+    @contextlib.contextmanager
+    def open(cls, index_dir: str | os.PathLike, *, card: ModelCard, model_dir: str | os.PathLike,
+             source_dir: str | os.PathLike | None = None, build: dict | None = None,
+             policy: IndexPolicy | None = None, rebuild: bool = False, wait: float = 0.0) -> Iterator[IndexWriter]:
+        """Lock `index_dir` and open it for writing (creating an empty index when there is none).
+
+        Args:
+            index_dir: the index directory.
+            card: the model whose vectors go in; must be the index's model unless `rebuild`.
+            model_dir: that model's folder (recorded; `query` finds the model there).
+            source_dir: the gallery folder folder photos are relative to (None keeps the recorded one).
+            build: settings every vector depends on (face policy, crop method); None keeps the recorded ones.
+            policy: index type, memory budget, raw vector dtype; None keeps the recorded one.
+            rebuild: start from an empty index (ids still continue after the old ones).
+            wait: seconds to wait for another writer.
+
+        Raises:
+            FaceSearchError: another writer holds the index.
+            IndexMismatchError: the index was built with another model (and not `rebuild`).
+            IndexFormatError: the index is damaged (and not `rebuild`).
+        """
+        index_dir = Path(index_dir).expanduser().resolve()
+        with build_lock(index_dir, wait=wait):
+            writer = cls._open_locked(index_dir, card, Path(model_dir).expanduser().resolve(),
+                                      None if source_dir is None else Path(source_dir).expanduser().resolve(),
+                                      build, policy, rebuild)
+            try:
+                yield writer
+            finally:
+                writer.close()
+
+    @classmethod
+    def _open_locked(cls, index_dir: Path, card: ModelCard, model_dir: Path, source_dir: Path | None,
+                     build: dict | None, policy: IndexPolicy | None, rebuild: bool) -> IndexWriter:
+        previous = None
+        if (index_dir / MANIFEST_FILE).exists():
+            from facesearch.index.upgrade import upgrade_if_old
+
+            try:
+                if not rebuild:
+                    upgrade_if_old(index_dir)
+                previous = read_manifest(index_dir)
+            except IndexFormatError as e:
+                if not rebuild:
+                    raise IndexFormatError(f"{e} (or pass --rebuild to replace it)") from e
+                previous = None
+        if previous is not None and not rebuild:
+            previous.check_model(card, what="build", fix="pass --rebuild to replace the index, or build with the "
+                                                         f"model it was made with ({previous.model_dir})")
+            writer = cls._load(index_dir, previous)
+        else:
+            writer = cls._fresh(index_dir, card, previous)
+        writer.set_settings(card=card, model_dir=model_dir, source_dir=source_dir, build=build, policy=policy)
+        return writer
+
+    @classmethod
+    def _load(cls, index_dir: Path, manifest: Manifest) -> IndexWriter:
+        hint = rebuild_hint(index_dir, manifest.source_dir)
+        try:
+            segments = [Segment.open(index_dir, info, manifest.dim) for info in manifest.segments]
+            tombstones = read_tombstones(index_dir, manifest)
+            store = IndexStore.open_writer(index_dir / manifest.metadata_file, manifest.generation)
+        except FileNotFoundError as e:
+            raise IndexFormatError(f"index file '{e.args[0]}' named by the manifest is missing - {hint} "
+                                   "(pass --rebuild to replace the index)") from None
+        except IndexFormatError as e:
+            raise IndexFormatError(f"{e} - {hint} (pass --rebuild to replace the index)") from e
+        try:
+            check_counts(store, manifest, hint + " (pass --rebuild to replace the index)")
+        except BaseException:
+            store.close()
+            raise
+        return cls(index_dir, manifest, store, segments, tombstones)
+
+    @classmethod
+    def _fresh(cls, index_dir: Path, card: ModelCard, previous: Manifest | None) -> IndexWriter:
+        """An empty generation over a new metadata file; counters continue after any previous index."""
+        counters = _counters_on_disk(index_dir)
+        generation = max(counters["generation"], previous.generation if previous else 0)
+        next_id = max(counters["next_id"], previous.next_id if previous else 0)
+        next_segment = max(counters["next_segment"], previous.next_segment if previous else 0)
+        name = metadata_name(generation + 1)
+        (index_dir / name).unlink(missing_ok=True)  # a leftover of a crashed first build
+        for side in ("-wal", "-shm"):
+            (index_dir / (name + side)).unlink(missing_ok=True)
+        store = IndexStore.create(index_dir / name, base=generation)
+        manifest = Manifest(generation=generation, dim=card.embedding_size, segments=[], tombstones=None, dead=0,
+                            faces=0, photos=0, identities=0, next_id=next_id, next_segment=next_segment,
+                            model_card=card, model_dir="", source_dir="", metadata_file=name,
+                            created=utc_now())
+        writer = cls(index_dir, manifest, store, [], np.empty(0, np.int64))
+        writer._fresh_store = True
+        return writer
+
+    _fresh_store = False
+
+    def set_settings(self, *, card: ModelCard | None = None, model_dir: Path | None = None,
+                     source_dir: Path | None = None, build: dict | None = None,
+                     policy: IndexPolicy | None = None) -> None:
+        """Record new settings; a change is written by the next commit even with nothing else staged."""
+        m = self.manifest
+        new = replace(m, model_card=card or m.model_card, model_dir=str(model_dir) if model_dir else m.model_dir,
+                      source_dir=str(source_dir) if source_dir else m.source_dir,
+                      build=build if build is not None else m.build, policy=policy or m.policy)
+        if (new.model_card, new.model_dir, new.source_dir, new.build, new.policy) != \
+                (m.model_card, m.model_dir, m.source_dir, m.build, m.policy):
+            self._staged_manifest = new
+            self._settings_changed = True
+
+    @property
+    def _target(self) -> Manifest:
+        return getattr(self, "_staged_manifest", None) or self.manifest
+
+    def close(self) -> None:
+        if self._write is not None:  # staged but never committed: nothing of it stays
+            self._write.__exit__(RuntimeError, None, None)
+            self._write = None
+        self._spool.discard()
+        self.store.close()
+
+    # --- reading the committed generation --------------------------------------------------
+
+    @property
+    def fresh(self) -> bool:
+        """Whether this writer starts from an empty index (a first build or a rebuild)."""
+        return self._fresh_store
+
+    def photos(self, source: str | None = "folder") -> dict[str, Photo]:
+        return self.store.photos(source)
+
+    def faces_of(self, paths) -> dict[str, list[StoredFace]]:
+        return self.store.faces_of(paths)
+
+    def ids_of_identity(self, identity: str) -> list[int]:
+        return self.store.ids_of_identity(identity)
+
+    def photos_of_identity(self, identity: str) -> list[Photo]:
+        return self.store.photos_of_identity(identity)
+
+    def exclusions(self) -> list[Exclusion]:
+        """Folder photos and faces removed through the service (`IndexStore.exclusions`)."""
+        return self.store.exclusions()
+
+    def vectors(self, ids: Sequence[int]) -> np.ndarray:
+        """Stored vectors of committed live `ids`, `(n, d)` float32, in order (KeyError if one is absent)."""
+        return gather_vectors(self.segments, self.tombstones, ids, self.manifest.dim)
+
+    # --- staging ---------------------------------------------------------------------------
+
+    def add_photo(self, photo: Photo, faces: Sequence[tuple[int, tuple | None]], vectors: np.ndarray) -> list[int]:
+        """Stage a photo (replacing any live one at its path's metadata) and new vectors for its faces.
+
+        Args:
+            photo: the photo's metadata row.
+            faces: (position among the photo's faces, box or None) per vector.
+            vectors: `(len(faces), d)` float32, rows L2-normalised.
+
+        Returns:
+            The ids given to the new vectors.
+        """
+        vectors = np.asarray(vectors, dtype=np.float32).reshape(len(faces), self.manifest.dim)
+        ids = np.arange(self._next_id, self._next_id + len(faces), dtype=np.int64)
+        self._next_id += len(faces)
+        if len(ids):
+            self._spool.append(ids, vectors)
+        self._stage_faces(photo, [StoredFace(int(i), pos, box) for i, (pos, box) in zip(ids, faces)])
+        return ids.tolist()
+
+    def keep_faces(self, photo: Photo, faces: Sequence[StoredFace]) -> None:
+        """Stage a photo whose faces reuse vectors already stored (same ids; e.g. a moved photo).
+
+        The ids must be removed from their old photo first, in this same commit (`remove_photos`).
+        """
+        self._stage_faces(photo, list(faces))
+
+    def _stage_faces(self, photo: Photo, faces: list[StoredFace]) -> None:
+        edits = self._edits()
+        edits.put_photo(photo)
+        edits.add_faces((photo.path, f) for f in faces)
+        self._removed.difference_update(f.id for f in faces)
+
+    def put_photo(self, photo: Photo) -> None:
+        """Stage a metadata-only change of a live photo (size, mtime, identity); its faces stay."""
+        self._edits().put_photo(photo)
+
+    def remove_photos(self, paths: Sequence[str]) -> None:
+        """Stage the removal of photos and their faces (in staging order: before a photo is put again)."""
+        if paths:
+            self._removed.update(self._edits().remove_photos(paths))
+
+    def remove_faces(self, ids: Sequence[int]) -> None:
+        """Stage the removal of single faces by id."""
+        if ids:
+            self._removed.update(self._edits().remove_faces([int(i) for i in ids]))
+
+    def exclude(self, rows: Sequence[Exclusion]) -> None:
+        """Stage exclusions: folder photos (or faces) a folder build must not add back while unchanged."""
+        if rows:
+            self._edits().exclude(list(rows))
+
+    def lapse_exclusions(self, paths: Sequence[str]) -> None:
+        """Stage the end of the exclusions of `paths`."""
+        if paths:
+            self._edits().lapse_exclusions(list(paths))
+
+    @property
+    def staged(self) -> bool:
+        return self._write is not None or self._settings_changed
+
+    # --- committing ------------------------------------------------------------------------
+
+    def commit(self, *, merge: bool = True) -> CommitResult:
+        """Write everything staged as the next generation and make it current.
+
+        Args:
+            merge: afterwards, merge segments when the merge policy says it pays (its own commit).
+
+        Returns:
+            A `CommitResult`; `written` is False when nothing was staged (no generation is written).
+        """
+        if not self.staged:
+            return CommitResult(self.manifest.generation, False, self.manifest.faces, self.manifest.photos,
+                                self.manifest.identities)
+        seconds: dict[str, float] = {}
+        t = time.perf_counter()
+        target = self._target
+        g = self.manifest.generation + 1
+        segments = list(self.manifest.segments)
+        number = self.manifest.next_segment
+        new_segment = None
+        if self._spool.count:
+            ids, vectors = self._spool.arrays()
+            kind, spec = self._choose(len(ids))
+            new_segment = write_segment(self.index_dir, number, vectors, ids, dtype=target.policy.vector_dtype,
+                                        kind=kind, spec=spec)
+            segments.append(new_segment)
+            number += 1
+        seconds["segment"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        w = self._edits()  # a settings-only commit records its generation too
+        self._write = None
+        w.__exit__(None, None, None)  # COMMIT: the rows of generation g, invisible until the manifest names g
+        removed = self._removed
+        counts = w.counts
+        seconds["metadata"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        newly_dead = np.setdiff1d(np.fromiter(removed, np.int64, len(removed)), self.tombstones)
+        tombstones, tomb_file = self.tombstones, self.manifest.tombstones
+        if len(newly_dead):
+            tombstones = np.union1d(self.tombstones, newly_dead)
+            tomb_file = tombstone_name(g)
+            _write_ids(self.index_dir / tomb_file, tombstones)
+        manifest = replace(target, generation=g, segments=segments, tombstones=tomb_file, dead=len(tombstones),
+                           faces=counts.faces, photos=counts.photos, identities=counts.identities,
+                           next_id=self._next_id, next_segment=number, updated=utc_now())
+        _check_consistent(manifest)
+        manifest, calibration = self._calibrate(manifest, tombstones, new_segment, seconds)
+        commit(self.index_dir, manifest)
+        seconds["commit"] = time.perf_counter() - t - seconds["calibration"]
+        self._after_commit(manifest, tombstones, new_segment)
+        result = CommitResult(g, True, counts.faces, counts.photos, counts.identities,
+                              vectors_added=new_segment.count if new_segment else 0, faces_removed=len(newly_dead),
+                              seconds=seconds, calibration=calibration)
+        if merge and (plan := plan_merge(self.manifest, self._dead_counts())):
+            t = time.perf_counter()
+            merged = self.merge(plan)
+            result.merged = plan
+            result.generation = merged.generation
+            result.seconds["merge"] = time.perf_counter() - t
+        return result
+
+    def _after_commit(self, manifest: Manifest, tombstones: np.ndarray, new_segment: SegmentInfo | None) -> None:
+        self.manifest = manifest
+        self.tombstones = tombstones
+        self._fresh_store = False
+        if hasattr(self, "_staged_manifest"):
+            del self._staged_manifest
+        if new_segment is not None:
+            self._spool.discard()
+            self.segments.append(Segment.open(self.index_dir, new_segment, manifest.dim))
+        self._reset()
+        # Rows removed two generations ago are seen by no reader that opened since; the WAL is
+        # folded back now and then so it does not grow without bound.
+        self.store.purge(before=manifest.generation - 2)
+        self.store.generation = manifest.generation + 1
+        if manifest.generation % 16 == 0:
+            self.store.checkpoint()
+
+    # --- open-set calibration (facesearch.index.open_set) -------------------------------------------------
+
+    calibration_fpir: float | None = None  # the target FPIR asked for; None keeps the stored one's (else 1%)
+    _calibration_force = False
+    _calibration_given: dict | None = None
+
+    def request_calibration(self, fpir: float | None = None, *, force: bool = False,
+                            calibration: dict | None = None) -> None:
+        """Ask the next commit to calibrate at `fpir` (when the stored target differs, or `force`), or to
+        store `calibration` as given (measured on stranger photos)."""
+        from facesearch.index.open_set import target_differs
+
+        self.calibration_fpir = fpir
+        self._calibration_force = force or calibration is not None
+        self._calibration_given = calibration
+        if self._calibration_force or target_differs(self.manifest.calibration, fpir):
+            self._settings_changed = True
+
+    def _calibrate(self, manifest: Manifest, tombstones: np.ndarray, new_segment: SegmentInfo | None,
+                   seconds: dict[str, float]) -> tuple[Manifest, dict]:
+        """`manifest` with the calibration it should carry, estimated on a read view of its own generation
+        (a failure keeps the previous estimate: the write itself never fails for it)."""
+        from facesearch.index.gallery import GalleryIndex
+        from facesearch.index.open_set import CalibrationOutcome, calibrate_on_commit, settled
+
+        t = time.perf_counter()
+        if self._calibration_given is not None:
+            outcome = CalibrationOutcome(self._calibration_given, "stored", "stored as measured")
+        elif (outcome := settled(manifest.calibration, manifest.identities, manifest.faces,
+                                 requested_fpir=self.calibration_fpir, force=self._calibration_force)) is None:
+            try:
+                segments = self.segments + ([Segment.open(self.index_dir, new_segment, manifest.dim)] if new_segment
+                                            else [])
+                store = IndexStore.open_reader(self.index_dir / manifest.metadata_file, manifest.generation)
+                with GalleryIndex(self.index_dir, manifest, segments, tombstones, store) as view:
+                    outcome = calibrate_on_commit(view, manifest.calibration, requested_fpir=self.calibration_fpir,
+                                                  force=self._calibration_force)
+            except Exception as e:  # noqa: BLE001 - reading the pending generation failed: keep the write
+                outcome = CalibrationOutcome(manifest.calibration, "failed", f"calibration failed ({type(e).__name__}: "
+                                             f"{e}); the previous estimate is kept - run `facesearch calibrate`")
+        self._calibration_force, self._calibration_given = False, None
+        seconds["calibration"] = time.perf_counter() - t
+        return replace(manifest, calibration=outcome.calibration), outcome.to_dict()
+
+    def _choose(self, n: int) -> tuple[str, dict]:
+        """The kind and spec of a new segment of `n` vectors, by the index's policy."""
+        policy = self._target.policy
+        if policy.index_type == "flat" or n < MIN_APPROXIMATE:
+            return "flat", {}
+        from facesearch.index import ann
+
+        spec = ann.choose_spec(n, self.manifest.dim, policy.memory_budget or ann.default_memory_budget(),
+                               kind=policy.index_type, target_recall=policy.target_recall)
+        return spec.kind, spec.to_dict()
+
+    def _dead_counts(self) -> dict[int, int]:
+        """Tombstoned rows per segment number."""
+        return {s.info.number: int(np.isin(s.ids, self.tombstones, assume_unique=True).sum())
+                for s in self.segments} if len(self.tombstones) else {}
+
+    # --- merging ---------------------------------------------------------------------------
+
+    def merge(self, numbers: Sequence[int]) -> CommitResult:
+        """Merge segments `numbers` into one, dropping their removed rows, as a commit of its own.
+
+        The metadata does not change (its rows already say which faces are live); readers of the
+        previous generation keep their segments until they reopen.
+        """
+        chosen = [s for s in self.segments if s.info.number in set(numbers)]
+        if not chosen:
+            return CommitResult(self.manifest.generation, False)
+        g = self.manifest.generation + 1
+        ids, vectors = self._live_rows(chosen)
+        number = self.manifest.next_segment
+        kept = [s for s in self.manifest.segments if s.number not in set(numbers)]
+        if len(ids):
+            kind, spec = self._choose(len(ids))
+            kept.append(write_segment(self.index_dir, number, vectors, ids, dtype=self.manifest.policy.vector_dtype,
+                                      kind=kind, spec=spec))
+        self._spool.discard()
+        dropped = np.concatenate([s.ids for s in chosen])
+        tombstones = np.setdiff1d(self.tombstones, dropped)
+        tomb_file = None
+        if len(tombstones):
+            tomb_file = tombstone_name(g)
+            _write_ids(self.index_dir / tomb_file, tombstones)
+        self.store.generation = g
+        with self.store.write() as w:
+            pass  # no row changes: the generation's counts are recorded
+        counts = w.counts
+        manifest = replace(self.manifest, generation=g, segments=kept, tombstones=tomb_file, dead=len(tombstones),
+                           faces=counts.faces, photos=counts.photos, identities=counts.identities,
+                           next_segment=number + 1, updated=utc_now())
+        _check_consistent(manifest)
+        commit(self.index_dir, manifest)
+        self.segments = [s for s in self.segments if s.info.number not in set(numbers)]
+        new_info = kept[-1] if len(ids) else None
+        self._after_commit(manifest, tombstones, None)
+        if new_info is not None:
+            self.segments.append(Segment.open(self.index_dir, new_info, manifest.dim))
+        return CommitResult(g, True, counts.faces, counts.photos, counts.identities, merged=list(numbers))
+
+    def _live_rows(self, chosen: Sequence[Segment]) -> tuple[np.ndarray, np.ndarray]:
+        """(ids ascending, their vectors) of the live rows of `chosen`, the vectors gathered chunk by
+        chunk into this writer's spool file (memory-mapped), so merging large segments stays out of RAM."""
+        live = [~np.isin(s.ids, self.tombstones, assume_unique=True) if len(self.tombstones)
+                else np.ones(len(s.ids), bool) for s in chosen]
+        ids = np.concatenate([s.ids[m] for s, m in zip(chosen, live)]) if chosen else np.empty(0, np.int64)
+        source = np.concatenate([np.full(int(m.sum()), i) for i, m in enumerate(live)]) if chosen else ids
+        position = np.concatenate([np.flatnonzero(m) for m in live]) if chosen else ids
+        order = np.argsort(ids, kind="stable")
+        for start in range(0, len(order), 1 << 16):
+            take = order[start:start + (1 << 16)]
+            block = np.empty((len(take), self.manifest.dim), np.float32)
+            for i, seg in enumerate(chosen):
+                here = source[take] == i
+                if here.any():
+                    block[here] = seg.vectors(position[take][here])
+            self._spool.append(ids[take], block)
+        if not len(order):
+            return ids, np.empty((0, self.manifest.dim), np.float32)
+        return self._spool.arrays()
+
+    def compact(self, force: bool = False) -> CommitResult:
+        """Merge every segment into one without removed rows (choosing its type for the whole size).
+
+        Args:
+            force: rewrite even a single segment with nothing removed (e.g. for a new index type).
+        """
+        if not force and len(self.manifest.segments) <= 1 and not self.manifest.dead:
+            return CommitResult(self.manifest.generation, False, self.manifest.faces, self.manifest.photos,
+                                self.manifest.identities)
+        return self.merge([s.number for s in self.manifest.segments])
+
+
+def plan_merge(manifest: Manifest, dead: dict[int, int]) -> list[int]:
+    """Segments to merge now, or [] (see MERGE_FACTOR and DEAD_SHARE)."""
+    for info in manifest.segments:
+        if info.count and dead.get(info.number, 0) >= DEAD_SHARE * info.count:
+            # Rewrite it with the others of its level, so that rewriting also merges.
+            level = _level(info.count - dead.get(info.number, 0))
+            return sorted(s.number for s in manifest.segments
+                          if _level(s.count - dead.get(s.number, 0)) <= level or s.number == info.number)
+    levels: dict[int, list[SegmentInfo]] = {}
+    for info in manifest.segments:
+        levels.setdefault(_level(info.count - dead.get(info.number, 0)), []).append(info)
+    for level in sorted(levels):
+        if len(levels[level]) >= MERGE_FACTOR:
+            return sorted(s.number for s in levels[level])
+    return []
+
+
+def _level(live: int) -> int:
+    return int(math.log10(max(live, 1)))
+
+
+def _write_ids(path: Path, ids: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.save(f, np.ascontiguousarray(ids, dtype=np.int64), allow_pickle=False)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _check_consistent(m: Manifest) -> None:
+    # Internal invariant: what the segments hold minus what is removed is what the metadata counts.
+    if m.stored - m.dead != m.faces:
+        raise AssertionError(f"segments hold {m.stored} vectors, {m.dead} removed, but the metadata counts "
+                             f"{m.faces} faces")
+
+
+def _counters_on_disk(index_dir: Path) -> dict[str, int]:
+    """Generation, id and segment counters a new index must start after (from any old manifest and files)."""
+    out = {"generation": 0, "next_id": 0, "next_segment": 0}
+    with contextlib.suppress(IndexFormatError):
+        data = read_manifest_data(index_dir)
+        out["generation"] = int(data.get("generation", 0))
+        out["next_id"] = int(data.get("next_id", 0))
+        out["next_segment"] = int(data.get("next_segment", 0))
+    import re
+
+    for entry in os.scandir(index_dir):
+        if m := re.match(r"(gen|meta|tomb)-(\d+)\.", entry.name):
+            out["generation"] = max(out["generation"], int(m.group(2)))
+        elif m := re.match(r"\.?seg-(\d+)\.", entry.name):
+            out["next_segment"] = max(out["next_segment"], int(m.group(1)) + 1)
+    return out

@@ -1,0 +1,187 @@
+"""Pydantic models of every request part and answer of the service (they make the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import HTTPException, Path
+from pydantic import BaseModel, ConfigDict, Field
+
+Box = Annotated[list[float] | None, Field(description="x1, y1, x2, y2 in the photo's pixels; null for a pre-aligned crop")]
+
+IDENTITY_MAX = 128
+IDENTITY_RULE = (f"an identity is 1 to {IDENTITY_MAX} printable characters, without '/', '\\' or '..', "
+                 "not starting with '.' and without leading or trailing spaces")
+
+
+def check_identity(identity: str) -> str:
+    """The identity if it follows `IDENTITY_RULE` (it becomes part of a path in the photo store).
+
+    Raises:
+        HTTPException: 422 with the rule.
+    """
+    bad = (not identity or len(identity) > IDENTITY_MAX or identity != identity.strip() or identity.startswith(".")
+           or "/" in identity or "\\" in identity or ".." in identity or not identity.isprintable())
+    if bad:
+        shown = identity[:IDENTITY_MAX].encode("unicode_escape").decode("ascii")
+        raise HTTPException(422, f"identity '{shown}' is not allowed: {IDENTITY_RULE}")
+    return identity
+
+
+def identity_path(identity: Annotated[str, Path(description=IDENTITY_RULE)]) -> str:
+    """The `{identity}` path parameter, checked (a FastAPI dependency)."""
+    return check_identity(identity)
+
+
+class Error(BaseModel):
+    detail: str = Field(description="what went wrong and what to do")
+
+
+class Match(BaseModel):
+    identity: str
+    score: float = Field(description="inner product of L2-normalised embeddings (cosine); higher is more alike")
+    path: str = Field(description="the best-matching photo: relative to the gallery folder, or .enrolled/... "
+                                  "for a photo enrolled through this API")
+    box: Box
+    id: int = Field(description="the stored face's id (GET /v1/faces/{id}/thumbnail, DELETE /v1/faces/{id})")
+
+
+DecisionRecord = Annotated[dict | None, Field(description="how the face was judged (facesearch.index.decision): rule "
+                                                          "('score' or 'margin'), fusion, threshold, statistic, ...")]
+
+
+class FaceAnswer(BaseModel):
+    # Whatever `facesearch query --json` gives a face is passed on, also fields added after this model.
+    model_config = ConfigDict(extra="allow")
+    box: Box
+    verdict: str = Field(description="the matched identity, or 'unknown'")
+    known: bool
+    identity: str | None
+    threshold: float
+    matches: list[Match] = Field(description="top identities, best first, each by its best-matching face")
+    decision: DecisionRecord = None
+
+
+class QueryAnswer(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    image: str = Field(description="the uploaded file's name")
+    index: str
+    model: str
+    threshold: float
+    threshold_source: str = Field(description="where the threshold comes from: --threshold (the request's), "
+                                              "calibration, --fpir (the request's, through the calibration), "
+                                              "model-card or default (as `facesearch query --json` says it)")
+    generation: int = Field(description="the index generation that answered")
+    faces: list[FaceAnswer] = Field(description="every face found, highest detector score first")
+
+
+class VerifyPhoto(BaseModel):
+    image: str
+    box: Box
+    faces_found: int = Field(description="faces in the photo; the largest is compared")
+
+
+class VerifyAnswer(BaseModel):
+    score: float
+    same: bool = Field(description="score >= threshold")
+    threshold: float
+    threshold_source: str
+    model: str
+    photos: list[VerifyPhoto]
+
+
+class EnrolledFace(BaseModel):
+    id: int
+    image: str = Field(description="the uploaded file's name")
+    photo: str = Field(description="the photo's path in the index (.enrolled/<identity>/<sha256>.<ext>)")
+    sha256: str
+    face: int = Field(description="position of the enrolled face among the photo's faces")
+    box: Box
+    faces_found: int
+    new: bool = Field(description="false when this face of this photo was already enrolled (nothing written)")
+
+
+class EnrolAnswer(BaseModel):
+    identity: str
+    generation: int = Field(description="the committed generation holding the enrolment (durable)")
+    photos_kept: bool = Field(description="whether the photos went into the index's photo store")
+    faces: list[EnrolledFace]
+
+
+class IdentitySummary(BaseModel):
+    identity: str
+    photos: int
+    faces: int
+
+
+class IdentityPage(BaseModel):
+    identities: list[IdentitySummary]
+    offset: int
+    limit: int
+    total: int = Field(description="identities in the index")
+    generation: int
+
+
+class StoredFace(BaseModel):
+    id: int
+    face: int
+    box: Box
+
+
+class IdentityPhoto(BaseModel):
+    path: str
+    source: Literal["folder", "api"] = Field(description="'folder': mirrors the gallery folder (build-index DIR); "
+                                                         "'api': enrolled through this API")
+    sha256: str
+    size: int
+    faces_found: int
+    faces: list[StoredFace]
+
+
+class IdentityDetail(BaseModel):
+    identity: str
+    generation: int
+    faces: int
+    photos: list[IdentityPhoto]
+
+
+class Removal(BaseModel):
+    identity: str | None
+    faces_removed: int
+    photos_removed: int
+    excluded: list[str] = Field(description="gallery-folder photos a later `build-index DIR` leaves out while they "
+                                            "are unchanged (README: who owns what)")
+    generation: int
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    generation: int
+    detail: str | None = Field(description="why a newer generation on disk is not answered from (degraded)")
+
+
+class Segment(BaseModel):
+    kind: str
+    count: int
+
+
+class Stats(BaseModel):
+    faces: int
+    photos: int
+    identities: int
+    generation: int
+    index: str
+    index_type: str = Field(description="the index's policy: auto, flat, hnsw or ivf (segments say what each is)")
+    segments: list[Segment]
+    removed_in_segments: int
+    model: str
+    dim: int
+    crop_method: str
+    threshold: float
+    threshold_source: str
+    decision: DecisionRecord
+    source_dir: str | None
+    keep_photos: bool
+    auth: bool
+    problem: str | None
+    uptime_s: float
