@@ -489,7 +489,8 @@ class IndexWriter:
         """Merge segments `numbers` into one, dropping their removed rows, as a commit of its own.
 
         The metadata does not change (its rows already say which faces are live); readers of the
-        previous generation keep their segments until they reopen.
+        previous generation keep their segments until they reopen. Settings staged by `set_settings`
+        (e.g. a new policy for `compact`) are built with and committed by it.
         """
         chosen = [s for s in self.segments if s.info.number in set(numbers)]
         if not chosen:
@@ -500,7 +501,7 @@ class IndexWriter:
         kept = [s for s in self.manifest.segments if s.number not in set(numbers)]
         if len(ids):
             kind, spec = self._choose(len(ids))
-            kept.append(write_segment(self.index_dir, number, vectors, ids, dtype=self.manifest.policy.vector_dtype,
+            kept.append(write_segment(self.index_dir, number, vectors, ids, dtype=self._target.policy.vector_dtype,
                                       kind=kind, spec=spec))
         self._spool.discard()
         dropped = np.concatenate([s.ids for s in chosen])
@@ -513,7 +514,7 @@ class IndexWriter:
         with self.store.write() as w:
             pass  # no row changes: the generation's counts are recorded
         counts = w.counts
-        manifest = replace(self.manifest, generation=g, segments=kept, tombstones=tomb_file, dead=len(tombstones),
+        manifest = replace(self._target, generation=g, segments=kept, tombstones=tomb_file, dead=len(tombstones),
                            faces=counts.faces, photos=counts.photos, identities=counts.identities,
                            next_segment=number + 1, updated=utc_now())
         _check_consistent(manifest)

@@ -310,3 +310,41 @@ def test_approximate_segments_through_the_writer(tmp_path, writer_args, kind):
     with GalleryIndex.open(idx) as g:
         assert g.exact and g.manifest.dead == 0
     assert_same(answers(idx, queries, 10), want)
+
+
+def test_compaction_with_a_new_policy_records_it_for_the_next_merge(tmp_path, writer_args):
+    from facesearch.index import read_manifest
+    from facesearch.index.manifest import IndexPolicy
+    from facesearch.index.writer import MIN_APPROXIMATE
+
+    rng = np.random.default_rng(12)
+    idx = tmp_path / "idx"
+    flat = IndexPolicy(index_type="flat")
+    with IndexWriter.open(idx, **writer_args, policy=flat) as w:
+        add(w, dict(zip([f"a{i // 5}-{i}" for i in range(1200)], clustered(rng, 240, 5))))
+        w.commit()
+    assert read_manifest(idx).policy == flat and [s.kind for s in read_manifest(idx).segments] == ["flat"]
+
+    new = IndexPolicy(index_type="hnsw", target_recall=0.97)
+    with IndexWriter.open(idx, **writer_args, policy=new) as w:
+        result = w.compact(force=True)
+    assert result.written
+    m = read_manifest(idx)
+    assert m.policy == new, "the compaction built with the new policy, so manifest.json must record it"
+    assert (m.policy.index_type, m.policy.target_recall) == ("hnsw", 0.97)
+    (segment,) = m.segments
+    assert segment.kind == "hnsw" and segment.spec["target_recall"] == 0.97
+
+    # The next merge (policy=None: keep the recorded one) builds with the recorded policy, not the old one.
+    batch = 250
+    assert batch < MIN_APPROXIMATE <= MERGE_FACTOR * batch  # flat as committed, approximate once merged
+    merged = []
+    for n in range(MERGE_FACTOR):
+        with IndexWriter.open(idx, **writer_args) as w:
+            add(w, dict(zip([f"b{n}x{i // 5}-{i}" for i in range(batch)], clustered(rng, batch // 5, 5))))
+            merged.append(w.commit().merged)
+    assert merged[:-1] == [[]] * (MERGE_FACTOR - 1) and len(merged[-1]) == MERGE_FACTOR  # the 4th commit merged
+    m = read_manifest(idx)
+    assert m.policy == new
+    assert [(s.count, s.kind) for s in m.segments] == [(1200, "hnsw"), (MERGE_FACTOR * batch, "hnsw")]
+    assert m.segments[-1].spec["target_recall"] == 0.97
