@@ -210,16 +210,15 @@ def run_build_index(directory: Path, *, model: Path | None, index: Path, batch_s
                     rebuild: bool, progress: bool, faces: str = "largest", aligned: bool = False,
                     min_face_size: int | None = None, face_threshold: float | None = None,
                     workers: int | None = None, fpir: float | None = None, policy=None) -> dict:
-    """Build or update the index at `index` from `directory`; returns the build report."""
-    from facesearch.cli.models import embedder_for
+    """Build or update the index at `index` from `directory` (`Gallery.add`); returns the build report."""
+    from facesearch.api import Gallery
     from facesearch.cli.progress import PhaseProgress
-    from facesearch.index import build_index
 
-    embedder = embedder_for(model, recorded=recorded_model(index), aligned=aligned, min_face_size=min_face_size,
-                            face_threshold=face_threshold)
+    gallery = Gallery(index, model=model, aligned=aligned, min_face_size=min_face_size, face_threshold=face_threshold)
     with PhaseProgress(enabled=progress) as bar:
-        report = build_index(directory, index, embedder, batch_size=batch_size, strict=strict,
-                             rebuild=rebuild, faces=faces, workers=workers, progress=bar, fpir=fpir, policy=policy)
+        report = gallery.add(directory, batch_size=batch_size, strict=strict, rebuild=rebuild, faces=faces,
+                             workers=workers, progress=bar, fpir=fpir, policy=policy)
+    embedder = gallery.embedder
     return report.to_dict() | {"model": embedder.card.name, "model_dir": str(embedder.model_dir),
                                "faces_policy": faces, "aligned": embedder.aligned}
 
@@ -227,19 +226,16 @@ def run_build_index(directory: Path, *, model: Path | None, index: Path, batch_s
 def run_query(image: Path, *, index: Path, model: Path | None, k: int, threshold: float | None,
               aligned: bool = False, min_face_size: int | None = None, face_threshold: float | None = None,
               fpir: float | None = None) -> dict:
-    """Answer every face in `image` with its top-k identities and a verdict (`facesearch.index.query.FaceSearcher`).
+    """Answer every face in `image` with its top-k identities and a verdict (`Gallery.search`).
 
     Raises:
         NoFaceFoundError: the detector finds no face in `image`.
     """
-    from facesearch.cli.models import embedder_for
-    from facesearch.index import GalleryIndex
-    from facesearch.index.query import FaceSearcher
+    from facesearch.api import Gallery
 
-    with GalleryIndex.open(index) as gallery:
-        embedder = embedder_for(model, recorded=gallery.model_dir, aligned=aligned, min_face_size=min_face_size,
-                                face_threshold=face_threshold)
-        return FaceSearcher(gallery, embedder, fpir=fpir).answer_photo(image, k=k, threshold=threshold)
+    with Gallery(index, model=model, aligned=aligned, min_face_size=min_face_size, face_threshold=face_threshold,
+                 fpir=fpir) as gallery:
+        return gallery.search(image, k=k, threshold=threshold).to_dict()
 
 
 def run_query_batch(images: list[Path], *, embeddings: Path | None, index: Path, model: Path | None, k: int,

@@ -11,7 +11,18 @@ import sys
 
 import typer
 
-from facesearch.cli import calibration, compact, demo, embeddings, evaluate, gallery, models, serve, training
+from facesearch.cli import (
+    calibration,
+    compact,
+    demo,
+    embeddings,
+    evaluate,
+    gallery,
+    identities,
+    models,
+    serve,
+    training,
+)
 
 app = typer.Typer(
     help="Face search: train an embedder, export it, index a gallery of faces, query it.",
@@ -25,6 +36,8 @@ app.command()(training.prepare)
 app.command()(training.export)
 app.command("build-index")(gallery.build_index)
 app.command()(gallery.query)
+app.command()(identities.verify)
+app.command()(identities.remove)
 app.command()(calibration.calibrate)
 app.command()(embeddings.embed)
 app.command()(gallery.detect)

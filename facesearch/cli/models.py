@@ -2,66 +2,21 @@
 
 from __future__ import annotations
 
-import sys
-import time
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from facesearch.cli.options import JsonOpt, detector_config, emit, friendly_errors
-from facesearch.embedder.core.errors import ModelSpecError
+import facesearch.api.models as _api_models
+from facesearch.cli.options import JsonOpt, emit, friendly_errors
 
 models_app = typer.Typer(help="Ready-made face models: install (convert once into the cache) and list.",
                          no_args_is_help=True)
 
 
-def resolve_model(model: Path | None, recorded: Path | None = None) -> Path:
-    """The model folder to use: --model, else $FACESEARCH_MODEL, else the one an index recorded,
-    else the default model (dlib-resnet-v1), converted into the cache at first use.
-
-    Only that first-use conversion imports TensorFlow (the [train] extra); an installed default
-    model is found by reading its card (`facesearch.embedder.dlib.models`).
-    """
-    from facesearch.embedder.core.environment import model_from_environment
-    from facesearch.embedder.dlib.models import MODEL_NAME, installed_model_dir
-
-    if model is not None:
-        return model
-    if (from_env := model_from_environment()) is not None:
-        return from_env
-    if recorded is not None:
-        if not recorded.is_dir():
-            raise ModelSpecError(f"the model this index was built with ('{recorded}') is gone: "
-                                 "pass --model with the same model, or rebuild the index")
-        return recorded
-    if (installed := installed_model_dir()) is not None:
-        return installed
-    from facesearch.embedder.dlib.install import install_dlib_resnet
-
-    try:
-        return install_dlib_resnet(progress=stderr_progress())
-    except ModelSpecError as e:
-        raise ModelSpecError(f"no model given and the default model '{MODEL_NAME}' is not installed: {e}") from e
-
-
-def embedder_for(model: Path | None, *, recorded: Path | None = None, aligned: bool = False,
-                 min_face_size: int | None = None, face_threshold: float | None = None):
-    """The `Embedder` a command uses: the resolved model, the detector options, aligned or not."""
-    from facesearch.embedder.runtime import Embedder
-
-    return Embedder(resolve_model(model, recorded), aligned=aligned or None,
-                    detector=detector_config(min_face_size, face_threshold))
-
-
-def stderr_progress():
-    """A progress callback for `install_dlib_resnet`: one line per step on stderr, with the time taken."""
-    started = time.perf_counter()
-
-    def report(step: str, done: int, total: int) -> None:
-        print(f"[{done}/{total}] {step} ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
-
-    return report
+# Which model a command uses is decided in one place, under the API: the CLI, the service and users' scripts agree.
+resolve_model = _api_models.resolve_model
+embedder_for = _api_models.embedder_for
+stderr_progress = _api_models.stderr_progress
 
 
 def run_models_list() -> dict:

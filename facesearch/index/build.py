@@ -78,7 +78,7 @@ class BuildReport:
 def build_index(source_dir: str | os.PathLike, index_dir: str | os.PathLike, embedder: EmbedderLike, *,
                 batch_size: int = DEFAULT_BATCH_SIZE, strict: bool = False, rebuild: bool = False, faces: str = "largest",
                 workers: int | None = None, progress: Progress | None = None,
-                policy: IndexPolicy | None = None, fpir: float | None = None) -> BuildReport:
+                policy: IndexPolicy | None = None, fpir: float | None = None, wait: float = 0.0) -> BuildReport:
     """Create or update the index in `index_dir` from the photos in `source_dir`.
 
     Args:
@@ -95,6 +95,7 @@ def build_index(source_dir: str | os.PathLike, index_dir: str | os.PathLike, emb
             A new index type rewrites the segments from their stored vectors (no photo is embedded).
         fpir: the false-positive identification rate the stored open-set threshold is for (None:
             the stored calibration's, else 1%); see `facesearch.index.open_set`.
+        wait: seconds to wait for another writer (a service's merge, another build) before giving up.
 
     Returns:
         A `BuildReport`.
@@ -105,6 +106,7 @@ def build_index(source_dir: str | os.PathLike, index_dir: str | os.PathLike, emb
         ImageReadError: with `strict`, the first unreadable photo.
         IndexMismatchError: the index was built with another model (pass `rebuild=True`).
         IndexFormatError: the existing index is damaged (pass `rebuild=True`).
+        IndexBusyError: another writer still holds the index after `wait` seconds.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -120,7 +122,7 @@ def build_index(source_dir: str | os.PathLike, index_dir: str | os.PathLike, emb
     # changes every photo: embed them all again.
     rebuild = rebuild or _settings_differ(index_dir, settings)
     with IndexWriter.open(index_dir, card=embedder.card, model_dir=embedder.model_dir, source_dir=scan.root,
-                          build=settings, policy=policy, rebuild=rebuild) as writer:
+                          build=settings, policy=policy, rebuild=rebuild, wait=wait) as writer:
         report.rebuilt = existed and writer.fresh
         retype = (policy is not None and not writer.fresh and policy.index_type != writer.manifest.policy.index_type)
         # What the service changed survives: a rebuild embeds the enrolled photos again (facesearch.index.enrolled).

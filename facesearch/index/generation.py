@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from facesearch.embedder.core.atomic import atomic_write_json
-from facesearch.embedder.core.errors import FaceSearchError
+from facesearch.embedder.core.errors import IndexBusyError
 from facesearch.embedder.core.model_card import CARD_FILE
 from facesearch.index.manifest import MANIFEST_FILE, Manifest
 
@@ -70,7 +70,7 @@ def build_lock(index_dir: Path, wait: float = 0.0) -> Iterator[None]:
         wait: seconds to wait for another writer to finish before giving up.
 
     Raises:
-        FaceSearchError: another writer holds the lock (after `wait` seconds).
+        IndexBusyError: another writer holds the lock (after `wait` seconds).
     """
     import time
 
@@ -88,7 +88,7 @@ def build_lock(index_dir: Path, wait: float = 0.0) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    raise FaceSearchError(f"another build is writing the index '{index_dir}'; wait for it to "
+                    raise IndexBusyError(f"another build is writing the index '{index_dir}'; wait for it to "
                                           "finish and run again") from None
                 time.sleep(0.02)
         try:

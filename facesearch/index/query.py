@@ -86,7 +86,7 @@ class FaceSearcher:
             raise NoFaceFoundError(path, NO_FACE_HINT)
         if faces != "all":
             crops = [crops[i] for i in select_faces(crops, faces)]
-        return {"image": str(path)} | self._header(threshold) | {
+        return {"image": str(path)} | self.header(threshold) | {
             "faces": self.answer_crops(crops, k=k, threshold=threshold)}
 
     def answer_photos(self, paths: Sequence[str | os.PathLike], *, k: int = 5, threshold: float | None = None,
@@ -98,7 +98,7 @@ class FaceSearcher:
         "error_type"}` (the message and class `answer_photo` would raise) instead of stopping the run.
         """
         paths = list(paths)
-        header = self._header(threshold)
+        header = self.header(threshold)
         for batch in embed_photos(paths, self._embedder(), batch_size=batch_size, policy=faces, workers=workers):
             for r in batch:
                 path = paths[r.position]
@@ -144,13 +144,14 @@ class FaceSearcher:
         if q.vectors.shape[1] != d:
             raise EmbeddingShardError(f"'{file}' row 0: the embedding has {q.vectors.shape[1]} values; the index holds "
                                       f"{d}-d vectors of model {self.gallery.card.describe()}", file, 0)
-        header = self._header(threshold)
+        header = self.header(threshold)
         for i, answer in enumerate(self.answer_vectors(q.vectors, k=k, threshold=threshold)):
             box = q.boxes[i] if q.boxes is not None else None
             line = {"row": i} | ({"path": q.paths[i]} if q.paths is not None else {}) | header
             yield line | {"faces": [{"box": None if box is None else [float(v) for v in box]} | answer]}
 
-    def _header(self, threshold: float | None) -> dict:
+    def header(self, threshold: float | None) -> dict:
+        """The answer's fields besides its faces: index, model, threshold and where the threshold came from."""
         decision = self.decision(threshold)
         return {"index": str(self.gallery.index_dir), "model": self.card.name, "threshold": decision.threshold,
                 "threshold_source": decision.source}

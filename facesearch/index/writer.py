@@ -150,7 +150,7 @@ class IndexWriter:
             wait: seconds to wait for another writer.
 
         Raises:
-            FaceSearchError: another writer holds the index.
+            IndexBusyError: another writer holds the index.
             IndexMismatchError: the index was built with another model (and not `rebuild`).
             IndexFormatError: the index is damaged (and not `rebuild`).
         """

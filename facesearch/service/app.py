@@ -23,9 +23,11 @@ from facesearch.embedder.core.errors import (
     DatasetError,
     FaceSearchError,
     ImageReadError,
+    IndexBusyError,
     IndexFormatError,
     IndexMismatchError,
     NoFaceFoundError,
+    NotFoundError,
 )
 from facesearch.index.calibration import CalibrationError
 from facesearch.service.config import ServiceConfig
@@ -37,7 +39,8 @@ log = logging.getLogger("facesearch.service")
 
 # FaceSearchError subclasses that reach the HTTP layer, and the status each answers with.
 STATUS = ((ImageReadError, 422), (NoFaceFoundError, 422), (DatasetError, 422), (CalibrationError, 422),
-          (IndexMismatchError, 409), (IndexFormatError, 503))
+          (NotFoundError, 404), (IndexMismatchError, 409), (IndexBusyError, 503), (IndexFormatError, 503))
+RETRY_AFTER = {IndexBusyError: "10"}  # seconds a client should wait before it tries again
 
 DESCRIPTION = """Face search over a facesearch index: who is in a photo (`/v1/query`), are two photos the same
 person (`/v1/verify`), enrol and remove people while the server answers. With `--api-key-file`, every
@@ -109,7 +112,8 @@ def _error_answers(app: FastAPI) -> None:
         status = next((s for kind, s in STATUS if isinstance(e, kind)), 500)
         if status >= 500:
             log.error("%s %s: %s", request.method, request.url.path, e)
-        return JSONResponse({"detail": str(e)}, status_code=status)
+        retry = next((v for kind, v in RETRY_AFTER.items() if isinstance(e, kind)), None)
+        return JSONResponse({"detail": str(e)}, status_code=status, headers={"Retry-After": retry} if retry else None)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, e: Exception) -> JSONResponse:

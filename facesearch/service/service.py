@@ -18,13 +18,14 @@ import numpy as np
 from fastapi import HTTPException
 from PIL import Image
 
+from facesearch.api.verdicts import verify_faces
 from facesearch.embedder.core.errors import FaceSearchError, ImageReadError
 from facesearch.embedder.crop import crop_face
 from facesearch.embedder.detect import DetectorConfig
 from facesearch.embedder.images import read_image
 from facesearch.embedder.pipeline import select_faces
 from facesearch.embedder.runtime import Embedder, FaceCrop
-from facesearch.index.calibration import resolve_decision
+from facesearch.index.enrolment import FaceToEnrol, PhotoBytes
 from facesearch.index.gallery import GalleryIndex
 from facesearch.index.manifest import MANIFEST_FILE
 from facesearch.index.query import NO_FACE_HINT, FaceSearcher
@@ -32,7 +33,7 @@ from facesearch.index.writer import IndexWriter
 from facesearch.service.config import ServiceConfig
 from facesearch.service.snapshots import Snapshots
 from facesearch.service.uploads import Upload
-from facesearch.service.writes import FaceToEnrol, Writes
+from facesearch.service.writes import Writes
 
 log = logging.getLogger("facesearch.service")
 THUMBNAIL_MARGIN = 0.25  # of the face box's size, added on each side of a thumbnail
@@ -150,16 +151,8 @@ class FaceService:
     def verify(self, first: Upload, second: Upload, *, threshold: float | None) -> dict:
         """Whether the largest faces of two photos are the same person, at the model card's pair threshold."""
         found = self.faces_of([first, second])
-        chosen = [crops[select_faces(crops, "largest")[0]] for crops in found]
-        v = self.embedder.embed([c.image for c in chosen])
-        score = float(np.dot(v[0], v[1]))
-        # A pair's threshold: the card's, never an index calibration (that one is for 1:N searches).
-        decision = resolve_decision(self.card, None, 0, threshold=threshold)
-        value, source = decision.threshold, decision.source
-        return {"score": score, "same": score >= value, "threshold": value, "threshold_source": source,
-                "model": self.card.name,
-                "photos": [{"image": u.name, "box": _box(c.box), "faces_found": len(crops)}
-                           for u, c, crops in zip((first, second), chosen, found)]}
+        return verify_faces(self.embedder, [(u.name, crops) for u, crops in zip((first, second), found)],
+                            threshold=threshold).to_dict()
 
     # --- writes --------------------------------------------------------------------------------
 
@@ -173,12 +166,13 @@ class FaceService:
                                          f"{len(crops) - 1} (in the order /v1/query lists them)")
             picks.append(face if face is not None else select_faces(crops, "largest")[0])
         vectors = self.embedder.embed([crops[i].image for crops, i in zip(found, picks)])
-        faces = [FaceToEnrol(u, i, crops[i].box, len(crops), v) for u, crops, i, v in zip(uploads, found, picks, vectors)]
+        faces = [FaceToEnrol(PhotoBytes(u.data, u.sha256, u.ext), i, crops[i].box, len(crops), v)
+                 for u, crops, i, v in zip(uploads, found, picks, vectors)]
         enrolled, generation = self.writes.enrol(identity, faces)
         return {"identity": identity, "generation": generation, "photos_kept": self.config.keep_photos,
-                "faces": [{"id": e.id, "image": e.face.upload.name, "photo": e.path, "sha256": e.face.upload.sha256,
+                "faces": [{"id": e.id, "image": u.name, "photo": e.path, "sha256": e.face.photo.sha256,
                            "face": e.face.position, "box": _box(e.face.box), "faces_found": e.face.faces_found,
-                           "new": e.new} for e in enrolled]}
+                           "new": e.new} for u, e in zip(uploads, enrolled)]}
 
     def remove_identity(self, identity: str) -> dict:
         return dataclasses.asdict(self.writes.remove_identity(identity))

@@ -268,14 +268,14 @@ def test_query_uses_the_stored_threshold_and_says_where_it_came_from(tmp_path, m
             assert a["known"] == (d["statistic"] >= c.threshold)
             assert d["statistic"] == pytest.approx(a["matches"][0]["score"] * 2 - d["runner_up_score"])
         assert answers[0]["identity"] == "p00003" and answers[1]["verdict"] == "unknown"
-        assert searcher._header(None) == {"index": str(g.index_dir), "model": CARD.name, "threshold": c.threshold,
+        assert searcher.header(None) == {"index": str(g.index_dir), "model": CARD.name, "threshold": c.threshold,
                                           "threshold_source": "calibration"}
 
         at = FaceSearcher(g, card=CARD, fpir=0.05)  # --fpir: another rate from the stored estimate
         assert at.decision().source == "--fpir" and at.decision().threshold == pytest.approx(c.threshold_at(0.05))
         assert at.answer_vectors(probes[:1])[0]["decision"]["fpir"] == 0.05
         fixed = at.answer_vectors(probes, threshold=0.5)  # --threshold overrides --fpir: a best-score cut-off
-        assert at.decision(0.5).source == "--threshold" and at._header(0.5)["threshold_source"] == "--threshold"
+        assert at.decision(0.5).source == "--threshold" and at.header(0.5)["threshold_source"] == "--threshold"
         assert all(a["decision"]["rule"] == "score" and a["decision"]["fpir"] is None and a["threshold"] == 0.5
                    for a in fixed)
         assert fixed[1]["known"] == (fixed[1]["matches"][0]["score"] >= 0.5)

@@ -1,8 +1,6 @@
-"""Fixtures of the service tests: the default model, real faces, a small index, servers on 127.0.0.1.
+"""Fixtures of the service tests: a small index of real faces, servers on 127.0.0.1.
 
-Real photos on every machine: scikit-image's `astronaut` (Eileen Collins) and `camera` (the
-cameraman), and variants of them. The default model is the installed one, or installed once
-into a session cache (the conversion needs the [train] extra, as `make test` installs).
+The default model and the real photos (`default_model`, `photos`) are tests/conftest.py's.
 """
 
 from __future__ import annotations
@@ -11,9 +9,7 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 # pytest runs with --import-mode=importlib, which puts no test folder on sys.path.
 sys.path.insert(0, str(Path(__file__).parent))
@@ -25,47 +21,11 @@ from servers import ThreadServer  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def default_model(tmp_path_factory) -> Path:
-    """The default model's folder (dlib-resnet-v1)."""
-    from facesearch.embedder.dlib.models import installed_model_dir
-
-    if (installed := installed_model_dir()) is not None:
-        return installed
-    from typer.testing import CliRunner
-
-    from facesearch.cli.main import app
-
-    cache = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FACESEARCH_CACHE", str(cache))
-        result = CliRunner().invoke(app, ["models", "install", "dlib-resnet"])
-        assert result.exit_code == 0, result.output
-        folder = installed_model_dir()
-    return folder
-
-
-@pytest.fixture(scope="session")
 def embedder(default_model):
     """One Embedder for every in-process server (the model loads once per session)."""
     from facesearch.embedder.runtime import Embedder
 
     return Embedder(default_model)
-
-
-@pytest.fixture(scope="session")
-def photos(tmp_path_factory) -> Path:
-    """astronaut.jpg, astronaut_flip.jpg (same person, mirrored), camera.png, group.jpg (both, side by side),
-    no_face.png (coffee cup), big.png (4000 x 3000, for the pixel limit)."""
-    root = tmp_path_factory.mktemp("photos")
-    astronaut = skimage_data.astronaut()
-    camera = np.repeat(skimage_data.camera()[..., None], 3, axis=2)
-    Image.fromarray(astronaut).save(root / "astronaut.jpg", quality=92)
-    Image.fromarray(np.ascontiguousarray(astronaut[:, ::-1])).save(root / "astronaut_flip.jpg", quality=92)
-    Image.fromarray(camera).save(root / "camera.png")
-    Image.fromarray(np.concatenate([astronaut, camera], axis=1)).save(root / "group.jpg", quality=92)
-    Image.fromarray(skimage_data.coffee()).save(root / "no_face.png")
-    Image.new("L", (4000, 3000)).save(root / "big.png")
-    return root
 
 
 @pytest.fixture(scope="session")

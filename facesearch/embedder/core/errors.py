@@ -30,6 +30,10 @@ class IndexFormatError(FaceSearchError):
     """An index directory is missing, damaged or of an unsupported format version."""
 
 
+class IndexBusyError(FaceSearchError):
+    """Another writer (a build, a compaction, a service process) holds the index's lock; retry later."""
+
+
 class IndexMismatchError(FaceSearchError):
     """An index was built with a different model than the one asked to use it."""
 
@@ -64,3 +68,15 @@ class AnnInputError(FaceSearchError, ValueError):
 
 class MemoryBudgetError(FaceSearchError):
     """No index of the asked kind fits the memory budget."""
+
+
+class NotFoundError(FaceSearchError):
+    """What was asked for (an identity, a stored face) is not in the index."""
+
+
+class IdentityNotFoundError(NotFoundError):
+    """No photo of this identity is in the index."""
+
+
+class FaceNotFoundError(NotFoundError):
+    """No live face has this id."""

@@ -1,0 +1,96 @@
+"""The door: open / verify / detect / embed, typed results, one error hierarchy.
+
+The CLI and the service call these; so do users' scripts (`import facesearch`). Images go in as a
+path, the file's bytes, a PIL image or an (H, W, 3) uint8 RGB numpy array.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from facesearch.api.gallery import Gallery
+from facesearch.api.images import ImageInput, decoded, faces_in
+from facesearch.api.models import detector_config, embedder_for, resolve_model
+from facesearch.api.results import (
+    DetectedFace,
+    EmbeddedFace,
+    Enrolment,
+    Face,
+    Match,
+    Removal,
+    SearchResult,
+    Verification,
+)
+from facesearch.api.verdicts import verify_faces
+
+__all__ = [
+    "DetectedFace", "EmbeddedFace", "Enrolment", "Face", "Gallery", "ImageInput", "Match", "Removal", "SearchResult",
+    "Verification", "detect", "embed", "open", "resolve_model", "verify", "verify_faces",
+]
+
+
+def open(index: str | os.PathLike, *, model: str | os.PathLike | None = None, aligned: bool = False,  # noqa: A001
+         min_face_size: int | None = None, face_threshold: float | None = None,
+         fpir: float | None = None) -> Gallery:
+    """The gallery index at `index` (a folder; the first `add` or `enrol` creates it). See `Gallery`."""
+    return Gallery(index, model=model, aligned=aligned, min_face_size=min_face_size, face_threshold=face_threshold,
+                   fpir=fpir)
+
+
+def verify(first: ImageInput, second: ImageInput, *, model: str | os.PathLike | None = None,
+           threshold: float | None = None, aligned: bool = False) -> Verification:
+    """Whether the largest faces of two photos are the same person.
+
+    The threshold is `threshold`, else the model card's pair threshold (`far_1e-3` where the card
+    was calibrated), never an index's: that one is for searching many people at once.
+
+    Raises:
+        ImageReadError, NoFaceFoundError: a photo cannot be read or shows no face.
+    """
+    embedder = embedder_for(model, aligned=aligned)
+    return verify_faces(embedder, [faces_in(embedder, image) for image in (first, second)], threshold=threshold)
+
+
+def detect(image: ImageInput, *, min_face_size: int | None = None,
+           face_threshold: float | None = None) -> list[DetectedFace]:
+    """Every face the detector finds (MTCNN): box, score, 5 landmarks, highest score first.
+
+    Raises:
+        ImageReadError: the image cannot be read.
+    """
+    from facesearch.embedder.detect import Detector
+
+    _, pixels = decoded(image)
+    return [DetectedFace(tuple(float(v) for v in d.box), float(d.score), tuple((float(x), float(y)) for x, y in d.landmarks))
+            for d in Detector(detector_config(min_face_size, face_threshold)).detect(pixels)]
+
+
+def embed(images: ImageInput | Sequence[ImageInput], *, model: str | os.PathLike | None = None,
+          faces: str = "all", aligned: bool = False) -> list[EmbeddedFace]:
+    """Every face of each image (or each one's largest, `faces="largest"`) with its vector, in input order.
+
+    A photo without a face contributes none (use `detect` to tell); a photo that cannot be read raises.
+
+    Returns:
+        `EmbeddedFace`s: `vector` is `(d,)` float32, L2-normalised, as the index stores them.
+    """
+    from facesearch.embedder.core.errors import FaceSearchError, NoFaceFoundError
+    from facesearch.embedder.pipeline import select_faces
+
+    if faces not in ("all", "largest"):
+        raise FaceSearchError(f"faces takes 'largest' or 'all', got '{faces}'")
+    if isinstance(images, (str, os.PathLike, bytes, bytearray)) or hasattr(images, "shape") or hasattr(images, "mode"):
+        images = [images]
+    embedder = embedder_for(model, aligned=aligned)
+    out: list[EmbeddedFace] = []
+    for image in images:
+        try:
+            name, crops = faces_in(embedder, image)
+        except NoFaceFoundError:
+            continue
+        picks = range(len(crops)) if faces == "all" else select_faces(crops, "largest")
+        vectors = embedder.embed([crops[i].image for i in picks])
+        out.extend(EmbeddedFace(name, i, None if crops[i].box is None else tuple(float(x) for x in crops[i].box),
+                                crops[i].score, v, embedder.card.name) for i, v in zip(picks, vectors))
+    return out

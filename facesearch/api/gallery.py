@@ -1,0 +1,244 @@
+"""`facesearch.open(index)`: an index folder and the model that fills and searches it.
+
+Fill it from `<person>/<photo>` folders (`add`, incremental like `facesearch build-index`), enrol or
+remove one person at a time, and search photos against it. Each call sees the index's latest
+commit, also one made by another process (a CLI build, a running service).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+from facesearch.api.images import ImageInput, faces_in, photo_bytes
+from facesearch.api.models import embedder_for
+from facesearch.api.results import Enrolment, Removal, SearchResult
+from facesearch.embedder.core.constants import DEFAULT_BATCH_SIZE
+from facesearch.embedder.core.errors import FaceSearchError
+
+FACE_CHOICES = ("all", "largest")
+
+
+class Gallery:
+    """A face index on disk, opened with the model that built it (or the one given).
+
+    Args:
+        index_dir: the index folder; it need not exist yet (the first `add` or `enrol` creates it).
+        model: a model folder (`facesearch export`); None: $FACESEARCH_MODEL, else the index's
+            recorded model, else the default model.
+        aligned: take photos as ready-made face crops (no detection).
+        min_face_size, face_threshold: detector options (None: its defaults).
+        fpir: answer at this false-positive identification rate, from the index's calibration.
+        wait: seconds a write waits for another writer before `IndexBusyError`.
+    """
+
+    def __init__(self, index_dir: str | os.PathLike, *, model: str | os.PathLike | None = None,
+                 aligned: bool = False, min_face_size: int | None = None, face_threshold: float | None = None,
+                 fpir: float | None = None, wait: float = 10.0):
+        self.index_dir = Path(index_dir).expanduser()
+        self.model = None if model is None else Path(model)
+        self.options = {"aligned": aligned, "min_face_size": min_face_size, "face_threshold": face_threshold}
+        self.fpir = fpir
+        self.wait = wait
+        self._reader = None  # the open GalleryIndex, reopened when the index moved on
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"facesearch.Gallery('{self.index_dir}')"
+
+    def __enter__(self) -> Gallery:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the open index files (a later call opens them again)."""
+        with self._lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+
+    @property
+    def exists(self) -> bool:
+        from facesearch.index.manifest import MANIFEST_FILE
+
+        return (self.index_dir / MANIFEST_FILE).is_file()
+
+    @property
+    def embedder(self):
+        """The `Embedder` this gallery embeds with (resolved now: the index may have been built meanwhile)."""
+        return embedder_for(self.model, recorded=self._recorded_model(), **self.options)
+
+    # --- writes --------------------------------------------------------------------------------
+
+    def add(self, folder: str | os.PathLike, *, faces: str = "largest", strict: bool = False, rebuild: bool = False,
+            batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None, fpir: float | None = None,
+            policy=None, progress=None):
+        """Index a folder of `<identity>/<photo>` images (or `<identity>.jpg`); run again to add what is new
+        and drop what is gone, as `facesearch build-index` does.
+
+        Args:
+            faces: the faces stored per photo: "largest" or "all".
+            strict: stop at the first unreadable file instead of skipping it (and counting it).
+            rebuild: replace an index built with another model.
+            fpir: the false-positive identification rate its "unknown" threshold is calibrated for.
+            policy: an `IndexPolicy` (index type, memory budget, ...); None keeps the index's.
+            progress: a callback (phase, done, total), e.g. to draw a progress bar.
+
+        Returns:
+            The `BuildReport` (`to_dict()` is what `build-index --json` prints besides the model fields).
+
+        Raises:
+            DatasetError: the folder is missing or holds no image.
+            IndexMismatchError: the index was built with another model (pass rebuild=True).
+            IndexBusyError: another process is writing the index.
+        """
+        from facesearch.index import build_index
+
+        if faces not in FACE_CHOICES:
+            raise FaceSearchError(f"faces takes 'largest' or 'all', got '{faces}'")
+        return build_index(Path(folder), self.index_dir, self.embedder, batch_size=batch_size, strict=strict,
+                           rebuild=rebuild, faces=faces, workers=workers, progress=progress, fpir=fpir, policy=policy,
+                           wait=self.wait)
+
+    def enrol(self, image: ImageInput, identity: str, *, face: int | None = None,
+              keep_photo: bool = True) -> Enrolment:
+        """Enrol one face of `image` (the largest, or `face`: its place as `search` lists them) under `identity`.
+
+        The photo is kept inside the index (its `photos/` store) unless `keep_photo` is False; the
+        same face of the same photo again changes nothing (`new` is False).
+
+        Raises:
+            ImageReadError, NoFaceFoundError: the image cannot be read or shows no face.
+            FaceSearchError: `face` is not one of the photo's faces, or `identity` is empty.
+            IndexBusyError: another process is writing the index (after `wait` seconds).
+        """
+        from facesearch.embedder.pipeline import select_faces
+        from facesearch.index.enrolment import FaceToEnrol, PhotoBytes, stage_enrolment
+        from facesearch.index.photostore import PhotoStore, extension_of, sha256_bytes
+        from facesearch.index.writer import IndexWriter
+
+        if not identity or not identity.strip() or "/" in identity:
+            raise FaceSearchError(f"an identity is a non-empty name without '/', got '{identity}'")
+        embedder = self.embedder
+        name, crops = faces_in(embedder, image)
+        if face is not None and not 0 <= face < len(crops):
+            raise FaceSearchError(f"'{name}' shows {len(crops)} face(s): face must be 0 to {len(crops) - 1} "
+                                  "(in the order search lists them)")
+        pick = face if face is not None else select_faces(crops, "largest")[0]
+        (vector,) = embedder.embed([crops[pick].image])
+        _, data = photo_bytes(image)
+        photo = PhotoBytes(data, sha256_bytes(data), extension_of(_format_of(data)))
+        settings = {"faces": "largest", "crops": embedder.crop_method}
+        with IndexWriter.open(self.index_dir, card=embedder.card, model_dir=embedder.model_dir,
+                              build=None if self.exists else settings, wait=self.wait) as w:
+            (done,) = stage_enrolment(w, identity, [FaceToEnrol(photo, pick, crops[pick].box, len(crops), vector)],
+                                      PhotoStore(self.index_dir) if keep_photo else None)
+            generation = w.commit().generation if done.new else w.manifest.generation
+        return Enrolment(identity, done.id, done.path, pick, None if done.face.box is None else tuple(done.face.box),
+                         len(crops), done.new, generation)
+
+    def remove(self, identity: str) -> Removal:
+        """Remove every photo of `identity`; photos of a gallery folder stay out of later `add`s.
+
+        Raises:
+            IdentityNotFoundError: the index has no photo of `identity`.
+            IndexBusyError: another process is writing the index.
+        """
+        from facesearch.index.enrolment import stage_identity_removal
+
+        return self._remove(lambda w: stage_identity_removal(w, identity))
+
+    def remove_face(self, face_id: int) -> Removal:
+        """Remove one stored face (its `id` in a search's matches); its photo goes with its last face.
+
+        Raises:
+            FaceNotFoundError: no live face has this id.
+        """
+        from facesearch.index.enrolment import stage_face_removal
+
+        return self._remove(lambda w: stage_face_removal(w, face_id))
+
+    def _remove(self, stage) -> Removal:
+        from facesearch.embedder.core.errors import IndexFormatError
+        from facesearch.index.enrolment import forget_photos
+        from facesearch.index.photostore import PhotoStore
+        from facesearch.index.writer import IndexWriter
+
+        if not self.exists:
+            raise IndexFormatError(f"'{self.index_dir}' is not an index yet: nothing to remove")
+        embedder_card, model_dir = self._recorded_card()
+        with IndexWriter.open(self.index_dir, card=embedder_card, model_dir=model_dir, wait=self.wait) as w:
+            removed = stage(w)
+            result = w.commit()
+            forget_photos(w, PhotoStore(self.index_dir), removed.forget)
+        return Removal(removed.identity, removed.faces_removed, removed.photos_removed, tuple(removed.excluded),
+                       result.generation)
+
+    # --- reads ---------------------------------------------------------------------------------
+
+    def search(self, image: ImageInput, *, k: int = 5, threshold: float | None = None, fpir: float | None = None,
+               faces: str = "all") -> SearchResult:
+        """Every face of `image` (or its largest, `faces="largest"`) with its `k` best identities and a verdict.
+
+        A face's `identity` is None when no identity passes the threshold: `threshold` if given, else
+        the index's calibration (at `fpir`, else at the rate it was calibrated for), else the model card's.
+
+        Raises:
+            ImageReadError, NoFaceFoundError: the image cannot be read or shows no face.
+            IndexFormatError: there is no index here (yet), or it is damaged.
+            IndexMismatchError: the model is not the one the index was built with.
+            CalibrationError: `fpir` on an uncalibrated index.
+        """
+        from facesearch.embedder.pipeline import select_faces
+        from facesearch.index.query import FaceSearcher
+
+        if faces not in FACE_CHOICES:
+            raise FaceSearchError(f"faces takes 'largest' or 'all', got '{faces}'")
+        with self._lock:  # one open index per Gallery; threads take turns (open one Gallery per thread to overlap)
+            reader = self._current()
+            embedder = embedder_for(self.model, recorded=reader.model_dir, **self.options)
+            searcher = FaceSearcher(reader, embedder, fpir=fpir if fpir is not None else self.fpir)
+            name, crops = faces_in(embedder, image)
+            if faces != "all":
+                crops = [crops[i] for i in select_faces(crops, faces)]
+            answer = {"image": name} | searcher.header(threshold) | {
+                "faces": searcher.answer_crops(crops, k=k, threshold=threshold)}
+        return SearchResult.from_dict(answer)
+
+    def _current(self):
+        """The open index at its latest commit (reopened when another write moved it on)."""
+        from facesearch.index import GalleryIndex, read_manifest
+
+        if self._reader is not None and read_manifest(self.index_dir).generation != self._reader.manifest.generation:
+            self._reader.close()
+            self._reader = None
+        if self._reader is None:
+            self._reader = GalleryIndex.open(self.index_dir)
+        return self._reader
+
+    def _recorded_model(self) -> Path | None:
+        from facesearch.index import read_manifest
+
+        return Path(read_manifest(self.index_dir).model_dir) if self.exists else None
+
+    def _recorded_card(self):
+        """The index's own card and recorded model folder (a removal embeds nothing: no model needed)."""
+        from facesearch.index import read_manifest
+
+        m = read_manifest(self.index_dir)
+        return m.model_card, m.model_dir
+
+
+def _format_of(data: bytes) -> str | None:
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.format
+    except (UnidentifiedImageError, OSError):
+        return None
