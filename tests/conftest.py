@@ -2,7 +2,7 @@
 
 Real photos on every machine: scikit-image's `astronaut` (Eileen Collins) and `camera` (the
 cameraman), and variants of them. The default model is the installed one, or installed once
-into a session cache (the conversion needs the [train] extra, as `make test` installs).
+into a session cache (the conversion needs only the core dependencies).
 """
 
 from __future__ import annotations

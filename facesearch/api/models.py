@@ -1,8 +1,8 @@
 """Which model a call uses, decided in one place for the API, the CLI and the service.
 
 The order: the model given, else $FACESEARCH_MODEL, else the one the index recorded, else the
-default model (dlib-resnet-v1), converted into the cache at first use. Only that first-use
-conversion imports TensorFlow (the [train] extra); an installed model is found by reading its card.
+default model (dlib-resnet-v1), converted into the cache at first use (about 2 s, numpy and onnx
+only; `facesearch.embedder.dlib.install`); an installed model is found by reading its card.
 """
 
 from __future__ import annotations

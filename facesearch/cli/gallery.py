@@ -1,7 +1,7 @@
 """`facesearch build-index`, `query` and `detect`: the run-time commands (no TensorFlow).
 
 A model is needed only once it is installed (`facesearch.cli.models.resolve_model` converts the default
-model at first use, the one step that needs the [train] extra).
+model at first use, with the core dependencies alone).
 """
 
 from __future__ import annotations

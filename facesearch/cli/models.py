@@ -52,9 +52,9 @@ def install(
     force: Annotated[bool, typer.Option(help="Convert again even if it is installed.")] = False,
     json_out: JsonOpt = False,
 ):
-    """Convert a model once into the cache ($FACESEARCH_CACHE or ~/.cache/facesearch); needs TensorFlow.
+    """Convert a model once into the cache ($FACESEARCH_CACHE or ~/.cache/facesearch); core dependencies only.
 
-    TensorFlow comes with facesearch's train extra; afterwards build-index and query need only the cache.
+    Where TensorFlow is installed (the train extra) the graph is also checked against the Keras model.
     """
     from facesearch.cli.output import format_models_install
 

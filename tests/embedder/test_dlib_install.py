@@ -78,17 +78,6 @@ def test_damaged_weights_are_refused(tmp_path, monkeypatch):
     assert installed_model_dir() is None and not model_dir().exists()
 
 
-def test_without_tensorflow_the_error_says_what_to_do(tmp_path, monkeypatch):
-    monkeypatch.setenv("FACESEARCH_CACHE", str(tmp_path))
-    monkeypatch.delenv("FACESEARCH_MODEL", raising=False)
-    monkeypatch.setitem(sys.modules, "facesearch.embedder.dlib.keras_net", None)  # `import` now raises ImportError
-    (tmp_path / "photos").mkdir()
-    r = CliRunner().invoke(app, ["build-index", str(tmp_path / "photos"), "--index", str(tmp_path / "i")])
-    assert r.exit_code == 1, r.output
-    assert "no model given and the default model 'dlib-resnet-v1' is not installed" in r.stderr
-    assert "facesearch models install dlib-resnet" in r.stderr and "[train]" in r.stderr
-
-
 def test_models_list_and_unknown_names(in_cache):
     r = CliRunner().invoke(app, ["models", "list", "--json"])
     assert r.exit_code == 0, r.output

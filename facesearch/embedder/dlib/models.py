@@ -1,6 +1,6 @@
 """Where the default model (dlib's ResNet, converted) lives in the cache, found without TensorFlow.
 
-Converting it is `facesearch.embedder.dlib.install` (the [train] extra); finding it reads one model card.
+Converting it is `facesearch.embedder.dlib.install` (core dependencies only); finding it reads one model card.
 """
 
 from __future__ import annotations
