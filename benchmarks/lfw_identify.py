@@ -130,13 +130,13 @@ def table(rows: list[dict]) -> str:
 
 
 def scaling(sizes: list[int], seed: int = 0) -> list[dict]:
-    """Seconds to self-calibrate synthetic galleries of `sizes` faces, through `facesearch.index.open_set`."""
+    """Seconds to self-calibrate synthetic galleries of `sizes` faces, through `facesearch.index.openset.open_set`."""
     import shutil
     import tempfile
 
     from facesearch.embedder.core.model_card import ModelCard
-    from facesearch.index import IndexWriter
-    from facesearch.index.store import Photo
+    from facesearch.index import open_writer
+    from facesearch.index.storage.store import Photo
 
     card = ModelCard(name="synthetic", input_height=8, input_width=8, embedding_size=128, alignment_template="none")
     rng = np.random.default_rng(seed)
@@ -150,7 +150,7 @@ def scaling(sizes: list[int], seed: int = 0) -> list[dict]:
         tmp = Path(tempfile.mkdtemp(prefix="facesearch-scaling-"))
         try:
             (tmp / "model").mkdir()
-            with IndexWriter.open(tmp / "index", card=card, model_dir=tmp / "model") as w:
+            with open_writer(tmp / "index", card=card, model_dir=tmp / "model") as w:
                 for i in range(n):
                     w.add_photo(Photo(f"{i}.jpg", f"p{owner[i]:07d}", 1, 1, str(i), 1, "api"), [(0, None)], v[i:i + 1])
                 result = w.commit()  # the first commit calibrates: the cost a build pays

@@ -218,8 +218,8 @@ def run_one(n: int, kind: str, workdir: Path, budget: int | None, seed: int = 0,
             target_recall: float = 0.99) -> dict:
     """Build an index of `n` faces of type `kind` and measure it (run in a child process)."""
     from facesearch.embedder.core.model_card import ModelCard
-    from facesearch.index import GalleryIndex, IndexPolicy, IndexWriter
-    from facesearch.index.store import Photo
+    from facesearch.index import GalleryIndex, IndexPolicy, open_writer, rank_identities
+    from facesearch.index.storage.store import Photo
 
     card = ModelCard(name="synthetic", input_height=150, input_width=150, embedding_size=D,
                      alignment_template="none")
@@ -230,7 +230,7 @@ def run_one(n: int, kind: str, workdir: Path, budget: int | None, seed: int = 0,
     out: dict = {"faces": n, "type": kind}
     memory = MemoryPeaks()
     t = time.perf_counter()
-    with IndexWriter.open(idx, card=card, model_dir=workdir / "model", policy=policy) as w:
+    with open_writer(idx, card=card, model_dir=workdir / "model", policy=policy) as w:
         for start in range(0, n, CHUNK):
             x = make_faces(start, min(CHUNK, n - start), seed=seed)
             for j, v in enumerate(x):
@@ -269,7 +269,7 @@ def run_one(n: int, kind: str, workdir: Path, budget: int | None, seed: int = 0,
     # identity rank-1: the identity the index ranks first against the exact ranking's first
     agree = 0
     for i in range(200):
-        ranked = g.rank_identities(q[i], k=1)
+        ranked = rank_identities(g, q[i], k=1)
         agree += ranked.best.identity == f"id{identity_of(exact_i[i, 0])}"
     out["identity_rank1_agreement"] = agree / 200
     out["sweep"] = sweep(g, q, exact_i)
@@ -283,7 +283,7 @@ def run_one(n: int, kind: str, workdir: Path, budget: int | None, seed: int = 0,
     first_segment = idx / f"seg-{segment.number:06d}.vectors.npy"
     mtime = first_segment.stat().st_mtime_ns
     t = time.perf_counter()
-    with IndexWriter.open(idx, card=card, model_dir=workdir / "model") as w:
+    with open_writer(idx, card=card, model_dir=workdir / "model") as w:
         for j, v in enumerate(extra):
             f = n + j
             w.add_photo(Photo(f"{f}.jpg", f"id{identity_of(np.int64(f))}", 1, 0, str(f), 1, "api"), [(0, None)],

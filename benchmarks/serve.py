@@ -188,7 +188,7 @@ def warm_vs_cold(server: Server, photo: Path, index: Path, warm_runs: int = 20, 
 def build_synthetic(index: Path, faces: int, seed: int = 0) -> dict:
     """`faces` random unit vectors, 5 per identity, as a folder build of the default model would write them.
 
-    A build calibrates the index's open-set threshold in its commit (`facesearch.index.open_set`); on 1M faces
+    A build calibrates the index's open-set threshold in its commit (`facesearch.index.openset.open_set`); on 1M faces
     that search takes longer than the rest of the build, so the estimate is made here from a sample
     of 1,000 identities (`calibrate_gallery`, numpy) and stored as given: the index is then in the
     state a calibrated one is in, where an enrolment keeps the estimate (it changes the counts by
@@ -196,9 +196,9 @@ def build_synthetic(index: Path, faces: int, seed: int = 0) -> dict:
     """
     from facesearch.embedder.core.model_card import ModelCard
     from facesearch.embedder.dlib.models import installed_model_dir
-    from facesearch.index import IndexPolicy, IndexWriter
-    from facesearch.index.calibration import calibrate_gallery
-    from facesearch.index.store import Photo
+    from facesearch.index import IndexPolicy, open_writer
+    from facesearch.index.openset.calibration import calibrate_gallery
+    from facesearch.index.storage.store import Photo
 
     model_dir = installed_model_dir()
     card = ModelCard.load(model_dir)
@@ -210,7 +210,7 @@ def build_synthetic(index: Path, faces: int, seed: int = 0) -> dict:
     calibration = calibrate_gallery(vectors, identities, max_identities=1000, seed=seed)
     calibrated = time.perf_counter() - started
     build = {"faces": "largest", "crops": "dlib-5-point-chip/dlib-150"}
-    with IndexWriter.open(index, card=card, model_dir=model_dir, source_dir=index.parent / "synthetic-photos",
+    with open_writer(index, card=card, model_dir=model_dir, source_dir=index.parent / "synthetic-photos",
                           build=build, policy=IndexPolicy(index_type="flat")) as w:
         for f in range(faces):
             w.add_photo(Photo(f"id{f // 5:06d}/{f % 5}.jpg", f"id{f // 5:06d}", 1000, 0, f"{f:064x}", 1),
@@ -238,9 +238,9 @@ def enrol_with_writer(index: Path, photo: bytes, identity: str) -> dict:
     """One enrolment through `IndexWriter` alone, timed by step (the photo embedded beforehand)."""
     from facesearch.embedder.core.model_card import ModelCard
     from facesearch.embedder.dlib.models import installed_model_dir
-    from facesearch.index import IndexWriter
-    from facesearch.index.photostore import PhotoStore, enrolled_path, sha256_bytes
-    from facesearch.index.store import Photo
+    from facesearch.index import open_writer
+    from facesearch.index.storage.photostore import PhotoStore, enrolled_path, sha256_bytes
+    from facesearch.index.storage.store import Photo
 
     card = ModelCard.load(installed_model_dir())
     v = np.random.default_rng(len(identity)).standard_normal((1, card.embedding_size)).astype(np.float32)
@@ -251,7 +251,7 @@ def enrol_with_writer(index: Path, photo: bytes, identity: str) -> dict:
     PhotoStore(index).put(photo, ".jpg", sha)
     t["photo_store"] = time.perf_counter() - started
     mark = time.perf_counter()
-    with IndexWriter.open(index, card=card, model_dir=installed_model_dir()) as w:
+    with open_writer(index, card=card, model_dir=installed_model_dir()) as w:
         t["open"] = time.perf_counter() - mark
         mark = time.perf_counter()
         w.add_photo(Photo(enrolled_path(identity, sha, ".jpg"), identity, len(photo), time.time_ns(), sha, 1,
@@ -269,10 +269,10 @@ def enrol_with_writer(index: Path, photo: bytes, identity: str) -> dict:
 
 def profile_open(index: Path) -> dict:
     """Where `IndexWriter.open` spends its time on this index: each step of `_load` on its own."""
-    from facesearch.index.gallery import read_tombstones
-    from facesearch.index.manifest import read_manifest
-    from facesearch.index.segments import Segment
-    from facesearch.index.store import IndexStore
+    from facesearch.index.storage.gallery import read_tombstones
+    from facesearch.index.storage.manifest import read_manifest
+    from facesearch.index.storage.segments import Segment
+    from facesearch.index.storage.store import IndexStore
 
     t = {}
     mark = time.perf_counter()

@@ -62,7 +62,7 @@ class Gallery:
 
     @property
     def exists(self) -> bool:
-        from facesearch.index.manifest import MANIFEST_FILE
+        from facesearch.index.storage.manifest import MANIFEST_FILE
 
         return (self.index_dir / MANIFEST_FILE).is_file()
 
@@ -116,9 +116,9 @@ class Gallery:
             IndexBusyError: another process is writing the index (after `wait` seconds).
         """
         from facesearch.embedder.pipeline import select_faces
-        from facesearch.index.enrolment import FaceToEnrol, PhotoBytes, stage_enrolment
-        from facesearch.index.photostore import PhotoStore, extension_of, sha256_bytes
-        from facesearch.index.writer import IndexWriter
+        from facesearch.index import open_writer
+        from facesearch.index.storage.photostore import PhotoStore, extension_of, sha256_bytes
+        from facesearch.index.sync.enrolment import FaceToEnrol, PhotoBytes, stage_enrolment
 
         if not identity or not identity.strip() or "/" in identity:
             raise FaceSearchError(f"an identity is a non-empty name without '/', got '{identity}'")
@@ -132,7 +132,7 @@ class Gallery:
         _, data = photo_bytes(image)
         photo = PhotoBytes(data, sha256_bytes(data), extension_of(_format_of(data)))
         settings = {"faces": "largest", "crops": embedder.crop_method}
-        with IndexWriter.open(self.index_dir, card=embedder.card, model_dir=embedder.model_dir,
+        with open_writer(self.index_dir, card=embedder.card, model_dir=embedder.model_dir,
                               build=None if self.exists else settings, wait=self.wait) as w:
             (done,) = stage_enrolment(w, identity, [FaceToEnrol(photo, pick, crops[pick].box, len(crops), vector)],
                                       PhotoStore(self.index_dir) if keep_photo else None)
@@ -147,7 +147,7 @@ class Gallery:
             IdentityNotFoundError: the index has no photo of `identity`.
             IndexBusyError: another process is writing the index.
         """
-        from facesearch.index.enrolment import stage_identity_removal
+        from facesearch.index.sync.enrolment import stage_identity_removal
 
         return self._remove(lambda w: stage_identity_removal(w, identity))
 
@@ -157,20 +157,20 @@ class Gallery:
         Raises:
             FaceNotFoundError: no live face has this id.
         """
-        from facesearch.index.enrolment import stage_face_removal
+        from facesearch.index.sync.enrolment import stage_face_removal
 
         return self._remove(lambda w: stage_face_removal(w, face_id))
 
     def _remove(self, stage) -> Removal:
         from facesearch.embedder.core.errors import IndexFormatError
-        from facesearch.index.enrolment import forget_photos
-        from facesearch.index.photostore import PhotoStore
-        from facesearch.index.writer import IndexWriter
+        from facesearch.index import open_writer
+        from facesearch.index.storage.photostore import PhotoStore
+        from facesearch.index.sync.enrolment import forget_photos
 
         if not self.exists:
             raise IndexFormatError(f"'{self.index_dir}' is not an index yet: nothing to remove")
         embedder_card, model_dir = self._recorded_card()
-        with IndexWriter.open(self.index_dir, card=embedder_card, model_dir=model_dir, wait=self.wait) as w:
+        with open_writer(self.index_dir, card=embedder_card, model_dir=model_dir, wait=self.wait) as w:
             removed = stage(w)
             result = w.commit()
             forget_photos(w, PhotoStore(self.index_dir), removed.forget)

@@ -17,7 +17,7 @@ def verify_faces(embedder, found, *, threshold: float | None = None) -> Verifica
     import numpy as np
 
     from facesearch.embedder.pipeline import select_faces
-    from facesearch.index.calibration import resolve_decision
+    from facesearch.index.openset.calibration import resolve_decision
 
     chosen = [crops[select_faces(crops, "largest")[0]] for _, crops in found]
     v = embedder.embed([c.image for c in chosen])

@@ -1,6 +1,6 @@
 """`facesearch compact`: merge an index's segments and drop removed faces (also upgrades old indexes).
 
-Writes go through `facesearch.index.writer.IndexWriter` like any build; no photo is read or embedded.
+Writes go through `facesearch.index.storage.writer.IndexWriter` like any build; no photo is read or embedded.
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ def run_compact(index, *, index_type: str | None = None, memory_budget: str | No
     import time
 
     from facesearch.cli.options import parse_bytes
-    from facesearch.index import IndexWriter, read_manifest
-    from facesearch.index.generation import build_lock
-    from facesearch.index.manifest import read_manifest_data
-    from facesearch.index.upgrade import upgrade_if_old
+    from facesearch.index import open_writer, read_manifest
+    from facesearch.index.storage.generation import build_lock
+    from facesearch.index.storage.manifest import read_manifest_data
+    from facesearch.index.storage.upgrade import upgrade_if_old
 
     start = time.perf_counter()
     read_manifest_data(index)  # a missing index is an error here, not a folder to create
@@ -49,7 +49,7 @@ def run_compact(index, *, index_type: str | None = None, memory_budget: str | No
         policy = dataclasses.replace(policy, index_type=index_type or policy.index_type,
                                      memory_budget=parse_bytes(memory_budget) if memory_budget else policy.memory_budget,
                                      target_recall=target_recall or policy.target_recall)
-    with IndexWriter.open(index, card=before.model_card, model_dir=before.model_dir, policy=policy) as writer:
+    with open_writer(index, card=before.model_card, model_dir=before.model_dir, policy=policy) as writer:
         result = writer.compact(force=policy != before.policy)
         after = writer.manifest
     return {"index_dir": str(index.expanduser().resolve()), "upgraded": upgraded, "written": result.written,

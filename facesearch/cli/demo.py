@@ -10,7 +10,7 @@ unseen images of those identities, calibrate the threshold on generated people w
 trained on nor enrolled, then query held-out images (and 20 identities the gallery has never
 seen). Each step is skipped when its output exists.
 
-Twenty people are far fewer than the 500 a 1% false-alarm rate needs (`facesearch.index.calibration`), so
+Twenty people are far fewer than the 500 a 1% false-alarm rate needs (`facesearch.index.openset.calibration`), so
 the threshold is calibrated at a higher rate and the demo says which. The synthetic model was
 trained on the very people it enrols, which pushes them apart: their leave-one-out scores
 understate a stranger's, so that path measures on generated strangers (`calibrate --strangers`)
@@ -138,7 +138,7 @@ def run_photo_demo(photos: Path, workdir: Path) -> dict:
     report = run_build_index(gallery, model=None, index=index_dir, batch_size=DEFAULT_BATCH_SIZE, strict=False,
                              rebuild=True, progress=True)
     print(format_build_report(report), file=sys.stderr)
-    from facesearch.index.calibration import lowest_supported_fpir, minimum_identities
+    from facesearch.index.openset.calibration import lowest_supported_fpir, minimum_identities
 
     fpir = lowest_supported_fpir(len(enrolled))
     if fpir < 1.0:

@@ -60,7 +60,7 @@ def run_embed(directory: Path, *, out: Path, model: Path | None, faces: str = "l
     from facesearch.cli.models import embedder_for
     from facesearch.cli.progress import PhaseProgress
     from facesearch.embedder.embedding_job import PhotoItem, embed_to_shards
-    from facesearch.index.scan import scan_folder
+    from facesearch.index.sync.scan import scan_folder
 
     scan = scan_folder(directory)
     items = [PhotoItem(f.path, f.identity, f.size, f.mtime_ns) for f in scan.files]

@@ -61,7 +61,7 @@ def build_index(
     policy = index_policy(index_dir(index), index_type, memory_budget, vector_dtype, target_recall)
     if from_embeddings is not None:
         from facesearch.cli.progress import PhaseProgress
-        from facesearch.index.ingest import build_index_from_embeddings
+        from facesearch.index.sync.ingest import build_index_from_embeddings
 
         with PhaseProgress(enabled=not json_out) as bar:
             report = build_index_from_embeddings(from_embeddings, index_dir(index),
@@ -191,8 +191,8 @@ def index_policy(index: Path, index_type: str | None, memory_budget: str | None,
 
     from facesearch.cli.options import parse_bytes
     from facesearch.embedder.core.errors import FaceSearchError
-    from facesearch.index.manifest import INDEX_TYPES, IndexPolicy, read_manifest
-    from facesearch.index.segments import VECTOR_DTYPES
+    from facesearch.index.storage.manifest import INDEX_TYPES, IndexPolicy, read_manifest
+    from facesearch.index.storage.segments import VECTOR_DTYPES
 
     if index_type is None and memory_budget is None and vector_dtype is None and target_recall is None:
         return None

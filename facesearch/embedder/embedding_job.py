@@ -157,7 +157,7 @@ def embed_to_shards(root: str | os.PathLike, items: Sequence[PhotoItem], embedde
 
     Args:
         root: the gallery folder; `items` paths are relative to it.
-        items: the photos (`facesearch.index.scan.scan_folder` gives them, identity rule included).
+        items: the photos (`facesearch.index.sync.scan.scan_folder` gives them, identity rule included).
         embedder: finds and embeds faces (`facesearch.embedder.runtime.Embedder`).
         out: the shard folder to write (see `ShardWriter` for an existing one).
         faces: "largest" keeps the largest face of each photo, "all" keeps every face.

@@ -5,7 +5,7 @@ folder in the gallery are impostors. Probes that give no face vector are left ou
 
 Besides the best-score figures (rank-k, DIR at false alarm rates), the probes are answered as
 `query` answers them: with the decision the index calibrated for itself when it was built
-(`facesearch.index.open_set`), so the report says what FPIR and FNIR that stored threshold really gives on the
+(`facesearch.index.openset.open_set`), so the report says what FPIR and FNIR that stored threshold really gives on the
 impostors, where it sits on the FPIR/FNIR curve, and what the best threshold would have given.
 """
 
@@ -22,14 +22,14 @@ from facesearch.embedder.core.errors import DatasetError
 from facesearch.embedder.evaluation.identification import RANKS, decision_curve, decision_point, identification_report
 from facesearch.embedder.evaluation.metrics import threshold_at_far
 from facesearch.embedder.pipeline import embed_largest_faces
-from facesearch.index.build import build_index
-from facesearch.index.calibration import DEFAULT_TARGET_FPIR, GalleryTooSmallError, resolve_decision
-from facesearch.index.decision import FUSIONS, RULES, Decision
-from facesearch.index.gallery import GalleryIndex
-from facesearch.index.open_set import Rule, calibrate_lowered
+from facesearch.index.openset.calibration import DEFAULT_TARGET_FPIR, GalleryTooSmallError, resolve_decision
+from facesearch.index.openset.decision import FUSIONS, RULES, Decision
+from facesearch.index.openset.open_set import Rule, calibrate_lowered
+from facesearch.index.openset.ranking import IdentityFaces, rank_batch, rank_identities
 from facesearch.index.protocols import EmbedderLike
-from facesearch.index.scan import scan_folder
-from facesearch.index.search import IdentityFaces, rank_batch
+from facesearch.index.storage.gallery import GalleryIndex
+from facesearch.index.sync.build import build_index
+from facesearch.index.sync.scan import scan_folder
 
 
 def evaluate_identification(gallery: Path, probes: Path, embedder: EmbedderLike, *,
@@ -67,7 +67,7 @@ def evaluate_identification(gallery: Path, probes: Path, embedder: EmbedderLike,
         ranked, scores = [], []
         with GalleryIndex.open(Path(tmp) / "index") as index:
             for i in ok:
-                result = index.rank_identities(embedded.vectors[i], k=max(RANKS))
+                result = rank_identities(index, embedded.vectors[i], k=max(RANKS))
                 ranked.append([m.identity for m in result.matches])
                 scores.append([m.score for m in result.matches])
             vectors = np.ascontiguousarray(embedded.vectors[ok], np.float32)

@@ -16,12 +16,12 @@ from facesearch.embedder.core.constants import DEFAULT_BATCH_SIZE
 from facesearch.embedder.core.errors import EmbeddingShardError, NoFaceFoundError
 from facesearch.embedder.core.model_card import ModelCard
 from facesearch.embedder.pipeline import FaceCropLike, embed_photos, select_faces
-from facesearch.index.calibration import resolve_decision
-from facesearch.index.decision import Decision
-from facesearch.index.gallery import GalleryIndex
+from facesearch.index.openset.calibration import resolve_decision
+from facesearch.index.openset.decision import Decision
+from facesearch.index.openset.ranking import IdentityFaces, rank_batch
 from facesearch.index.protocols import EmbedderLike
-from facesearch.index.scan import scan_folder
-from facesearch.index.search import IdentityFaces, rank_batch
+from facesearch.index.storage.gallery import GalleryIndex
+from facesearch.index.sync.scan import scan_folder
 
 NO_FACE_HINT = ("try a lower --min-face-size or --face-threshold, or --aligned if the photo is already a "
                 "face crop")
@@ -53,7 +53,7 @@ class FaceSearcher:
         self._faces = IdentityFaces(gallery)
 
     def decision(self, threshold: float | None = None) -> Decision:
-        """How a face is answered (`facesearch.index.calibration.resolve_decision`): `threshold` (a best-score cut-off)
+        """How a face is answered (`facesearch.index.openset.calibration.resolve_decision`): `threshold` (a best-score cut-off)
         if given, else the index's calibration at `fpir` or its own target, else the card's threshold.
 
         The model folder's card, not the index's copy of it: `eval lfw --calibrate` may have

@@ -16,13 +16,14 @@ import numpy as np
 from facesearch.embedder.core.constants import DEFAULT_BATCH_SIZE
 from facesearch.embedder.core.errors import DatasetError
 from facesearch.embedder.pipeline import embed_largest_faces
-from facesearch.index.calibration import DEFAULT_TARGET_FPIR, Calibration, CalibrationError
-from facesearch.index.gallery import GalleryIndex
-from facesearch.index.manifest import read_manifest
-from facesearch.index.open_set import Rule, calibrate_index, calibrate_with_strangers, searchable_identities
+from facesearch.index.openset.calibration import DEFAULT_TARGET_FPIR, Calibration, CalibrationError
+from facesearch.index.openset.commit import COMMIT_CALIBRATION
+from facesearch.index.openset.open_set import Rule, calibrate_index, calibrate_with_strangers, searchable_identities
 from facesearch.index.protocols import EmbedderLike
-from facesearch.index.scan import scan_folder
-from facesearch.index.writer import IndexWriter
+from facesearch.index.storage.gallery import GalleryIndex
+from facesearch.index.storage.manifest import read_manifest
+from facesearch.index.storage.writer import IndexWriter
+from facesearch.index.sync.scan import scan_folder
 
 
 def recalibrate(index_dir: str | os.PathLike, *, fpir: float | None = None, strangers: str | os.PathLike | None = None,
@@ -50,7 +51,7 @@ def recalibrate(index_dir: str | os.PathLike, *, fpir: float | None = None, stra
     """
     index_dir = Path(index_dir).expanduser().resolve()
     manifest = read_manifest(index_dir)
-    with IndexWriter.open(index_dir, card=manifest.model_card, model_dir=manifest.model_dir) as writer:
+    with IndexWriter.open(index_dir, calibrator=COMMIT_CALIBRATION, card=manifest.model_card, model_dir=manifest.model_dir) as writer:
         previous = writer.manifest.calibration
         target = fpir if fpir is not None else _stored_target(previous)
         rule = _stored_rule(previous)

@@ -29,7 +29,7 @@ from facesearch.embedder.core.errors import (
     NoFaceFoundError,
     NotFoundError,
 )
-from facesearch.index.calibration import CalibrationError
+from facesearch.index.openset.calibration import CalibrationError
 from facesearch.service.config import ServiceConfig
 from facesearch.service.routes import identities, page, search, system
 from facesearch.service.routes.page import STATIC_DIR

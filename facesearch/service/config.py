@@ -27,7 +27,7 @@ class ServiceConfig:
     index_dir: str
     model_dir: str  # resolved by the CLI (the index's model, --model or the default)
     api_keys: tuple[str, ...] = ()  # empty: no authentication (loopback only, unless insecure)
-    keep_photos: bool = True  # enrolled photos go into the index's photo store (facesearch.index.photostore)
+    keep_photos: bool = True  # enrolled photos go into the index's photo store (facesearch.index.storage.photostore)
     max_upload_bytes: int = 20 * 1024 * 1024  # per request
     max_pixels: int = 40_000_000  # per photo, checked from its header before decoding
     max_photos: int = 32  # per enrolment request

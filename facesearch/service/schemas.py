@@ -46,7 +46,7 @@ class Match(BaseModel):
     id: int = Field(description="the stored face's id (GET /v1/faces/{id}/thumbnail, DELETE /v1/faces/{id})")
 
 
-DecisionRecord = Annotated[dict | None, Field(description="how the face was judged (facesearch.index.decision): rule "
+DecisionRecord = Annotated[dict | None, Field(description="how the face was judged (facesearch.index.openset.decision): rule "
                                                           "('score' or 'margin'), fusion, threshold, statistic, ...")]
 
 

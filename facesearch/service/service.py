@@ -25,11 +25,11 @@ from facesearch.embedder.detect import DetectorConfig
 from facesearch.embedder.images import read_image
 from facesearch.embedder.pipeline import select_faces
 from facesearch.embedder.runtime import Embedder, FaceCrop
-from facesearch.index.enrolment import FaceToEnrol, PhotoBytes
-from facesearch.index.gallery import GalleryIndex
-from facesearch.index.manifest import MANIFEST_FILE
+from facesearch.index import open_writer
 from facesearch.index.query import NO_FACE_HINT, FaceSearcher
-from facesearch.index.writer import IndexWriter
+from facesearch.index.storage.gallery import GalleryIndex
+from facesearch.index.storage.manifest import MANIFEST_FILE
+from facesearch.index.sync.enrolment import FaceToEnrol, PhotoBytes
 from facesearch.service.config import ServiceConfig
 from facesearch.service.snapshots import Snapshots
 from facesearch.service.uploads import Upload
@@ -249,8 +249,8 @@ class FaceService:
 
 def create_empty_index(index_dir: Path, embedder: Embedder) -> None:
     """An index with no face yet, recording the model and the build settings a folder build would."""
-    settings = {"faces": "largest", "crops": embedder.crop_method}  # what facesearch.index.build records
-    with IndexWriter.open(index_dir, card=embedder.card, model_dir=embedder.model_dir, build=settings) as w:
+    settings = {"faces": "largest", "crops": embedder.crop_method}  # what facesearch.index.sync.build records
+    with open_writer(index_dir, card=embedder.card, model_dir=embedder.model_dir, build=settings) as w:
         w.commit()
 
 

@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from facesearch.embedder.core.errors import FaceSearchError
-from facesearch.index.gallery import GalleryIndex
-from facesearch.index.manifest import MANIFEST_FILE
+from facesearch.index.storage.gallery import GalleryIndex
+from facesearch.index.storage.manifest import MANIFEST_FILE
 
 log = logging.getLogger("facesearch.service")
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from fastapi import HTTPException
 from PIL import Image, UnidentifiedImageError
 
-from facesearch.index.photostore import extension_of, sha256_bytes
+from facesearch.index.storage.photostore import extension_of, sha256_bytes
 
 # Content types accepted besides image/*: what clients send when they do not know (curl for an
 # unknown extension, browsers for a file without one).

@@ -8,7 +8,7 @@ so an acknowledged enrolment survives a crash. Queries keep answering from the s
 hold; the new generation is made current before the write answers (read-your-writes).
 
 Photos go into the photo store (fsynced) before the commit that names them and leave it after
-the commit that removes the last row naming them (`facesearch.index.photostore`). Segment merges are not
+the commit that removes the last row naming them (`facesearch.index.storage.photostore`). Segment merges are not
 done by the write itself: a background thread runs them after, so an enrolment never waits for one.
 """
 
@@ -26,7 +26,10 @@ import numpy as np
 
 from facesearch.embedder.core.errors import IndexBusyError
 from facesearch.embedder.core.model_card import ModelCard
-from facesearch.index.enrolment import (
+from facesearch.index import open_writer
+from facesearch.index.storage.photostore import PhotoStore
+from facesearch.index.storage.writer import CommitResult, IndexWriter, plan_merge
+from facesearch.index.sync.enrolment import (
     Enrolled,
     FaceToEnrol,
     forget_photos,
@@ -34,8 +37,6 @@ from facesearch.index.enrolment import (
     stage_face_removal,
     stage_identity_removal,
 )
-from facesearch.index.photostore import PhotoStore
-from facesearch.index.writer import CommitResult, IndexWriter, plan_merge
 from facesearch.service.snapshots import Snapshots
 
 log = logging.getLogger("facesearch.service")
@@ -76,7 +77,7 @@ class Writes:
             # The recorded model folder stays as it is (this server may reach the same model elsewhere).
             model_dir = self.snapshots.current.manifest.model_dir or self.model_dir
             try:
-                with IndexWriter.open(self.index_dir, card=self.card, model_dir=model_dir, wait=wait) as writer:
+                with open_writer(self.index_dir, card=self.card, model_dir=model_dir, wait=wait) as writer:
                     yield writer
             except IndexBusyError as e:  # the index's lock is held (by a CLI build, another worker)
                 raise IndexBusyError(f"{e} (waited {wait:g} s)") from None

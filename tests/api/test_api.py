@@ -132,10 +132,10 @@ def test_the_cli_removes_through_the_api(gallery, workdir):
 
 
 def test_a_held_lock_is_index_busy(gallery):
-    from facesearch.index.writer import IndexWriter
+    from facesearch.index import open_writer
 
     card, model_dir = gallery._recorded_card()
-    with IndexWriter.open(gallery.index_dir, card=card, model_dir=model_dir):
+    with open_writer(gallery.index_dir, card=card, model_dir=model_dir):
         gallery.wait = 0.0
         with pytest.raises(facesearch.IndexBusyError, match="another build is writing the index"):
             gallery.enrol("ada.jpg", "Ada")

@@ -12,7 +12,7 @@ import shutil
 import pytest
 from clitools import ENROLLED, STRANGERS, invoke, invoke_json
 
-from facesearch.index.calibration import Calibration
+from facesearch.index.openset.calibration import Calibration
 from facesearch.train.synthetic import make_synthetic_faces
 
 CALIBRATION_PEOPLE = 60

@@ -6,8 +6,8 @@ import numpy as np
 from clitools import invoke, invoke_json
 
 from facesearch.embedder.core.model_card import ModelCard
-from facesearch.index import GalleryIndex, IndexWriter
-from facesearch.index.store import Photo
+from facesearch.index import GalleryIndex, open_writer
+from facesearch.index.storage.store import Photo
 
 CARD = ModelCard(name="fake-vectors", input_height=8, input_width=8, embedding_size=8, alignment_template="none")
 
@@ -15,7 +15,7 @@ CARD = ModelCard(name="fake-vectors", input_height=8, input_width=8, embedding_s
 def _index(tmp_path, rng) -> tuple:
     (tmp_path / "model").mkdir()
     for batch in range(3):
-        with IndexWriter.open(tmp_path / "idx", card=CARD, model_dir=tmp_path / "model") as w:
+        with open_writer(tmp_path / "idx", card=CARD, model_dir=tmp_path / "model") as w:
             for i in range(5):
                 v = rng.standard_normal(8).astype(np.float32)
                 w.add_photo(Photo(f"p{batch}-{i}.jpg", f"id{i}", 1, 1, f"{batch}{i}", 1, "api"), [(0, None)],

@@ -1,4 +1,4 @@
-"""facesearch.index.ann: each index kind against numpy brute force on clustered data, filters, tuning, rules, files."""
+"""facesearch.index.storage.ann: each index kind against numpy brute force on clustered data, filters, tuning, rules, files."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from facesearch.embedder.core.errors import FaceSearchError, IndexFormatError
-from facesearch.index import ann
-from facesearch.index.ann import build as ann_build
-from facesearch.index.ann import tuning as ann_tuning
-from facesearch.index.ann.rules import FLAT_MAX_FLOATS, HNSW_MAX_N, IVF_FLAT_MAX_N
+from facesearch.index.storage import ann
+from facesearch.index.storage.ann import build as ann_build
+from facesearch.index.storage.ann import tuning as ann_tuning
+from facesearch.index.storage.ann.rules import FLAT_MAX_FLOATS, HNSW_MAX_N, IVF_FLAT_MAX_N
 
 D = 32
 MIB = 1 << 20
@@ -276,7 +276,7 @@ def test_tuning_says_when_the_target_is_out_of_reach(gallery, caplog, monkeypatc
     # PQ with 4 bytes per vector and at most 2x re-ranking cannot find every exact neighbour.
     monkeypatch.setattr(ann_tuning, "RERANK_MAX", 2)
     spec = ann.IndexSpec("ivf", D, nlist=16, codes="pq4", target_recall=1.0)
-    with caplog.at_level(logging.WARNING, logger="facesearch.index.ann.tuning"):
+    with caplog.at_level(logging.WARNING, logger="facesearch.index.storage.ann.tuning"):
         _, tuned = ann.build_and_tune(xb, spec, seed=0, sample=200)
     assert tuned.target_met is False and tuned.nprobe == 16 and tuned.rerank == 2 and tuned.recall < 1.0
     assert "the largest values tried" in caplog.text

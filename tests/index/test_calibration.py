@@ -1,4 +1,4 @@
-"""The open-set estimator (facesearch.index.calibration, facesearch.index.decision) against loop-based references and hand-worked values."""
+"""The open-set estimator (facesearch.index.openset.calibration, facesearch.index.openset.decision) against loop-based references and hand-worked values."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from facesearch.embedder.core.model_card import ModelCard
-from facesearch.index import calibration as C
-from facesearch.index.decision import Decision, decision_statistic, fuse_identity_scores, identity_templates
+from facesearch.index.openset import calibration as C
+from facesearch.index.openset.decision import Decision, decision_statistic, fuse_identity_scores, identity_templates
 
 
 def unit(n: int, d: int, rng: np.random.Generator) -> np.ndarray:

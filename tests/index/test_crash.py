@@ -20,22 +20,22 @@ import numpy as np
 import pytest
 from index_fakes import PixelEmbedder, write_photo
 
-import facesearch.index.generation
-import facesearch.index.writer
-from facesearch.index import GalleryIndex, IndexWriter, build_index
-from facesearch.index.store import StoreWrite
+import facesearch.index.storage.generation
+import facesearch.index.storage.writer
+from facesearch.index import GalleryIndex, build_index, open_writer
+from facesearch.index.storage.store import StoreWrite
 
 QUERY = np.random.default_rng(99).standard_normal((4, 16)).astype(np.float32)
 QUERY /= np.linalg.norm(QUERY, axis=1, keepdims=True)
 
 # The step to interrupt -> (module attribute patched, what the crashing run does).
 STEPS = {
-    "segment write": ("facesearch.index.writer.write_segment", "build"),
-    "tombstone write": ("facesearch.index.writer._write_ids", "build"),
-    "metadata update": ("facesearch.index.store.StoreWrite.add_faces", "build"),
-    "manifest swap": ("facesearch.index.generation.atomic_write_json", "build"),
-    "compaction segment": ("facesearch.index.writer.write_segment", "compact"),
-    "compaction swap": ("facesearch.index.generation.atomic_write_json", "compact"),
+    "segment write": ("facesearch.index.storage.writer.write_segment", "build"),
+    "tombstone write": ("facesearch.index.storage.writer._write_ids", "build"),
+    "metadata update": ("facesearch.index.storage.store.StoreWrite.add_faces", "build"),
+    "manifest swap": ("facesearch.index.storage.generation.atomic_write_json", "build"),
+    "compaction segment": ("facesearch.index.storage.writer.write_segment", "compact"),
+    "compaction swap": ("facesearch.index.storage.generation.atomic_write_json", "compact"),
 }
 
 
@@ -76,13 +76,13 @@ def _crash(*args, **kwargs):
 def _run_step(action: str, gallery: Path, idx: Path, model_dir: Path):
     if action == "build":
         return build_index(gallery, idx, PixelEmbedder(model_dir))
-    with IndexWriter.open(idx, card=PixelEmbedder(model_dir).card, model_dir=model_dir) as w:
+    with open_writer(idx, card=PixelEmbedder(model_dir).card, model_dir=model_dir) as w:
         return w.compact(force=True)
 
 
 def _check_recovers(gallery: Path, idx: Path, model_dir: Path, expected_after: tuple) -> None:
     report = build_index(gallery, idx, PixelEmbedder(model_dir))
-    with IndexWriter.open(idx, card=PixelEmbedder(model_dir).card, model_dir=model_dir) as w:
+    with open_writer(idx, card=PixelEmbedder(model_dir).card, model_dir=model_dir) as w:
         w.compact(force=True)
     assert contents(idx) == expected_after
     with GalleryIndex.open(idx) as g:
@@ -99,7 +99,7 @@ def _expected_after(tmp_path: Path, gallery: Path, idx: Path, model_dir: Path) -
     copy = tmp_path / "reference"
     shutil.copytree(idx, copy)
     build_index(gallery, copy, PixelEmbedder(model_dir))
-    with IndexWriter.open(copy, card=PixelEmbedder(model_dir).card, model_dir=model_dir) as w:
+    with open_writer(copy, card=PixelEmbedder(model_dir).card, model_dir=model_dir) as w:
         w.compact(force=True)
     return contents(copy)
 
@@ -112,8 +112,8 @@ def test_exception_at_each_step_leaves_the_previous_state(tmp_path, gallery, mod
     before = snapshot(index_dir)
     after = _expected_after(tmp_path, gallery, index_dir, model_dir)
     module, name = target.rsplit(".", 1)
-    owner = StoreWrite if module == "facesearch.index.store.StoreWrite" else {"facesearch.index.writer": facesearch.index.writer,
-                                                                    "facesearch.index.generation": facesearch.index.generation}[module]
+    owner = StoreWrite if module == "facesearch.index.storage.store.StoreWrite" else {"facesearch.index.storage.writer": facesearch.index.storage.writer,
+                                                                    "facesearch.index.storage.generation": facesearch.index.storage.generation}[module]
     with monkeypatch.context() as m:
         m.setattr(owner, name, _crash)
         with pytest.raises(RuntimeError, match="simulated crash"):
@@ -124,12 +124,12 @@ def test_exception_at_each_step_leaves_the_previous_state(tmp_path, gallery, mod
 
 CRASH_SCRIPT = """
 import os, sys
-import facesearch.index.generation, facesearch.index.writer, facesearch.index.store
+import facesearch.index.storage.generation, facesearch.index.storage.writer, facesearch.index.storage.store
 from index_fakes import PixelEmbedder
-from facesearch.index import IndexWriter, build_index
+from facesearch.index import build_index, open_writer
 target, action, gallery, idx, model_dir = sys.argv[1:6]
 module, name = target.rsplit(".", 1)
-owner = facesearch.index.store.StoreWrite if module == "facesearch.index.store.StoreWrite" else sys.modules[module]
+owner = facesearch.index.storage.store.StoreWrite if module == "facesearch.index.storage.store.StoreWrite" else sys.modules[module]
 real = getattr(owner, name)
 def die(*args, **kwargs):
     if name == "add_faces":  # die in the middle of the transaction, with rows already written
@@ -139,7 +139,7 @@ setattr(owner, name, die)
 if action == "build":
     build_index(gallery, idx, PixelEmbedder(model_dir))
 else:
-    with IndexWriter.open(idx, card=PixelEmbedder(model_dir).card, model_dir=model_dir) as w:
+    with open_writer(idx, card=PixelEmbedder(model_dir).card, model_dir=model_dir) as w:
         w.compact(force=True)
 os._exit(0)
 """
@@ -148,7 +148,7 @@ os._exit(0)
 @pytest.mark.parametrize("step", [*STEPS, "after the swap"])
 def test_killed_process_at_each_step(tmp_path, gallery, model_dir, index_dir, step):
     """A real crash: the writing process dies on the spot at each step (kill -9 has the same effect)."""
-    target, action = STEPS.get(step, ("facesearch.index.generation.remove_stale", "build"))
+    target, action = STEPS.get(step, ("facesearch.index.storage.generation.remove_stale", "build"))
     if action == "compact":
         build_index(gallery, index_dir, PixelEmbedder(model_dir))
     before = snapshot(index_dir)
@@ -185,7 +185,7 @@ def test_queries_answer_from_the_last_commit_during_compaction(gallery, model_di
     threads = [threading.Thread(target=reader) for _ in range(2)]
     for t in threads:
         t.start()
-    with IndexWriter.open(index_dir, card=PixelEmbedder(model_dir).card, model_dir=model_dir) as w:
+    with open_writer(index_dir, card=PixelEmbedder(model_dir).card, model_dir=model_dir) as w:
         for _ in range(4):
             w.compact(force=True)
     done.set()

@@ -1,4 +1,4 @@
-"""What the service changes survives folder builds (facesearch.index.enrolled): exclusions and enrolled photos.
+"""What the service changes survives folder builds (facesearch.index.sync.enrolled): exclusions and enrolled photos.
 
 The service's writes are done here as the service does them (`facesearch.service.writes`), with the
 writer API directly, so that every folder-build rule is checked without an HTTP server.
@@ -13,14 +13,14 @@ import pytest
 from index_fakes import PixelEmbedder, bump_mtime, write_photo
 
 from facesearch.embedder.core.errors import DatasetError
-from facesearch.index import GalleryIndex, IndexWriter, build_index
-from facesearch.index.enrolled import exclusion_of, find_face, plan_exclusions
-from facesearch.index.photostore import PhotoStore, enrolled_path, sha256_bytes
-from facesearch.index.store import Photo
+from facesearch.index import GalleryIndex, build_index, open_writer
+from facesearch.index.storage.photostore import PhotoStore, enrolled_path, sha256_bytes
+from facesearch.index.storage.store import Photo
+from facesearch.index.sync.enrolled import exclusion_of, find_face, plan_exclusions
 
 
 def remove_identity_as_the_service_does(index_dir, embedder, identity: str) -> list[str]:
-    with IndexWriter.open(index_dir, card=embedder.card, model_dir=embedder.model_dir) as w:
+    with open_writer(index_dir, card=embedder.card, model_dir=embedder.model_dir) as w:
         photos = w.photos_of_identity(identity)
         w.remove_photos([p.path for p in photos])
         w.exclude([exclusion_of(p) for p in photos if p.source == "folder"])
@@ -33,7 +33,7 @@ def enrol_as_the_service_does(index_dir, embedder, identity: str, photo_file, ke
     store = PhotoStore(index_dir)
     sha = store.put(data, ".png") if keep else sha256_bytes(data)
     crop = embedder.faces(photo_file)[0]
-    with IndexWriter.open(index_dir, card=embedder.card, model_dir=embedder.model_dir) as w:
+    with open_writer(index_dir, card=embedder.card, model_dir=embedder.model_dir) as w:
         (face_id,) = w.add_photo(Photo(enrolled_path(identity, sha, ".png"), identity, len(data), time.time_ns(), sha,
                                        1, source="api"), [(0, crop.box)], embedder.embed([crop.image]))
         w.commit()
@@ -76,7 +76,7 @@ def test_an_exclusion_lapses_when_its_file_leaves_the_folder(tmp_path, gallery, 
     kept = (gallery / "bob" / "000.png").read_bytes()
     (gallery / "bob" / "000.png").unlink()
     build_index(gallery, idx, emb)
-    with IndexWriter.open(idx, card=emb.card, model_dir=model_dir) as w:
+    with open_writer(idx, card=emb.card, model_dir=model_dir) as w:
         assert [e.path for e in w.exclusions()] == ["bob/001.png"]
     (gallery / "bob" / "000.png").write_bytes(kept)  # put back later: indexed again
     assert build_index(gallery, idx, emb).added == 1
@@ -124,7 +124,7 @@ def test_a_face_removed_from_a_group_photo_stays_out_of_a_rebuild(tmp_path, mode
     boxes = {"group.png": [(0, 0, 30, 30), (32, 32, 62, 62)]}
     idx, emb = tmp_path / "idx", PixelEmbedder(model_dir, boxes=boxes)
     build_index(photos, idx, emb, faces="all")
-    with IndexWriter.open(idx, card=emb.card, model_dir=model_dir) as w:
+    with open_writer(idx, card=emb.card, model_dir=model_dir) as w:
         photo = w.photos_of_identity("party")[0]
         first, second = w.faces_of([photo.path])[photo.path]
         w.remove_faces([second.id])
@@ -138,8 +138,8 @@ def test_a_face_removed_from_a_group_photo_stays_out_of_a_rebuild(tmp_path, mode
 
 
 def test_exclusion_plan_and_face_matching(tmp_path, gallery):
-    from facesearch.index.scan import scan_folder
-    from facesearch.index.store import Exclusion
+    from facesearch.index.storage.store import Exclusion
+    from facesearch.index.sync.scan import scan_folder
 
     files = scan_folder(gallery).files
     f = files[0]

@@ -13,17 +13,18 @@ import numpy as np
 import pytest
 
 from facesearch.embedder.core.model_card import ModelCard
-from facesearch.index import GalleryIndex, IndexWriter, search
-from facesearch.index import calibration as C
-from facesearch.index.open_set import (
+from facesearch.index import GalleryIndex, IndexWriter, open_writer
+from facesearch.index.openset import calibration as C
+from facesearch.index.openset import ranking as search
+from facesearch.index.openset.open_set import (
     Rule,
     calibrate_with_strangers,
     loio_samples,
 )
+from facesearch.index.openset.ranking import rank_batch
 from facesearch.index.query import FaceSearcher
 from facesearch.index.recalibration import recalibrate
-from facesearch.index.search import rank_batch
-from facesearch.index.store import Photo
+from facesearch.index.storage.store import Photo
 
 D = 32
 CARD = ModelCard(name="fake-vectors", input_height=8, input_width=8, embedding_size=D, alignment_template="none")
@@ -58,7 +59,7 @@ def model_args(tmp_path):
 
 
 def build(index_dir, model_args, people: People, persons, per=1, **calibration):
-    with IndexWriter.open(index_dir, **model_args) as w:
+    with open_writer(index_dir, **model_args) as w:
         if calibration:
             w.request_calibration(**calibration)
         enrol(w, people, persons, per)
@@ -133,7 +134,7 @@ def test_fpir_estimate_agrees_with_a_direct_measurement_on_known_strangers(tmp_p
     assert direct.method == "strangers" and direct.searched_identities == 1000
     assert abs(float(np.mean(statistics >= direct.threshold)) - 0.01) < 0.002  # the direct one hits it on its data
 
-    with IndexWriter.open(tmp_path / "idx", **model_args) as w:  # grown x1.2: kept, carried to 1,200 by query
+    with open_writer(tmp_path / "idx", **model_args) as w:  # grown x1.2: kept, carried to 1,200 by query
         enrol(w, people, range(1000, 1200))
         assert w.commit().calibration["action"] == "kept"
     with GalleryIndex.open(tmp_path / "idx") as g:
@@ -144,7 +145,7 @@ def test_fpir_estimate_agrees_with_a_direct_measurement_on_known_strangers(tmp_p
 
 
 def test_recalibration_when_the_gallery_grows_or_shrinks(tmp_path, model_args, monkeypatch):
-    import facesearch.index.open_set as open_set
+    import facesearch.index.openset.open_set as open_set
 
     searched = []
     real = open_set.loio_samples
@@ -154,7 +155,7 @@ def test_recalibration_when_the_gallery_grows_or_shrinks(tmp_path, model_args, m
     assert first.calibration["action"] == "calibrated" and searched == [600]
     stored = read_calibration(idx)
 
-    with IndexWriter.open(idx, **model_args) as w:  # +50 identities (x1.08): kept, no search at all
+    with open_writer(idx, **model_args) as w:  # +50 identities (x1.08): kept, no search at all
         enrol(w, people, range(600, 650))
         grown = w.commit()
     assert grown.calibration["action"] == "kept" and searched == [600]
@@ -163,17 +164,17 @@ def test_recalibration_when_the_gallery_grows_or_shrinks(tmp_path, model_args, m
         decision = FaceSearcher(g, card=CARD).decision()
         assert decision.threshold > stored["threshold"] and decision.source == "calibration"
 
-    with IndexWriter.open(idx, **model_args) as w:  # to 800 (x1.33 of 600): computed again
+    with open_writer(idx, **model_args) as w:  # to 800 (x1.33 of 600): computed again
         enrol(w, people, range(650, 800))
         again = w.commit()
     assert again.calibration["action"] == "calibrated" and searched == [600, 800]
     assert read_calibration(idx)["gallery_identities"] == 800
 
-    with IndexWriter.open(idx, **model_args) as w:  # a merge changes no content: the calibration stays
+    with open_writer(idx, **model_args) as w:  # a merge changes no content: the calibration stays
         merged = w.compact(force=True)
     assert merged.written and read_calibration(idx)["gallery_identities"] == 800 and searched == [600, 800]
 
-    with IndexWriter.open(idx, **model_args) as w:  # down to 300: 1% needs 500, so the lowest rate 300 support
+    with open_writer(idx, **model_args) as w:  # down to 300: 1% needs 500, so the lowest rate 300 support
         w.remove_photos([f"p{p:05d}-0.jpg" for p in range(300, 800)])
         shrunk = w.commit()
     c = read_calibration(idx)
@@ -181,7 +182,7 @@ def test_recalibration_when_the_gallery_grows_or_shrinks(tmp_path, model_args, m
     assert (c["target_fpir"], c["requested_fpir"], c["gallery_identities"]) == (0.017, 0.01, 300)
     assert "the lowest rate its 300 identities support; FPIR 0.01 needs 500" in shrunk.calibration["message"]
 
-    with IndexWriter.open(idx, **model_args) as w:  # down to 60: too few for any automatic rate
+    with open_writer(idx, **model_args) as w:  # down to 60: too few for any automatic rate
         w.remove_photos([f"p{p:05d}-0.jpg" for p in range(60, 300)])
         tiny = w.commit()
     assert tiny.calibration["action"] == "none" and read_calibration(idx) is None
@@ -193,7 +194,7 @@ def read_calibration(index_dir) -> dict | None:
 
 
 def test_a_failed_calibration_keeps_the_write_and_the_previous_estimate(tmp_path, model_args, monkeypatch):
-    import facesearch.index.open_set as open_set
+    import facesearch.index.openset.open_set as open_set
 
     people, idx = People(5), tmp_path / "idx"
     build(idx, model_args, people, range(600))
@@ -203,7 +204,7 @@ def test_a_failed_calibration_keeps_the_write_and_the_previous_estimate(tmp_path
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(open_set, "calibrate_index", broken)
-    with IndexWriter.open(idx, **model_args) as w:
+    with open_writer(idx, **model_args) as w:
         enrol(w, people, range(600, 900))
         result = w.commit()
     assert result.written and result.faces == 900  # the user's write went through
@@ -233,7 +234,7 @@ def test_too_small_a_gallery_is_refused_with_the_minimum_and_what_to_do(tmp_path
     answer = recalibrate(idx, fpir=0.1)  # a rate 60 identities do support
     assert answer["calibration"]["target_fpir"] == 0.1 and read_calibration(idx)["target_fpir"] == 0.1
 
-    with IndexWriter.open(idx, **model_args) as w:  # build-index --fpir 0.01 on it: refused, the write is kept
+    with open_writer(idx, **model_args) as w:  # build-index --fpir 0.01 on it: refused, the write is kept
         w.request_calibration(0.01)
         enrol(w, people, range(60, 70))
         refused = w.commit()

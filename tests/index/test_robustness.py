@@ -21,7 +21,7 @@ from facesearch.embedder.core.errors import (
     IndexMismatchError,
 )
 from facesearch.index import GalleryIndex, build_index
-from facesearch.index.generation import build_lock
+from facesearch.index.storage.generation import build_lock
 
 QUERY = np.random.default_rng(99).standard_normal((4, 16)).astype(np.float32)
 
@@ -214,8 +214,8 @@ def test_damaged_index_is_a_format_error(tmp_path, gallery, embedder, damage, me
 
 
 def test_index_package_never_imports_tensorflow():
-    code = ("import sys, facesearch.index, facesearch.index.build, facesearch.index.gallery, facesearch.index.search, facesearch.index.scan, facesearch.index.store, "
-            "facesearch.embedder.pipeline, facesearch.index.generation, facesearch.index.manifest\n"
+    code = ("import sys, facesearch.index, facesearch.index.sync.build, facesearch.index.storage.gallery, facesearch.index.openset.ranking, facesearch.index.sync.scan, facesearch.index.storage.store, "
+            "facesearch.embedder.pipeline, facesearch.index.storage.generation, facesearch.index.storage.manifest\n"
             "assert not any(m.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx') for m in sys.modules), "
             "sorted(m for m in sys.modules if 'tensorflow' in m)[:5]\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

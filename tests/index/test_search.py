@@ -11,7 +11,8 @@ import pytest
 from index_fakes import PixelEmbedder, TableEmbedder, make_gallery, write_photo
 
 from facesearch.embedder.core.errors import IndexMismatchError
-from facesearch.index import GalleryIndex, build_index, rank_identities, search
+from facesearch.index import GalleryIndex, build_index, rank_identities
+from facesearch.index.openset import ranking as search
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -126,16 +127,16 @@ def hand_index(tmp_path, model_dir, rng) -> Path:
 def test_rank_identities_hand_worked_example(hand_index):
     with GalleryIndex.open(hand_index) as g:
         # q . rows = [0.6, 0.96, 1.0, 0.8, 0.0]: bob 1.0 (b1), alice 0.96 (a2), carol 0.0 (c1)
-        r = g.rank_identities(np.array([0.6, 0.8, 0.0], np.float32), k=5, threshold=0.5)
+        r = rank_identities(g, np.array([0.6, 0.8, 0.0], np.float32), k=5, threshold=0.5)
         assert [(m.identity, m.path) for m in r.matches] == [
             ("bob", "bob/b1.png"), ("alice", "alice/a2.png"), ("carol", "carol/c1.png")]  # k > 3 identities
         np.testing.assert_allclose([m.score for m in r.matches], [1.0, 0.96, 0.0], atol=1e-6)
         assert (r.identity, r.verdict, r.matches[0].box) == ("bob", "bob", None)
-        assert [m.identity for m in g.rank_identities(np.array([[0.6, 0.8, 0.0]], np.float32), k=1).matches] == ["bob"]
+        assert [m.identity for m in rank_identities(g, np.array([[0.6, 0.8, 0.0]], np.float32), k=1).matches] == ["bob"]
 
         # q . rows = [0, 0.36, 0.48, 0.6, 0.8]: carol 0.8, bob 0.6 (b2, not b1), alice 0.36 (a2)
         q = np.array([0.0, 0.6, 0.8], np.float32)
-        r = g.rank_identities(q, k=3, threshold=0.9)
+        r = rank_identities(g, q, k=3, threshold=0.9)
         assert [(m.identity, m.path) for m in r.matches] == [
             ("carol", "carol/c1.png"), ("bob", "bob/b2.png"), ("alice", "alice/a2.png")]
         assert (r.identity, r.verdict) == (None, "unknown")
@@ -145,10 +146,10 @@ def test_rank_identities_hand_worked_example(hand_index):
         assert set(d["matches"][0]) == {"identity", "score", "path", "box", "id"}
 
         top = r.matches[0].score
-        assert g.rank_identities(q, k=3, threshold=top).identity == "carol"  # a score equal to the threshold matches
-        assert g.rank_identities(q, k=3, threshold=np.nextafter(top, 2)).identity is None
-        assert g.rank_identities(q, k=3).threshold == g.card.default_threshold  # 0.3: carol matches
-        assert g.rank_identities(q, k=3).verdict == "carol"
+        assert rank_identities(g, q, k=3, threshold=top).identity == "carol"  # a score equal to the threshold matches
+        assert rank_identities(g, q, k=3, threshold=np.nextafter(top, 2)).identity is None
+        assert rank_identities(g, q, k=3).threshold == g.card.default_threshold  # 0.3: carol matches
+        assert rank_identities(g, q, k=3).verdict == "carol"
 
 
 def test_rank_identities_widens_until_k_identities(tmp_path, model_dir, rng):
@@ -163,12 +164,12 @@ def test_rank_identities_widens_until_k_identities(tmp_path, model_dir, rng):
         write_photo(root / name / "0.png", rng, key=key)
     build_index(root, tmp_path / "wide-idx", TableEmbedder(model_dir, table))
     with GalleryIndex.open(tmp_path / "wide-idx") as g:
-        r = g.rank_identities(np.array([1, 0, 0], np.float32), k=3, threshold=0.5)
+        r = rank_identities(g, np.array([1, 0, 0], np.float32), k=3, threshold=0.5)
         assert [m.identity for m in r.matches] == ["dave", "erin", "frank"]
         np.testing.assert_allclose([m.score for m in r.matches], [dave[0][0], 0.9, 0.5], rtol=1e-6)
         assert r.matches[0].path == "dave/00.png"
         assert r.searched == 33  # 12 neighbours were all dave: widened to the whole index
-        assert [m.identity for m in g.rank_identities(np.array([1, 0, 0], np.float32), k=1).matches] == ["dave"]
+        assert [m.identity for m in rank_identities(g, np.array([1, 0, 0], np.float32), k=1).matches] == ["dave"]
 
 
 def test_rank_identities_matches_numpy_reference(tmp_path, model_dir, rng):

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from facesearch.embedder.core.model_card import ModelCard
-from facesearch.index import GalleryIndex, IndexWriter, build_index
-from facesearch.index.store import Photo
-from facesearch.index.writer import MERGE_FACTOR, plan_merge
+from facesearch.index import GalleryIndex, IndexWriter, build_index, open_writer
+from facesearch.index.storage.store import Photo
+from facesearch.index.storage.writer import MERGE_FACTOR, plan_merge
 
 D = 16
 CARD = ModelCard(name="fake-vectors", input_height=8, input_width=8, embedding_size=D, alignment_template="none")
@@ -74,7 +74,7 @@ def test_adds_and_removals_over_many_commits_match_brute_force_and_a_rebuild(tmp
     idx = tmp_path / "idx"
     for commit in range(7):
         batch = {f"p{commit}-{i}": v for i, v in enumerate(unit(rng, 30))}
-        with IndexWriter.open(idx, **writer_args) as w:
+        with open_writer(idx, **writer_args) as w:
             add(w, batch)
             live.update(batch)
             gone = sorted(rng.choice(sorted(live), size=8, replace=False).tolist()) if commit else []
@@ -90,12 +90,12 @@ def test_adds_and_removals_over_many_commits_match_brute_force_and_a_rebuild(tmp
     assert_same(got, brute_force(live, queries, 10))
 
     rebuilt = tmp_path / "rebuilt"
-    with IndexWriter.open(rebuilt, **writer_args) as w:
+    with open_writer(rebuilt, **writer_args) as w:
         add(w, {key: live[key] for key in sorted(live)})
         w.commit()
     assert_same(answers(rebuilt, queries, 10), got)
 
-    with IndexWriter.open(idx, **writer_args) as w:
+    with open_writer(idx, **writer_args) as w:
         w.compact()
     with GalleryIndex.open(idx) as g:
         assert len(g.segments) == 1 and g.manifest.dead == 0 and g.manifest.stored == len(live)
@@ -106,10 +106,10 @@ def test_adds_and_removals_over_many_commits_match_brute_force_and_a_rebuild(tmp
 def test_search_skips_removed_faces_with_few_left(tmp_path, writer_args):
     rng = np.random.default_rng(6)
     vectors = {f"a-{i}": v for i, v in enumerate(unit(rng, 20))}
-    with IndexWriter.open(tmp_path / "idx", **writer_args) as w:
+    with open_writer(tmp_path / "idx", **writer_args) as w:
         add(w, vectors)
         w.commit()
-    with IndexWriter.open(tmp_path / "idx", **writer_args) as w:
+    with open_writer(tmp_path / "idx", **writer_args) as w:
         w.remove_photos([f"a-{i}.jpg" for i in range(17)])
         w.commit(merge=False)
     q = unit(rng, 2)
@@ -122,8 +122,8 @@ def test_search_skips_removed_faces_with_few_left(tmp_path, writer_args):
 
 
 def test_merge_policy_levels():
-    from facesearch.index.manifest import Manifest
-    from facesearch.index.segments import SegmentInfo
+    from facesearch.index.storage.manifest import Manifest
+    from facesearch.index.storage.segments import SegmentInfo
 
     def manifest(counts):
         segments = [SegmentInfo(i, n, "float32", "flat") for i, n in enumerate(counts)]
@@ -141,12 +141,12 @@ def test_merge_policy_levels():
 
 def test_metadata_updates_touch_only_the_changed_rows(tmp_path, writer_args):
     rng = np.random.default_rng(7)
-    with IndexWriter.open(tmp_path / "idx", **writer_args) as w:
+    with open_writer(tmp_path / "idx", **writer_args) as w:
         add(w, {f"a-{i}": v for i, v in enumerate(unit(rng, 50))})
         w.commit()
     meta = tmp_path / "idx" / json.loads((tmp_path / "idx" / "manifest.json").read_text())["metadata"]
     inode = meta.stat().st_ino
-    with IndexWriter.open(tmp_path / "idx", **writer_args) as w:
+    with open_writer(tmp_path / "idx", **writer_args) as w:
         add(w, {"b-0": unit(rng, 1)[0]})
         w.remove_photos(["a-3.jpg"])
         result = w.commit()
@@ -166,13 +166,13 @@ def test_metadata_updates_touch_only_the_changed_rows(tmp_path, writer_args):
 
 def test_writer_identity_operations(tmp_path, writer_args):
     rng = np.random.default_rng(8)
-    with IndexWriter.open(tmp_path / "idx", **writer_args) as w:
+    with open_writer(tmp_path / "idx", **writer_args) as w:
         add(w, {"ann-1": unit(rng, 1)[0], "ann-2": unit(rng, 1)[0], "bob-1": unit(rng, 1)[0]})
         w.commit()
     with GalleryIndex.open(tmp_path / "idx") as g:
         assert g.store.identities() == [("ann", 2, 2), ("bob", 1, 1)]
         ann_ids = g.store.ids_of_identity("ann")
-    with IndexWriter.open(tmp_path / "idx", **writer_args) as w:
+    with open_writer(tmp_path / "idx", **writer_args) as w:
         w.remove_faces(ann_ids[:1])
         result = w.commit()
     assert (result.faces, result.photos, result.identities) == (2, 3, 2)  # the photo stays, without its face
@@ -182,7 +182,7 @@ def test_writer_identity_operations(tmp_path, writer_args):
             g.records(ann_ids[:1])
         with pytest.raises(KeyError):
             g.vectors(ann_ids[:1])
-    with IndexWriter.open(tmp_path / "idx", **writer_args) as w:
+    with open_writer(tmp_path / "idx", **writer_args) as w:
         w.remove_photos(["ann-1.jpg", "ann-2.jpg"])
         result = w.commit()
     assert (result.faces, result.photos, result.identities) == (1, 1, 1)
@@ -191,14 +191,14 @@ def test_writer_identity_operations(tmp_path, writer_args):
 def test_reader_keeps_its_generation_while_writes_commit(tmp_path, writer_args):
     rng = np.random.default_rng(9)
     first = {f"a-{i}": v for i, v in enumerate(unit(rng, 10))}
-    with IndexWriter.open(tmp_path / "idx", **writer_args) as w:
+    with open_writer(tmp_path / "idx", **writer_args) as w:
         add(w, first)
         w.commit()
     q = unit(rng, 3)
     reader = GalleryIndex.open(tmp_path / "idx")
     before = reader.search(q, 5)
     for n in range(3):  # enough commits for the rows the reader sees to be purged if it were unsafe
-        with IndexWriter.open(tmp_path / "idx", **writer_args) as w:
+        with open_writer(tmp_path / "idx", **writer_args) as w:
             add(w, {f"b{n}-{i}": v for i, v in enumerate(unit(rng, 5))})
             w.remove_photos([f"a-{n}.jpg"])
             w.commit()
@@ -277,13 +277,13 @@ def clustered(rng: np.random.Generator, identities: int, per: int) -> np.ndarray
 
 @pytest.mark.parametrize("kind", ["hnsw", "ivf"])
 def test_approximate_segments_through_the_writer(tmp_path, writer_args, kind):
-    from facesearch.index.manifest import IndexPolicy
+    from facesearch.index.storage.manifest import IndexPolicy
 
     rng = np.random.default_rng(10)
     vectors = clustered(rng, 600, 5)
     keys = [f"id{i // 5}-{i}" for i in range(len(vectors))]
     idx = tmp_path / "idx"
-    with IndexWriter.open(idx, **writer_args, policy=IndexPolicy(index_type=kind)) as w:
+    with open_writer(idx, **writer_args, policy=IndexPolicy(index_type=kind)) as w:
         add(w, dict(zip(keys, vectors)))
         w.commit()
     with GalleryIndex.open(idx) as g:
@@ -292,7 +292,7 @@ def test_approximate_segments_through_the_writer(tmp_path, writer_args, kind):
         spec = segment.info.spec
         assert spec["recall"] >= 0.99 and spec["target_met"] and spec["tune_sample"] > 0  # tuned at build
     removed = set(keys[::7])
-    with IndexWriter.open(idx, **writer_args) as w:
+    with open_writer(idx, **writer_args) as w:
         w.remove_photos([f"{key}.jpg" for key in sorted(removed)])
         w.commit(merge=False)
     live = {key: v for key, v in zip(keys, vectors) if key not in removed}
@@ -305,7 +305,7 @@ def test_approximate_segments_through_the_writer(tmp_path, writer_args, kind):
         for path, score in row:
             assert score == pytest.approx(float(live[path[:-4]] @ queries[got.index(row)]), abs=1e-4)
 
-    with IndexWriter.open(idx, **writer_args, policy=IndexPolicy(index_type="flat")) as w:
+    with open_writer(idx, **writer_args, policy=IndexPolicy(index_type="flat")) as w:
         w.compact(force=True)  # another type, from the stored vectors: nothing embedded
     with GalleryIndex.open(idx) as g:
         assert g.exact and g.manifest.dead == 0
@@ -314,19 +314,19 @@ def test_approximate_segments_through_the_writer(tmp_path, writer_args, kind):
 
 def test_compaction_with_a_new_policy_records_it_for_the_next_merge(tmp_path, writer_args):
     from facesearch.index import read_manifest
-    from facesearch.index.manifest import IndexPolicy
-    from facesearch.index.writer import MIN_APPROXIMATE
+    from facesearch.index.storage.manifest import IndexPolicy
+    from facesearch.index.storage.writer import MIN_APPROXIMATE
 
     rng = np.random.default_rng(12)
     idx = tmp_path / "idx"
     flat = IndexPolicy(index_type="flat")
-    with IndexWriter.open(idx, **writer_args, policy=flat) as w:
+    with open_writer(idx, **writer_args, policy=flat) as w:
         add(w, dict(zip([f"a{i // 5}-{i}" for i in range(1200)], clustered(rng, 240, 5))))
         w.commit()
     assert read_manifest(idx).policy == flat and [s.kind for s in read_manifest(idx).segments] == ["flat"]
 
     new = IndexPolicy(index_type="hnsw", target_recall=0.97)
-    with IndexWriter.open(idx, **writer_args, policy=new) as w:
+    with open_writer(idx, **writer_args, policy=new) as w:
         result = w.compact(force=True)
     assert result.written
     m = read_manifest(idx)
@@ -340,7 +340,7 @@ def test_compaction_with_a_new_policy_records_it_for_the_next_merge(tmp_path, wr
     assert batch < MIN_APPROXIMATE <= MERGE_FACTOR * batch  # flat as committed, approximate once merged
     merged = []
     for n in range(MERGE_FACTOR):
-        with IndexWriter.open(idx, **writer_args) as w:
+        with open_writer(idx, **writer_args) as w:
             add(w, dict(zip([f"b{n}x{i // 5}-{i}" for i in range(batch)], clustered(rng, batch // 5, 5))))
             merged.append(w.commit().merged)
     assert merged[:-1] == [[]] * (MERGE_FACTOR - 1) and len(merged[-1]) == MERGE_FACTOR  # the 4th commit merged

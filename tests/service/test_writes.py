@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from facesearch.cli.main import app
 from facesearch.index import GalleryIndex
-from facesearch.index.photostore import PhotoStore
+from facesearch.index.storage.photostore import PhotoStore
 
 
 def upload(path, field="photos"):

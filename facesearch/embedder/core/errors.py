@@ -63,7 +63,7 @@ class EngineError(FaceSearchError):
 
 
 class AnnInputError(FaceSearchError, ValueError):
-    """Vectors, queries or arguments given to the vector search (`facesearch.index.ann`) are malformed."""
+    """Vectors, queries or arguments given to the vector search (`facesearch.index.storage.ann`) are malformed."""
 
 
 class MemoryBudgetError(FaceSearchError):

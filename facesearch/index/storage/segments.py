@@ -3,7 +3,7 @@
 A segment is written once and never changed (Lucene's and Milvus's segments): its raw vectors
 (`seg-NNNNNN.vectors.npy`, `(n, d)` float32 or float16, rows L2-normalised, row i = position i),
 its ids (`seg-NNNNNN.ids.npy`, `(n,)` int64, ascending) and, for approximate kinds, an index over
-positions (`seg-NNNNNN.ann`, see `facesearch.index.ann`). Removed faces stay in their segment until a merge
+positions (`seg-NNNNNN.ann`, see `facesearch.index.storage.ann`). Removed faces stay in their segment until a merge
 drops them; searches skip them through a FAISS `IDSelector` built from the tombstones.
 Raw vectors are kept so that a merge or a change of index type never embeds a photo again.
 """
@@ -20,7 +20,7 @@ import faiss
 import numpy as np
 
 from facesearch.embedder.core.errors import IndexFormatError
-from facesearch.index.ann.blas import use_blas_for_batches
+from facesearch.index.storage.ann.blas import use_blas_for_batches
 
 VECTOR_DTYPES = ("float32", "float16")
 KINDS = ("flat", "hnsw", "ivf")
@@ -39,7 +39,7 @@ class SegmentInfo:
     number: int
     count: int  # rows, live or not
     dtype: str  # of the raw vectors
-    kind: str  # "flat" (exact) or an approximate kind of `facesearch.index.ann`
+    kind: str  # "flat" (exact) or an approximate kind of `facesearch.index.storage.ann`
     spec: dict = field(default_factory=dict)  # the approximate index's `IndexSpec.to_dict()`; {} for flat
 
     @property
@@ -73,7 +73,7 @@ def write_segment(folder: Path, number: int, vectors: np.ndarray, ids: np.ndarra
         vectors: `(n, d)` float32, rows L2-normalised.
         ids: `(n,)` int64 ids, ascending.
         dtype: how the raw vectors are stored.
-        kind: "flat", or an approximate kind whose index `facesearch.index.ann` builds (and tunes) from `spec`.
+        kind: "flat", or an approximate kind whose index `facesearch.index.storage.ann` builds (and tunes) from `spec`.
         spec: the approximate index's spec (`index.ann.IndexSpec.to_dict()`), chosen by the caller.
     """
     if dtype not in VECTOR_DTYPES:
@@ -88,7 +88,7 @@ def write_segment(folder: Path, number: int, vectors: np.ndarray, ids: np.ndarra
     _save_npy(folder / names["ids"], ids, np.int64)
     if kind == "flat":
         return SegmentInfo(number, len(ids), dtype, "flat")
-    from facesearch.index import ann
+    from facesearch.index.storage import ann
 
     index_spec = ann.IndexSpec.from_dict(spec or {})
     built, tuned = ann.build_and_tune(vectors, index_spec, seed=seed)
@@ -120,7 +120,7 @@ class Segment:
         self.ids = ids
         self.raw = raw
         self._index = index  # flat segments build theirs on first search (a writer may never search)
-        self.spec = spec  # facesearch.index.ann.IndexSpec for approximate kinds
+        self.spec = spec  # facesearch.index.storage.ann.IndexSpec for approximate kinds
         self._lock = threading.Lock()
 
     @property
@@ -160,7 +160,7 @@ class Segment:
             raise IndexFormatError(f"segment {info.number} in '{folder}' does not match the manifest: {problem}")
         if info.kind == "flat":
             return cls(info, ids, raw)
-        from facesearch.index import ann
+        from facesearch.index.storage import ann
 
         spec = ann.IndexSpec.from_dict(info.spec)
         index = ann.read_index(files["ann"], spec)
@@ -177,14 +177,14 @@ class Segment:
         return self.info.kind == "flat"
 
     def live_filter(self, tombstones: np.ndarray):
-        """An `facesearch.index.ann.LiveFilter` of this segment's positions not in the sorted `tombstones`, or
+        """An `facesearch.index.storage.ann.LiveFilter` of this segment's positions not in the sorted `tombstones`, or
         None when none of its ids is removed. Build it once per tombstone set and pass it to `search`."""
         if not len(tombstones) or not len(self.ids):
             return None
         dead = np.isin(self.ids, tombstones, assume_unique=True)
         if not dead.any():
             return None
-        from facesearch.index.ann import LiveFilter
+        from facesearch.index.storage.ann import LiveFilter
 
         return LiveFilter(~dead)
 
@@ -208,7 +208,7 @@ class Segment:
             params = None if live is None else faiss.SearchParameters(sel=live.selector)
             scores, positions = self.index.search(queries, k, params=params)
         else:
-            from facesearch.index import ann
+            from facesearch.index.storage import ann
 
             scores, positions = ann.search(self.index, self.spec, queries, k, alive=live, raw=self.raw)
         ids = np.where(positions >= 0, self.ids[np.maximum(positions, 0)], -1)

@@ -51,7 +51,7 @@ class IndexSpec:
         recall_k: the k of `recall`.
         tune_sample: held-out queries the recall was measured on (0: not measured).
         target_met: whether tuning reached `target_recall` (False: it stopped at the largest
-            search parameter it tries; see `facesearch.index.ann.tune`). None before tuning.
+            search parameter it tries; see `facesearch.index.storage.ann.tune`). None before tuning.
         version: format version of this record.
     """
 

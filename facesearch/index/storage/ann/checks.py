@@ -1,4 +1,4 @@
-"""Checks of what enters `facesearch.index.ann`: integers, vector arrays (read chunk by chunk), queries."""
+"""Checks of what enters `facesearch.index.storage.ann`: integers, vector arrays (read chunk by chunk), queries."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Crash-safe commits of an index directory: new files first, then one atomic manifest swap.
 
-Order of a write (see `facesearch.index.writer`): new segment and tombstone files are written and fsynced
+Order of a write (see `facesearch.index.storage.writer`): new segment and tombstone files are written and fsynced
 under names no manifest refers to, and the metadata rows of the new generation are committed
 (invisible to readers of the current one); then `manifest.json` is replaced atomically; only
 then are files that the new manifest does not name deleted. A crash at any point leaves a
@@ -19,7 +19,7 @@ from pathlib import Path
 from facesearch.embedder.core.atomic import atomic_write_json
 from facesearch.embedder.core.errors import IndexBusyError
 from facesearch.embedder.core.model_card import CARD_FILE
-from facesearch.index.manifest import MANIFEST_FILE, Manifest
+from facesearch.index.storage.manifest import MANIFEST_FILE, Manifest
 
 LOCK_FILE = ".lock"
 # Files this package creates and may delete: segment and tombstone files, atomic-write temporaries,

@@ -17,8 +17,8 @@ import faiss
 
 from facesearch.embedder.core.atomic import atomic_path
 from facesearch.embedder.core.errors import IndexFormatError
-from facesearch.index.ann.build import apply_search_defaults
-from facesearch.index.ann.spec import IndexSpec, codes_bytes
+from facesearch.index.storage.ann.build import apply_search_defaults
+from facesearch.index.storage.ann.spec import IndexSpec, codes_bytes
 
 _IVF_TYPES = {"flat": "IndexIVFFlat", "sq8": "IndexIVFScalarQuantizer", "pq": "IndexIVFPQ"}
 

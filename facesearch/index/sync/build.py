@@ -4,7 +4,7 @@ Incremental by default: only new or changed photos are read and embedded; photos
 and mtime are unchanged are not read at all; a changed size or mtime with the same sha256 only
 refreshes the metadata; a photo moved or copied to another path keeps its stored vectors (and
 their ids). A commit writes only what changed: new vectors as a new segment, removed ones as
-tombstones, the changed metadata rows (see `facesearch.index.writer`).
+tombstones, the changed metadata rows (see `facesearch.index.storage.writer`).
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ from facesearch.embedder.core.constants import DEFAULT_BATCH_SIZE, reader_thread
 from facesearch.embedder.core.errors import DatasetError, IndexFormatError
 from facesearch.embedder.core.model_card import sha256_file
 from facesearch.embedder.pipeline import FACE_POLICIES, build_settings, embed_photos
-from facesearch.index.enrolled import ExclusionPlan, carry_enrolled, plan_exclusions
-from facesearch.index.manifest import MANIFEST_FILE, IndexPolicy, read_manifest_data
-from facesearch.index.open_set import unchanged_calibration
+from facesearch.index.openset.commit import COMMIT_CALIBRATION
+from facesearch.index.openset.open_set import unchanged_calibration
 from facesearch.index.protocols import EmbedderLike, Progress
-from facesearch.index.scan import ScannedFile, plan_update, scan_folder
-from facesearch.index.store import Photo, StoredFace
-from facesearch.index.writer import IndexWriter
+from facesearch.index.storage.manifest import MANIFEST_FILE, IndexPolicy, read_manifest_data
+from facesearch.index.storage.store import Photo, StoredFace
+from facesearch.index.storage.writer import IndexWriter
+from facesearch.index.sync.enrolled import ExclusionPlan, carry_enrolled, plan_exclusions
+from facesearch.index.sync.scan import ScannedFile, plan_update, scan_folder
 
 
 @dataclass
@@ -38,7 +39,7 @@ class BuildReport:
     `removed`: indexed photos no longer in the folder. `skipped`: unreadable photos, with the
     reason; a changed photo that became unreadable loses its old vectors. `no_face`/`multi_face`:
     among photos read this run. `ignored`: files without an image extension. `excluded`: folder
-    photos removed through the service and unchanged since, left out (`facesearch.index.enrolled`).
+    photos removed through the service and unchanged since, left out (`facesearch.index.sync.enrolled`).
     `enrolled`: photos enrolled through the service, embedded again from the photo store by a rebuild.
     """
 
@@ -54,7 +55,7 @@ class BuildReport:
     multi_face: int = 0
     reused: int = 0
     ignored: int = 0
-    calibration: dict | None = None  # what the build did about the open-set threshold (facesearch.index.open_set)
+    calibration: dict | None = None  # what the build did about the open-set threshold (facesearch.index.openset.open_set)
     excluded: int = 0
     enrolled: int = 0
     vectors: int = 0
@@ -82,7 +83,7 @@ def build_index(source_dir: str | os.PathLike, index_dir: str | os.PathLike, emb
     """Create or update the index in `index_dir` from the photos in `source_dir`.
 
     Args:
-        source_dir: folder of `<identity>/<photo>` images (identity rule: `facesearch.index.scan`).
+        source_dir: folder of `<identity>/<photo>` images (identity rule: `facesearch.index.sync.scan`).
         index_dir: index directory; created if missing, updated in place (crash-safe) if present.
         embedder: gives face crops of a photo and their embeddings (`facesearch.index.protocols.EmbedderLike`).
         batch_size: photos read and embedded per batch.
@@ -94,7 +95,7 @@ def build_index(source_dir: str | os.PathLike, index_dir: str | os.PathLike, emb
         policy: index type, memory budget, raw vector dtype; None keeps the index's (or the defaults).
             A new index type rewrites the segments from their stored vectors (no photo is embedded).
         fpir: the false-positive identification rate the stored open-set threshold is for (None:
-            the stored calibration's, else 1%); see `facesearch.index.open_set`.
+            the stored calibration's, else 1%); see `facesearch.index.openset.open_set`.
         wait: seconds to wait for another writer (a service's merge, another build) before giving up.
 
     Returns:
@@ -121,11 +122,11 @@ def build_index(source_dir: str | os.PathLike, index_dir: str | os.PathLike, emb
     # A new face policy or crop method (e.g. --aligned, or a facesearch that aligns differently)
     # changes every photo: embed them all again.
     rebuild = rebuild or _settings_differ(index_dir, settings)
-    with IndexWriter.open(index_dir, card=embedder.card, model_dir=embedder.model_dir, source_dir=scan.root,
+    with IndexWriter.open(index_dir, calibrator=COMMIT_CALIBRATION, card=embedder.card, model_dir=embedder.model_dir, source_dir=scan.root,
                           build=settings, policy=policy, rebuild=rebuild, wait=wait) as writer:
         report.rebuilt = existed and writer.fresh
         retype = (policy is not None and not writer.fresh and policy.index_type != writer.manifest.policy.index_type)
-        # What the service changed survives: a rebuild embeds the enrolled photos again (facesearch.index.enrolled).
+        # What the service changed survives: a rebuild embeds the enrolled photos again (facesearch.index.sync.enrolled).
         carried = carry_enrolled(index_dir, writer, embedder, workers=workers, batch_size=batch_size) \
             if report.rebuilt else None
         exclusions = plan_exclusions(scan.root, scan.files, carried.exclusions if carried else writer.exclusions())

@@ -2,9 +2,9 @@
 
 A photo's file is named by the sha256 of its bytes (`photos/ab/abcdef....jpg`), so the same
 bytes are stored once however often they are enrolled, and a rebuild of the index (a new model,
-another crop method) can embed every enrolled photo again from here (`facesearch.index.enrolled`).
+another crop method) can embed every enrolled photo again from here (`facesearch.index.sync.enrolled`).
 
-An enrolled photo's metadata row (`facesearch.index.store`, source "api") has the path
+An enrolled photo's metadata row (`facesearch.index.storage.store`, source "api") has the path
 `.enrolled/<identity>/<sha256><ext>`: a name no gallery-folder photo can have (a folder build
 ignores hidden folders), unique per identity and photo, from which the stored file is found.
 

@@ -15,10 +15,9 @@ import numpy as np
 
 from facesearch.embedder.core.errors import IndexFormatError, IndexMismatchError
 from facesearch.embedder.core.model_card import ModelCard
-from facesearch.index.manifest import Manifest, read_manifest, rebuild_hint
-from facesearch.index.search import QueryResult, rank_identities
-from facesearch.index.segments import Segment, gather_vectors, merge_results
-from facesearch.index.store import FaceRecord, IndexStore
+from facesearch.index.storage.manifest import Manifest, read_manifest, rebuild_hint
+from facesearch.index.storage.segments import Segment, gather_vectors, merge_results
+from facesearch.index.storage.store import FaceRecord, IndexStore
 
 # Counting the live metadata rows on open is a full scan; below this many faces it is cheap
 # enough (a few ms) to check that they match the vectors every time an index is opened.
@@ -47,7 +46,7 @@ class GalleryIndex:
         """Load the current generation of `index_dir`.
 
         Args:
-            index_dir: a directory written by `build_index` (or `facesearch.index.writer`).
+            index_dir: a directory written by `build_index` (or `facesearch.index.storage.writer`).
             card: the model that will embed queries; if given, it must be the index's model.
             reuse: an open index of an earlier generation whose segments (immutable) are taken
                 over instead of read again where the new manifest still names them.
@@ -144,7 +143,7 @@ class GalleryIndex:
 
         Returns:
             scores `(m, min(k, n))` float32, best first, and ids `(m, min(k, n))` int64. Exact for
-            flat segments; approximate segments give their approximate neighbours (facesearch.index.ann).
+            flat segments; approximate segments give their approximate neighbours (facesearch.index.storage.ann).
 
         Raises:
             TypeError: `vectors` is not a float32 numpy array.
@@ -190,10 +189,6 @@ class GalleryIndex:
             KeyError: an id is not live in the index.
         """
         return gather_vectors(self.segments, self.tombstones, ids, self.dim)
-
-    def rank_identities(self, vector: np.ndarray, k: int = 5, threshold: float | None = None) -> QueryResult:
-        """Best-scoring identities for one face; see `facesearch.index.search.rank_identities`."""
-        return rank_identities(self, vector, k=k, threshold=threshold)
 
     # --- lifetime ------------------------------------------------------------------------
 

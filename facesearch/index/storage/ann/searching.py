@@ -9,9 +9,9 @@ import faiss
 import numpy as np
 
 from facesearch.embedder.core.errors import AnnInputError
-from facesearch.index.ann.blas import use_blas_for_batches
-from facesearch.index.ann.checks import check_queries, check_vectors, positive_int
-from facesearch.index.ann.spec import IndexSpec
+from facesearch.index.storage.ann.blas import use_blas_for_batches
+from facesearch.index.storage.ann.checks import check_queries, check_vectors, positive_int
+from facesearch.index.storage.ann.spec import IndexSpec
 
 # The filter is an IDSelectorBitmap of live positions unless asked otherwise. Measured on 1M rows
 # (one thread, one query, 0.1% dead; none / bitmap / IDSelectorNot(IDSelectorBatch(dead))):

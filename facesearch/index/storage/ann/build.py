@@ -14,8 +14,8 @@ import faiss
 import numpy as np
 
 from facesearch.embedder.core.errors import AnnInputError
-from facesearch.index.ann.blas import use_blas_for_batches
-from facesearch.index.ann.checks import (
+from facesearch.index.storage.ann.blas import use_blas_for_batches
+from facesearch.index.storage.ann.checks import (
     CHUNK_ROWS,
     check_positions,
     check_vectors,
@@ -23,9 +23,9 @@ from facesearch.index.ann.checks import (
     insertion_order,
     positive_int,
 )
-from facesearch.index.ann.rules import train_size
-from facesearch.index.ann.spec import IndexSpec
-from facesearch.index.ann.tuning import tune
+from facesearch.index.storage.ann.rules import train_size
+from facesearch.index.storage.ann.spec import IndexSpec
+from facesearch.index.storage.ann.tuning import tune
 
 # Called as progress(phase, done, total): phases "train", "add", "tune"; each starts at done == 0.
 Progress = Callable[[str, int, int], None]
@@ -55,7 +55,7 @@ def new_index(spec: IndexSpec) -> faiss.Index:
 
 def apply_search_defaults(index: faiss.Index, spec: IndexSpec) -> None:
     """Store `spec`'s tuned search parameter on the index object itself (for callers that search it
-    directly; `facesearch.index.ann.search` passes it per call anyway)."""
+    directly; `facesearch.index.storage.ann.search` passes it per call anyway)."""
     if spec.kind == "hnsw" and spec.ef_search:
         index.hnsw.efSearch = spec.ef_search
     elif spec.kind == "ivf" and spec.nprobe:

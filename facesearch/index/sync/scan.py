@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 
 from facesearch.embedder.core.constants import IMAGE_EXTENSIONS
 from facesearch.embedder.core.errors import DatasetError
-from facesearch.index.store import Photo
+from facesearch.index.storage.store import Photo
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import faiss
 import numpy as np
 
 from facesearch.embedder.core.errors import AnnInputError
-from facesearch.index.ann.checks import (
+from facesearch.index.storage.ann.checks import (
     CHUNK_ROWS,
     check_positions,
     check_queries,
@@ -19,8 +19,8 @@ from facesearch.index.ann.checks import (
     insertion_order,
     positive_int,
 )
-from facesearch.index.ann.searching import search
-from facesearch.index.ann.spec import IndexSpec
+from facesearch.index.storage.ann.searching import search
+from facesearch.index.storage.ann.spec import IndexSpec
 
 log = logging.getLogger(__name__)
 

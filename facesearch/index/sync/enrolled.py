@@ -2,7 +2,7 @@
 
 Who owns what (README "Who owns what"): the gallery folder owns the photos it holds (source
 "folder"); the index owns the photos enrolled through the service (source "api", kept in its
-photo store, `facesearch.index.photostore`). A folder build mirrors only the folder's photos, so enrolled
+photo store, `facesearch.index.storage.photostore`). A folder build mirrors only the folder's photos, so enrolled
 ones are never touched by it. Two cases need more than that, and are handled here:
 
 - A folder photo removed through the service (a deleted identity or face) would come back at
@@ -26,12 +26,12 @@ from facesearch.embedder.core.constants import DEFAULT_BATCH_SIZE
 from facesearch.embedder.core.errors import DatasetError, IndexFormatError
 from facesearch.embedder.core.model_card import sha256_file
 from facesearch.embedder.pipeline import embed_photos
-from facesearch.index.manifest import read_manifest
-from facesearch.index.photostore import PhotoStore
 from facesearch.index.protocols import EmbedderLike
-from facesearch.index.scan import ScannedFile
-from facesearch.index.store import Box, Exclusion, IndexStore, Photo, StoredFace
-from facesearch.index.writer import IndexWriter
+from facesearch.index.storage.manifest import read_manifest
+from facesearch.index.storage.photostore import PhotoStore
+from facesearch.index.storage.store import Box, Exclusion, IndexStore, Photo, StoredFace
+from facesearch.index.storage.writer import IndexWriter
+from facesearch.index.sync.scan import ScannedFile
 
 SAME_FACE_IOU = 0.5  # a face found again overlaps its recorded box at least this much
 

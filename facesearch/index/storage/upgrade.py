@@ -16,10 +16,10 @@ import numpy as np
 
 from facesearch.embedder.core.errors import FaceSearchError, IndexFormatError
 from facesearch.embedder.core.model_card import ModelCard
-from facesearch.index.generation import commit
-from facesearch.index.manifest import IndexPolicy, Manifest, read_manifest_data, utc_now
-from facesearch.index.segments import write_segment
-from facesearch.index.store import IndexStore, Photo, StoredFace, metadata_name
+from facesearch.index.storage.generation import commit
+from facesearch.index.storage.manifest import IndexPolicy, Manifest, read_manifest_data, utc_now
+from facesearch.index.storage.segments import write_segment
+from facesearch.index.storage.store import IndexStore, Photo, StoredFace, metadata_name
 
 
 def upgrade_if_old(index_dir: Path) -> bool:

@@ -3,7 +3,7 @@
 A search finds the face's nearest stored faces; the identities among them are the candidates. Each
 candidate's score is its best face's (fusion `best`), the mean of its two best faces (`top2`), or
 the score of its template, the normalised mean of all its live faces (`template`, read through
-`IdentityFaces`). A `Decision` (facesearch.index.decision) turns the top two identity scores into the one
+`IdentityFaces`). A `Decision` (facesearch.index.openset.decision) turns the top two identity scores into the one
 statistic that is compared with the threshold. Without one, a search answers as it always has: the
 best face score against the model card's threshold.
 """
@@ -19,8 +19,8 @@ from typing import Protocol
 import numpy as np
 
 from facesearch.embedder.core.model_card import ModelCard
-from facesearch.index.decision import Decision
-from facesearch.index.store import Box, FaceRecord
+from facesearch.index.openset.decision import Decision
+from facesearch.index.storage.store import Box, FaceRecord
 
 UNKNOWN = "unknown"  # the verdict when no identity reaches the threshold
 OVERSAMPLE = 4  # neighbours searched per identity wanted, before widening
@@ -237,7 +237,7 @@ def rank_identities(gallery: SearchableGallery, vector: np.ndarray, k: int = 5,
         threshold: with no `decision`, the minimum best score for a match; defaults to the model
             card's `default_threshold`.
         oversample: neighbours searched per identity wanted, before widening.
-        decision: the rule, fusion and threshold (overrides `threshold`); see `facesearch.index.decision`.
+        decision: the rule, fusion and threshold (overrides `threshold`); see `facesearch.index.openset.decision`.
         faces: a cache of identities' vectors for `top2`/`template` fusion (one per open gallery).
         exclude: an identity left out of the ranking (leave-one-identity-out calibration).
 

@@ -42,7 +42,7 @@ import numpy as np
 
 from facesearch.embedder.core.errors import FaceSearchError
 from facesearch.embedder.core.model_card import ModelCard
-from facesearch.index.decision import (
+from facesearch.index.openset.decision import (
     DEFAULT_FUSION,
     DEFAULT_MARGIN_WEIGHT,
     DEFAULT_RULE,

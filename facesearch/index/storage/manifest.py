@@ -16,10 +16,10 @@ from pathlib import Path
 
 from facesearch.embedder.core.errors import FaceSearchError, IndexFormatError, IndexMismatchError
 from facesearch.embedder.core.model_card import ModelCard
-from facesearch.index.segments import SegmentInfo
+from facesearch.index.storage.segments import SegmentInfo
 
 FORMAT_VERSION = 2
-OLD_FORMAT_VERSIONS = (1,)  # upgraded in place by the next write (`facesearch.index.upgrade`)
+OLD_FORMAT_VERSIONS = (1,)  # upgraded in place by the next write (`facesearch.index.storage.upgrade`)
 MANIFEST_FILE = "manifest.json"
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
 
@@ -40,7 +40,7 @@ def tombstone_name(generation: int) -> str:
 class IndexPolicy:
     """How the index chooses and keeps its segments' search structures."""
 
-    index_type: str = "auto"  # auto | flat | hnsw | ivf (see facesearch.index.ann.choose_spec)
+    index_type: str = "auto"  # auto | flat | hnsw | ivf (see facesearch.index.storage.ann.choose_spec)
     memory_budget: int | None = None  # bytes the vectors' search structures may take; None: the default share
     vector_dtype: str = "float32"  # of the raw vectors kept beside every segment
     target_recall: float = 0.99  # recall@10 against exact search that tuning aims for
@@ -76,10 +76,10 @@ class Manifest:
     model_card: ModelCard
     model_dir: str  # absolute path of the model folder used to build
     source_dir: str  # absolute path of the gallery folder; folder photos' paths are relative to it
-    metadata_file: str  # the SQLite metadata (facesearch.index.store), e.g. meta-000001.sqlite
+    metadata_file: str  # the SQLite metadata (facesearch.index.storage.store), e.g. meta-000001.sqlite
     build: dict = field(default_factory=dict)  # settings every vector depends on, e.g. {"faces": "largest"}
     policy: IndexPolicy = field(default_factory=IndexPolicy)
-    calibration: dict | None = None  # the open-set threshold estimate (facesearch.index.calibration)
+    calibration: dict | None = None  # the open-set threshold estimate (facesearch.index.openset.calibration)
     created: str = field(default_factory=utc_now)
     updated: str = field(default_factory=utc_now)
     format_version: int = FORMAT_VERSION

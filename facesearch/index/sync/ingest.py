@@ -19,12 +19,13 @@ import numpy as np
 
 from facesearch.embedder.core.errors import DatasetError
 from facesearch.embedder.embedding_shards import EmbeddingRows, open_shards
-from facesearch.index.build import BuildReport
-from facesearch.index.manifest import IndexPolicy
-from facesearch.index.open_set import unchanged_calibration
+from facesearch.index.openset.commit import COMMIT_CALIBRATION
+from facesearch.index.openset.open_set import unchanged_calibration
 from facesearch.index.protocols import Progress
-from facesearch.index.store import Photo
-from facesearch.index.writer import IndexWriter
+from facesearch.index.storage.manifest import IndexPolicy
+from facesearch.index.storage.store import Photo
+from facesearch.index.storage.writer import IndexWriter
+from facesearch.index.sync.build import BuildReport
 
 # Stored and incoming vectors of an unchanged photo differ by at most float rounding of a file round trip.
 SAME_VECTOR_ATOL = 1e-6
@@ -60,7 +61,7 @@ def build_index_from_embeddings(shards_dir: str | os.PathLike, index_dir: str | 
         rebuild: discard the existing index (even one built by another model or damaged).
         policy: index type, memory budget, raw vector dtype; None keeps the index's.
         fpir: the false-positive identification rate the open-set threshold is calibrated for
-            (None: the stored one, else 1%; see `facesearch.index.open_set`).
+            (None: the stored one, else 1%; see `facesearch.index.openset.open_set`).
         progress: called as `progress("ingest", rows done, rows)`.
 
     Returns:
@@ -81,7 +82,7 @@ def build_index_from_embeddings(shards_dir: str | os.PathLike, index_dir: str | 
         raise DatasetError(f"the embedding shards in '{shards_dir}' hold no row: nothing to index")
     settings = dict(shards.build) if shards.build else None
     existed = (index_dir / "manifest.json").exists()
-    with IndexWriter.open(index_dir, card=shards.card, model_dir=model_dir or shards_dir, source_dir=shards_dir,
+    with IndexWriter.open(index_dir, calibrator=COMMIT_CALIBRATION, card=shards.card, model_dir=model_dir or shards_dir, source_dir=shards_dir,
                           build=settings, policy=policy, rebuild=rebuild) as writer:
         if model_dir is None and not writer.fresh:
             writer.set_settings(model_dir=Path(writer.manifest.model_dir))  # keep where query finds the model

@@ -3,7 +3,7 @@ the Python API (`facesearch.open(...).enrol / remove`) and the service's writes 
 
 The caller holds the writer (and so the index's lock) and commits. Photos go into the photo store
 (fsynced) before the commit that names them; `forget_photos` deletes them after the commit that
-removes the last row naming them (`facesearch.index.photostore`).
+removes the last row naming them (`facesearch.index.storage.photostore`).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from facesearch.embedder.core.errors import FaceNotFoundError, IdentityNotFoundError
-from facesearch.index.enrolled import exclusion_of
-from facesearch.index.photostore import PhotoStore, enrolled_path, parse_enrolled_path
-from facesearch.index.store import Photo
-from facesearch.index.writer import IndexWriter
+from facesearch.index.storage.photostore import PhotoStore, enrolled_path, parse_enrolled_path
+from facesearch.index.storage.store import Photo
+from facesearch.index.storage.writer import IndexWriter
+from facesearch.index.sync.enrolled import exclusion_of
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 `IndexWriter` is the only way anything changes an index (a folder build, an ingest of embedding
 shards, an enrolment through the service, a compaction). It holds the index's lock, stages
-changes, and `commit()` writes them in the order `facesearch.index.generation` describes: a new segment for
+changes, and `commit()` writes them in the order `facesearch.index.storage.generation` describes: a new segment for
 the new vectors, a new tombstone file when faces were removed, the changed metadata rows (one
 SQLite transaction), then the manifest swap. Existing segments are never rewritten by a commit;
 merging them is a separate commit of its own (`merge`, chosen by `plan_merge`, or `compact`).
@@ -14,17 +14,18 @@ import contextlib
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from facesearch.embedder.core.errors import IndexFormatError
 from facesearch.embedder.core.model_card import ModelCard
-from facesearch.index.gallery import check_counts, read_tombstones
-from facesearch.index.generation import build_lock, commit
-from facesearch.index.manifest import (
+from facesearch.index.storage.gallery import GalleryIndex, check_counts, read_tombstones
+from facesearch.index.storage.generation import build_lock, commit
+from facesearch.index.storage.manifest import (
     MANIFEST_FILE,
     IndexPolicy,
     Manifest,
@@ -34,8 +35,8 @@ from facesearch.index.manifest import (
     tombstone_name,
     utc_now,
 )
-from facesearch.index.segments import Segment, SegmentInfo, gather_vectors, write_segment
-from facesearch.index.store import Exclusion, IndexStore, Photo, StoredFace, StoreWrite, metadata_name
+from facesearch.index.storage.segments import Segment, SegmentInfo, gather_vectors, write_segment
+from facesearch.index.storage.store import Exclusion, IndexStore, Photo, StoredFace, StoreWrite, metadata_name
 
 # Merge policy (Lucene's log merge, by powers of ten of live rows): when one size level holds
 # MERGE_FACTOR segments they are merged into one of the next level, so a vector is rewritten
@@ -46,6 +47,15 @@ DEAD_SHARE = 0.3
 # Segments smaller than this stay flat (exact) whatever the index type: an approximate structure
 # over a few hundred vectors saves nothing (and IVF cannot even train).
 MIN_APPROXIMATE = 1000
+
+
+class Calibrator(Protocol):
+    """What a writer asks about the open-set calibration (`facesearch.index.openset.commit.CommitCalibration`)."""
+
+    def wants(self, previous: dict | None, fpir: float | None) -> bool: ...
+
+    def at_commit(self, manifest: Manifest, open_view: Callable[[], GalleryIndex], *, requested_fpir: float | None,
+                  force: bool, given: dict | None) -> tuple[dict | None, dict]: ...
 
 
 @dataclass
@@ -61,7 +71,7 @@ class CommitResult:
     faces_removed: int = 0  # vectors newly tombstoned
     merged: list[int] = field(default_factory=list)  # segments merged by the automatic merge that followed
     seconds: dict[str, float] = field(default_factory=dict)
-    calibration: dict | None = None  # what the commit did about the open-set calibration (facesearch.index.open_set)
+    calibration: dict | None = None  # what the commit did about the open-set calibration (facesearch.index.openset.open_set)
 
 
 class _Spool:
@@ -136,7 +146,8 @@ class IndexWriter:
     @contextlib.contextmanager
     def open(cls, index_dir: str | os.PathLike, *, card: ModelCard, model_dir: str | os.PathLike,
              source_dir: str | os.PathLike | None = None, build: dict | None = None,
-             policy: IndexPolicy | None = None, rebuild: bool = False, wait: float = 0.0) -> Iterator[IndexWriter]:
+             policy: IndexPolicy | None = None, rebuild: bool = False, wait: float = 0.0,
+             calibrator: Calibrator | None = None) -> Iterator[IndexWriter]:
         """Lock `index_dir` and open it for writing (creating an empty index when there is none).
 
         Args:
@@ -148,6 +159,9 @@ class IndexWriter:
             policy: index type, memory budget, raw vector dtype; None keeps the recorded one.
             rebuild: start from an empty index (ids still continue after the old ones).
             wait: seconds to wait for another writer.
+            calibrator: what each commit asks about the open-set calibration (None: nothing; the
+                stored estimate is carried as it is). `facesearch.index.open_writer` passes the
+                index's own (`facesearch.index.openset.commit.COMMIT_CALIBRATION`).
 
         Raises:
             IndexBusyError: another writer holds the index.
@@ -159,6 +173,7 @@ class IndexWriter:
             writer = cls._open_locked(index_dir, card, Path(model_dir).expanduser().resolve(),
                                       None if source_dir is None else Path(source_dir).expanduser().resolve(),
                                       build, policy, rebuild)
+            writer.calibrator = calibrator
             try:
                 yield writer
             finally:
@@ -169,7 +184,7 @@ class IndexWriter:
                      build: dict | None, policy: IndexPolicy | None, rebuild: bool) -> IndexWriter:
         previous = None
         if (index_dir / MANIFEST_FILE).exists():
-            from facesearch.index.upgrade import upgrade_if_old
+            from facesearch.index.storage.upgrade import upgrade_if_old
 
             try:
                 if not rebuild:
@@ -423,8 +438,9 @@ class IndexWriter:
         if manifest.generation % 16 == 0:
             self.store.checkpoint()
 
-    # --- open-set calibration (facesearch.index.open_set) -------------------------------------------------
+    # --- open-set calibration: a hook (facesearch.index.openset.commit), the writer knows no rules ------------
 
+    calibrator: Calibrator | None = None  # set by `open`
     calibration_fpir: float | None = None  # the target FPIR asked for; None keeps the stored one's (else 1%)
     _calibration_force = False
     _calibration_given: dict | None = None
@@ -432,47 +448,46 @@ class IndexWriter:
     def request_calibration(self, fpir: float | None = None, *, force: bool = False,
                             calibration: dict | None = None) -> None:
         """Ask the next commit to calibrate at `fpir` (when the stored target differs, or `force`), or to
-        store `calibration` as given (measured on stranger photos)."""
-        from facesearch.index.open_set import target_differs
+        store `calibration` as given (measured on stranger photos).
 
+        Raises:
+            ValueError: the writer was opened without a calibrator (`calibrator=None`).
+        """
+        if self.calibrator is None:
+            raise ValueError("this writer was opened without a calibrator: open it with "
+                             "facesearch.index.open_writer (or calibrator=COMMIT_CALIBRATION)")
         self.calibration_fpir = fpir
         self._calibration_force = force or calibration is not None
         self._calibration_given = calibration
-        if self._calibration_force or target_differs(self.manifest.calibration, fpir):
+        if self._calibration_force or self.calibrator.wants(self.manifest.calibration, fpir):
             self._settings_changed = True
 
     def _calibrate(self, manifest: Manifest, tombstones: np.ndarray, new_segment: SegmentInfo | None,
-                   seconds: dict[str, float]) -> tuple[Manifest, dict]:
-        """`manifest` with the calibration it should carry, estimated on a read view of its own generation
-        (a failure keeps the previous estimate: the write itself never fails for it)."""
-        from facesearch.index.gallery import GalleryIndex
-        from facesearch.index.open_set import CalibrationOutcome, calibrate_on_commit, settled
-
+                   seconds: dict[str, float]) -> tuple[Manifest, dict | None]:
+        """`manifest` with the calibration the calibrator says it carries (unchanged without a calibrator)."""
         t = time.perf_counter()
-        if self._calibration_given is not None:
-            outcome = CalibrationOutcome(self._calibration_given, "stored", "stored as measured")
-        elif (outcome := settled(manifest.calibration, manifest.identities, manifest.faces,
-                                 requested_fpir=self.calibration_fpir, force=self._calibration_force)) is None:
-            try:
-                segments = self.segments + ([Segment.open(self.index_dir, new_segment, manifest.dim)] if new_segment
-                                            else [])
-                store = IndexStore.open_reader(self.index_dir / manifest.metadata_file, manifest.generation)
-                with GalleryIndex(self.index_dir, manifest, segments, tombstones, store) as view:
-                    outcome = calibrate_on_commit(view, manifest.calibration, requested_fpir=self.calibration_fpir,
-                                                  force=self._calibration_force)
-            except Exception as e:  # noqa: BLE001 - reading the pending generation failed: keep the write
-                outcome = CalibrationOutcome(manifest.calibration, "failed", f"calibration failed ({type(e).__name__}: "
-                                             f"{e}); the previous estimate is kept - run `facesearch calibrate`")
+        if self.calibrator is None:
+            seconds["calibration"] = 0.0
+            return manifest, None
+
+        def open_view() -> GalleryIndex:  # a read view of the generation being committed
+            segments = self.segments + ([Segment.open(self.index_dir, new_segment, manifest.dim)] if new_segment else [])
+            store = IndexStore.open_reader(self.index_dir / manifest.metadata_file, manifest.generation)
+            return GalleryIndex(self.index_dir, manifest, segments, tombstones, store)
+
+        calibration, outcome = self.calibrator.at_commit(
+            manifest, open_view, requested_fpir=self.calibration_fpir, force=self._calibration_force,
+            given=self._calibration_given)
         self._calibration_force, self._calibration_given = False, None
         seconds["calibration"] = time.perf_counter() - t
-        return replace(manifest, calibration=outcome.calibration), outcome.to_dict()
+        return replace(manifest, calibration=calibration), outcome
 
     def _choose(self, n: int) -> tuple[str, dict]:
         """The kind and spec of a new segment of `n` vectors, by the index's policy."""
         policy = self._target.policy
         if policy.index_type == "flat" or n < MIN_APPROXIMATE:
             return "flat", {}
-        from facesearch.index import ann
+        from facesearch.index.storage import ann
 
         spec = ann.choose_spec(n, self.manifest.dim, policy.memory_budget or ann.default_memory_budget(),
                                kind=policy.index_type, target_recall=policy.target_recall)

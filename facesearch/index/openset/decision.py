@@ -5,7 +5,7 @@ the top identity when the decision statistic reaches the threshold, else `unknow
 the best identity score (`score`), or that score plus its lead over the runner-up (`margin`, the
 default of a calibrated index): a stranger tends to sit about as close to several people, an
 enrolled person close to one. A `Decision` says which rule, which fusion and which threshold apply
-to a search, and where the threshold came from (`SOURCES`); `facesearch.index.calibration` makes one from an
+to a search, and where the threshold came from (`SOURCES`); `facesearch.index.openset.calibration` makes one from an
 index's stored estimate.
 
 Measured on LFW with the default model (README, "Measured"): at a self-calibrated 1% FPIR the margin
@@ -128,7 +128,7 @@ class Decision:
         margin_weight: w of the `margin` rule.
         source: one of `SOURCES`.
         fpir: the FPIR the threshold was calibrated for at the gallery's size; None when it was not.
-        method: the calibration's method (`facesearch.index.calibration.METHODS`), or None.
+        method: the calibration's method (`facesearch.index.openset.calibration.METHODS`), or None.
     """
 
     threshold: float

@@ -1,8 +1,8 @@
 """Open-set calibration of an index: leave-one-identity-out through its own search, stranger photos, and when to redo it.
 
-The estimator is `facesearch.index.calibration` (pure numpy); this module runs its searches through an open
+The estimator is `facesearch.index.openset.calibration` (pure numpy); this module runs its searches through an open
 gallery (so approximate segments are calibrated as queries will see them) and decides, at each
-commit of `facesearch.index.writer`, whether the stored estimate still holds (`calibrate_on_commit`):
+commit of `facesearch.index.storage.writer`, whether the stored estimate still holds (`calibrate_on_commit`):
 
 - no estimate yet: compute one at the target FPIR (1% unless `build-index --fpir` asks another);
   a gallery too small for the default target is calibrated at the lowest rate it supports, up to
@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from facesearch.index.calibration import (
+from facesearch.index.openset.calibration import (
     DEFAULT_TARGET_FPIR,
     FACES_PER_IDENTITY,
     MAX_SAMPLED_IDENTITIES,
@@ -36,8 +36,8 @@ from facesearch.index.calibration import (
     lowest_supported_fpir,
     minimum_identities,
 )
-from facesearch.index.decision import DEFAULT_FUSION, DEFAULT_MARGIN_WEIGHT, DEFAULT_RULE, Decision
-from facesearch.index.search import IdentityFaces, rank_batch
+from facesearch.index.openset.decision import DEFAULT_FUSION, DEFAULT_MARGIN_WEIGHT, DEFAULT_RULE, Decision
+from facesearch.index.openset.ranking import IdentityFaces, rank_batch
 
 AUTO_MAX_FPIR = 0.05  # the highest rate a gallery too small for the default target is calibrated at
 BATCH = 256  # searches per batch
@@ -67,7 +67,7 @@ def loio_samples(gallery, *, rule: Rule = Rule(), max_identities: int = MAX_SAMP
 
     Each sampled identity's faces (up to `faces_per_identity`, seeded) are searched with their own
     identity left out; each search's decision statistic is one sample. Identities and faces are
-    chosen exactly as `facesearch.index.calibration.leave_one_identity_out` chooses them (identities by
+    chosen exactly as `facesearch.index.openset.calibration.leave_one_identity_out` chooses them (identities by
     name, faces by id), so the two agree on an exact index.
 
     Raises:

@@ -12,8 +12,8 @@ import math
 import os
 
 from facesearch.embedder.core.errors import AnnInputError, MemoryBudgetError
-from facesearch.index.ann.checks import positive_int
-from facesearch.index.ann.spec import IndexSpec, codes_bytes
+from facesearch.index.storage.ann.checks import positive_int
+from facesearch.index.storage.ann.spec import IndexSpec, codes_bytes
 
 # Exact flat search while one query scans at most this many floats (20,480 x 128-d, 10 MiB):
 # measured one thread, 128-d: flat p50 0.18 ms at 20k vectors (HNSW32 0.14 ms), 1.1 ms at 50k

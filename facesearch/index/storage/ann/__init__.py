@@ -14,9 +14,9 @@ Nothing here imports TensorFlow (this package is on the query path).
 """
 
 from facesearch.embedder.core.errors import AnnInputError, MemoryBudgetError
-from facesearch.index.ann.build import add_positions, build_and_tune, build_segment_index, holdout_sample
-from facesearch.index.ann.io import read_index, write_index
-from facesearch.index.ann.rules import (
+from facesearch.index.storage.ann.build import add_positions, build_and_tune, build_segment_index, holdout_sample
+from facesearch.index.storage.ann.io import read_index, write_index
+from facesearch.index.storage.ann.rules import (
     choose_spec,
     default_memory_budget,
     estimate_memory,
@@ -26,9 +26,9 @@ from facesearch.index.ann.rules import (
     ivf_nlist,
     train_size,
 )
-from facesearch.index.ann.searching import LiveFilter, rerank, search
-from facesearch.index.ann.spec import SPEC_VERSION, IndexSpec
-from facesearch.index.ann.tuning import exact_knn, recall_at, tune
+from facesearch.index.storage.ann.searching import LiveFilter, rerank, search
+from facesearch.index.storage.ann.spec import SPEC_VERSION, IndexSpec
+from facesearch.index.storage.ann.tuning import exact_knn, recall_at, tune
 
 __all__ = [
     "SPEC_VERSION", "AnnInputError", "IndexSpec", "LiveFilter", "MemoryBudgetError", "add_positions",

@@ -3,7 +3,7 @@
 One file, updated in place: every row carries the generation that added it and the one that
 removed it (NULL while live), so a reader opened on generation G sees exactly the rows with
 `added <= G < removed`, while a writer prepares generation G + 1 in the same file. A write only
-touches the rows that change. The manifest (`facesearch.index.manifest`) names the committed generation:
+touches the rows that change. The manifest (`facesearch.index.storage.manifest`) names the committed generation:
 rows of a generation that no manifest names yet (a write that crashed before its manifest
 swap) are invisible to readers and rolled back by the next writer (`IndexStore.rollback`).
 """
@@ -492,7 +492,7 @@ class StoreWrite:
         self._faces += len(rows)
 
     def exclude(self, rows: Iterable[Exclusion]) -> None:
-        """Record exclusions (a folder build honours them; see `facesearch.index.build`)."""
+        """Record exclusions (a folder build honours them; see `facesearch.index.sync.build`)."""
         self._conn.executemany(
             "INSERT INTO exclusions (path, size, mtime_ns, sha256, face, x1, y1, x2, y2, added)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

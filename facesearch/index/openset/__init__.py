@@ -1,0 +1,1 @@
+"""The open-set decision: ranking identities, the decision rules, their calibration (at every commit)."""

@@ -1,0 +1,1 @@
+"""Storage: what an index is on disk and how it changes (manifest, generations, segments, store, writer, ann/)."""
