@@ -32,7 +32,7 @@ __version__ = "0.1.0"
 
 # Names served by facesearch.api, imported when first asked for (numpy, ONNX Runtime and FAISS load then).
 _API = ("open", "verify", "detect", "embed", "Gallery", "SearchResult", "Face", "Match", "Verification",
-        "DetectedFace", "EmbeddedFace", "Enrolment", "Removal", "ImageInput")
+        "DetectedFace", "EmbeddedFace", "Enrolment", "Removal", "Compaction", "ImageInput")
 
 __all__ = [
     *_API, "FaceNotFoundError", "FaceSearchError", "IdentityNotFoundError", "ImageReadError", "IndexBusyError",

@@ -13,6 +13,7 @@ from facesearch.api.gallery import Gallery
 from facesearch.api.images import ImageInput, decoded, faces_in
 from facesearch.api.models import detector_config, embedder_for, resolve_model
 from facesearch.api.results import (
+    Compaction,
     DetectedFace,
     EmbeddedFace,
     Enrolment,
@@ -25,7 +26,7 @@ from facesearch.api.results import (
 from facesearch.api.verdicts import verify_faces
 
 __all__ = [
-    "DetectedFace", "EmbeddedFace", "Enrolment", "Face", "Gallery", "ImageInput", "Match", "Removal", "SearchResult",
+    "Compaction", "DetectedFace", "EmbeddedFace", "Enrolment", "Face", "Gallery", "ImageInput", "Match", "Removal", "SearchResult",
     "Verification", "detect", "embed", "open", "resolve_model", "verify", "verify_faces",
 ]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from facesearch.api.images import ImageInput, faces_in, photo_bytes
 from facesearch.api.models import embedder_for
-from facesearch.api.results import Enrolment, Removal, SearchResult
+from facesearch.api.results import Compaction, Enrolment, Removal, SearchResult
 from facesearch.embedder.core.constants import DEFAULT_BATCH_SIZE
 from facesearch.embedder.core.errors import FaceSearchError
 
@@ -75,7 +75,8 @@ class Gallery:
 
     def add(self, folder: str | os.PathLike, *, faces: str = "largest", strict: bool = False, rebuild: bool = False,
             batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None, fpir: float | None = None,
-            policy=None, progress=None):
+            index_type: str | None = None, memory_budget: int | str | None = None, vector_dtype: str | None = None,
+            target_recall: float | None = None, progress=None):
         """Index a folder of `<identity>/<photo>` images (or `<identity>.jpg`); run again to add what is new
         and drop what is gone, as `facesearch build-index` does.
 
@@ -84,7 +85,9 @@ class Gallery:
             strict: stop at the first unreadable file instead of skipping it (and counting it).
             rebuild: replace an index built with another model.
             fpir: the false-positive identification rate its "unknown" threshold is calibrated for.
-            policy: an `IndexPolicy` (index type, memory budget, ...); None keeps the index's.
+            index_type, memory_budget, vector_dtype, target_recall: change the index's policy ("auto",
+                "flat", "hnsw" or "ivf"; bytes or "8G"; "float32" or "float16"; recall@10 the
+                approximate segments are tuned to); None keeps the index's (see docs/large-galleries.md).
             progress: a callback (phase, done, total), e.g. to draw a progress bar.
 
         Returns:
@@ -99,9 +102,72 @@ class Gallery:
 
         if faces not in FACE_CHOICES:
             raise FaceSearchError(f"faces takes 'largest' or 'all', got '{faces}'")
+        policy = self._policy(index_type, memory_budget, vector_dtype, target_recall)
         return build_index(Path(folder), self.index_dir, self.embedder, batch_size=batch_size, strict=strict,
                            rebuild=rebuild, faces=faces, workers=workers, progress=progress, fpir=fpir, policy=policy,
                            wait=self.wait)
+
+    def add_embeddings(self, shards: str | os.PathLike, *, rebuild: bool = False, fpir: float | None = None,
+                       index_type: str | None = None, memory_budget: int | str | None = None,
+                       vector_dtype: str | None = None, target_recall: float | None = None, progress=None):
+        """Fill or update the index from an embedding shard folder (`facesearch embed`, `facesearch.embed`
+        rows written as shards) instead of photos: the same mirror rules as `add`, nothing embedded.
+
+        Returns:
+            The `BuildReport`.
+
+        Raises:
+            EmbeddingShardError: the folder is not a shard folder, or a row is malformed.
+            IndexMismatchError: the shards' model is not the index's (pass rebuild=True).
+        """
+        from facesearch.api.models import model_for_vectors
+        from facesearch.index.sync.ingest import build_index_from_embeddings
+
+        policy = self._policy(index_type, memory_budget, vector_dtype, target_recall)
+        return build_index_from_embeddings(Path(shards), self.index_dir, model_dir=model_for_vectors(self.model, Path(shards)),
+                                           rebuild=rebuild, policy=policy, fpir=fpir, progress=progress)
+
+    def compact(self, *, index_type: str | None = None, memory_budget: int | str | None = None,
+                target_recall: float | None = None) -> Compaction:
+        """Merge the segments into one, dropping removed faces, and choose and tune its type for the whole
+        size (an index of an older format is upgraded first). A new policy given here is recorded.
+
+        Raises:
+            IndexFormatError: there is no index here.
+            IndexBusyError: another process is writing the index.
+        """
+        import time
+
+        from facesearch.index import open_writer, read_manifest
+        from facesearch.index.storage.generation import build_lock
+        from facesearch.index.storage.manifest import read_manifest_data
+        from facesearch.index.storage.upgrade import upgrade_if_old
+
+        start = time.perf_counter()
+        index = self.index_dir.expanduser().resolve()
+        read_manifest_data(index)  # a missing index is an error here, not a folder to create
+        with build_lock(index, wait=self.wait):
+            upgraded = upgrade_if_old(index)
+        before = read_manifest(index)
+        policy = before.policy.updated(index_type=index_type, memory_budget=memory_budget, target_recall=target_recall)
+        with open_writer(index, card=before.model_card, model_dir=before.model_dir, policy=policy,
+                         wait=self.wait) as writer:
+            result = writer.compact(force=policy != before.policy)
+            after = writer.manifest
+        return Compaction(str(index), upgraded, result.written, after.generation, after.faces,
+                          _segments(before), _segments(after) | {"specs": [s.spec for s in after.segments]},
+                          round(time.perf_counter() - start, 3))
+
+    def _policy(self, index_type, memory_budget, vector_dtype, target_recall):
+        """The index's policy with these changes (None when none is asked: the writer keeps the index's)."""
+        from facesearch.index import read_manifest
+        from facesearch.index.storage.manifest import IndexPolicy
+
+        if index_type is None and memory_budget is None and vector_dtype is None and target_recall is None:
+            return None
+        base = read_manifest(self.index_dir).policy if self.exists else IndexPolicy()
+        return base.updated(index_type=index_type, memory_budget=memory_budget, vector_dtype=vector_dtype,
+                            target_recall=target_recall)
 
     def enrol(self, image: ImageInput, identity: str, *, face: int | None = None,
               keep_photo: bool = True) -> Enrolment:
@@ -220,9 +286,9 @@ class Gallery:
         return self._reader
 
     def _recorded_model(self) -> Path | None:
-        from facesearch.index import read_manifest
+        from facesearch.api.models import recorded_model
 
-        return Path(read_manifest(self.index_dir).model_dir) if self.exists else None
+        return recorded_model(self.index_dir)
 
     def _recorded_card(self):
         """The index's own card and recorded model folder (a removal embeds nothing: no model needed)."""
@@ -242,3 +308,7 @@ def _format_of(data: bytes) -> str | None:
             return img.format
     except (UnidentifiedImageError, OSError):
         return None
+
+
+def _segments(m) -> dict:
+    return {"segments": len(m.segments), "stored": m.stored, "removed": m.dead, "types": [s.kind for s in m.segments]}

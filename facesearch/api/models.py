@@ -94,3 +94,50 @@ def stderr_progress() -> Progress:
         print(f"[{done}/{total}] {step} ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
 
     return report
+
+
+def recorded_model(index_dir: Path) -> Path | None:
+    """The model folder an existing index was built with, or None when there is no index there yet."""
+    from facesearch.index import read_manifest
+    from facesearch.index.storage.manifest import MANIFEST_FILE
+
+    if not (Path(index_dir) / MANIFEST_FILE).is_file():
+        return None
+    return Path(read_manifest(index_dir).model_dir)
+
+
+def model_for_vectors(model: str | os.PathLike | None, shards: Path) -> Path | None:
+    """The model folder an index filled from embedding shards records (where a photo search finds its
+    model): `model`, else $FACESEARCH_MODEL, else the installed default model, whichever made the
+    vectors; None keeps the index's (or records the shard folder, whose card says which model to pass)."""
+    from facesearch.embedder.core.environment import model_from_environment
+    from facesearch.embedder.core.model_card import ModelCard
+    from facesearch.embedder.dlib.models import installed_model_dir
+
+    if model is not None:
+        return Path(model)
+    try:
+        shard_card = ModelCard.load(shards)
+    except ModelSpecError:
+        return None  # not a shard folder: the ingest says so, with what to do
+    for candidate in (model_from_environment(), installed_model_dir()):
+        try:
+            if candidate is not None and ModelCard.load(candidate).same_model(shard_card):
+                return candidate
+        except ModelSpecError:
+            continue
+    return None
+
+
+def card_for_vectors(model: str | os.PathLike | None, gallery):
+    """The card whose thresholds answer ready-made vectors: `model`'s or $FACESEARCH_MODEL's, else the
+    index's model folder's (as a photo search would use), else the index's own copy."""
+    from facesearch.embedder.core.environment import model_from_environment
+    from facesearch.embedder.core.model_card import ModelCard
+
+    chosen = model if model is not None else model_from_environment()
+    if chosen is not None:
+        return ModelCard.load(chosen)
+    if gallery.model_dir.is_dir():
+        return ModelCard.load(gallery.model_dir)
+    return gallery.card

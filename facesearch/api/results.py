@@ -7,15 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-Box = tuple[float, float, float, float]  # (x1, y1, x2, y2) in the photo's pixels
-
-
-def _box(box) -> Box | None:
-    return None if box is None else tuple(float(v) for v in box)
-
-
-def _list(box: Box | None) -> list[float] | None:
-    return None if box is None else list(box)
+from facesearch.embedder.core.boxes import Box
+from facesearch.embedder.core.boxes import box_list as _list
+from facesearch.embedder.core.boxes import box_tuple as _box
 
 
 @dataclass(frozen=True)
@@ -189,3 +183,23 @@ class Removal:
         """`facesearch remove --json`."""
         return {"identity": self.identity, "faces_removed": self.faces_removed, "photos_removed": self.photos_removed,
                 "excluded": list(self.excluded), "generation": self.generation}
+
+
+@dataclass(frozen=True)
+class Compaction:
+    """What a compaction did: the segments before and after (count, stored, removed, types)."""
+
+    index_dir: str
+    upgraded: bool  # an index of an older format was upgraded first
+    written: bool  # False: nothing to merge (one segment, nothing removed, the same policy)
+    generation: int
+    faces: int
+    before: dict
+    after: dict  # also "specs": each segment's search structure and its tuning
+    seconds: float
+
+    def to_dict(self) -> dict:
+        """`facesearch compact --json`."""
+        return {"index_dir": self.index_dir, "upgraded": self.upgraded, "written": self.written,
+                "generation": self.generation, "faces": self.faces, "before": self.before, "after": self.after,
+                "seconds": self.seconds}

@@ -1,6 +1,6 @@
 """`facesearch compact`: merge an index's segments and drop removed faces (also upgrades old indexes).
 
-Writes go through `facesearch.index.storage.writer.IndexWriter` like any build; no photo is read or embedded.
+The work is `facesearch.open(index).compact(...)`; no photo is read or embedded.
 """
 
 from __future__ import annotations
@@ -29,33 +29,8 @@ def compact(
 
 def run_compact(index, *, index_type: str | None = None, memory_budget: str | None = None,
                 target_recall: float | None = None) -> dict:
-    """Compact (and, for an old format, upgrade) the index at `index`; a summary of before and after."""
-    import dataclasses
-    import time
+    """Compact (and, for an old format, upgrade) the index at `index` (`Gallery.compact`); before and after."""
+    from facesearch.api import Gallery
 
-    from facesearch.cli.options import parse_bytes
-    from facesearch.index import open_writer, read_manifest
-    from facesearch.index.storage.generation import build_lock
-    from facesearch.index.storage.manifest import read_manifest_data
-    from facesearch.index.storage.upgrade import upgrade_if_old
-
-    start = time.perf_counter()
-    read_manifest_data(index)  # a missing index is an error here, not a folder to create
-    with build_lock(index.expanduser().resolve()):
-        upgraded = upgrade_if_old(index.expanduser().resolve())
-    before = read_manifest(index)
-    policy = before.policy
-    if index_type is not None or memory_budget is not None or target_recall is not None:
-        policy = dataclasses.replace(policy, index_type=index_type or policy.index_type,
-                                     memory_budget=parse_bytes(memory_budget) if memory_budget else policy.memory_budget,
-                                     target_recall=target_recall or policy.target_recall)
-    with open_writer(index, card=before.model_card, model_dir=before.model_dir, policy=policy) as writer:
-        result = writer.compact(force=policy != before.policy)
-        after = writer.manifest
-    return {"index_dir": str(index.expanduser().resolve()), "upgraded": upgraded, "written": result.written,
-            "generation": after.generation, "faces": after.faces,
-            "before": {"segments": len(before.segments), "stored": before.stored, "removed": before.dead,
-                       "types": [s.kind for s in before.segments]},
-            "after": {"segments": len(after.segments), "stored": after.stored, "removed": after.dead,
-                      "types": [s.kind for s in after.segments], "specs": [s.spec for s in after.segments]},
-            "seconds": round(time.perf_counter() - start, 3)}
+    return Gallery(index).compact(index_type=index_type, memory_budget=memory_budget,
+                                  target_recall=target_recall).to_dict()

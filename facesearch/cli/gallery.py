@@ -58,21 +58,22 @@ def build_index(
     if (directory is None) == (from_embeddings is None):
         raise typer.BadParameter("pass a gallery folder or --from-embeddings SHARDS (one, not both)",
                                  param_hint="DIRECTORY")
-    policy = index_policy(index_dir(index), index_type, memory_budget, vector_dtype, target_recall)
+    policy = {"index_type": index_type, "memory_budget": memory_budget, "vector_dtype": vector_dtype,
+              "target_recall": target_recall}
     if from_embeddings is not None:
+        from facesearch.api import Gallery
         from facesearch.cli.progress import PhaseProgress
-        from facesearch.index.sync.ingest import build_index_from_embeddings
 
         with PhaseProgress(enabled=not json_out) as bar:
-            report = build_index_from_embeddings(from_embeddings, index_dir(index),
-                                                 model_dir=model_for_vectors(model, from_embeddings), rebuild=rebuild,
-                                                 policy=policy, fpir=fpir, progress=bar).to_dict()
+            report = Gallery(index_dir(index), model=model).add_embeddings(
+                from_embeddings, rebuild=rebuild, fpir=fpir, progress=bar, **policy).to_dict()
         emit(report | {"model": None, "model_dir": None, "faces_policy": None, "aligned": None}, json_out,
              format_build_report)
         return
-    report = run_build_index(directory, model=model, index=index_dir(index), batch_size=batch_size, policy=policy,
+    report = run_build_index(directory, model=model, index=index_dir(index), batch_size=batch_size,
                              strict=strict, rebuild=rebuild, progress=not json_out, faces=faces, aligned=aligned,
-                             min_face_size=min_face_size, face_threshold=face_threshold, workers=workers, fpir=fpir)
+                             min_face_size=min_face_size, face_threshold=face_threshold, workers=workers, fpir=fpir,
+                             **policy)
     emit(report, json_out, format_build_report)
 
 
@@ -151,65 +152,10 @@ def detect(
     emit(answer, json_out, format_detect)
 
 
-def recorded_model(index: Path) -> Path | None:
-    """The model folder an existing index was built with, or None when there is no index yet."""
-    from facesearch.index import read_manifest
-
-    if not (index / "manifest.json").is_file():
-        return None
-    return Path(read_manifest(index).model_dir)
-
-
-def model_for_vectors(model: Path | None, shards: Path) -> Path | None:
-    """The model folder an index filled from shards records (where `query` finds the model for photos):
-    --model, else $FACESEARCH_MODEL, else the installed default model when it made the vectors;
-    None keeps the index's (or records the shard folder, whose card says which model to pass)."""
-    from facesearch.embedder.core.environment import model_from_environment
-    from facesearch.embedder.core.errors import ModelSpecError
-    from facesearch.embedder.core.model_card import ModelCard
-    from facesearch.embedder.dlib.models import installed_model_dir
-
-    if model is not None:
-        return model
-    try:
-        shard_card = ModelCard.load(shards)
-    except ModelSpecError:
-        return None  # not a shard folder: the ingest says so, with what to do
-    for candidate in (model_from_environment(), installed_model_dir()):
-        try:
-            if candidate is not None and ModelCard.load(candidate).same_model(shard_card):
-                return candidate
-        except ModelSpecError:
-            continue
-    return None
-
-
-def index_policy(index: Path, index_type: str | None, memory_budget: str | None, vector_dtype: str | None,
-                 target_recall: float | None = None):
-    """The index's policy with these options applied (None: keep the index's, or the defaults)."""
-    import dataclasses
-
-    from facesearch.cli.options import parse_bytes
-    from facesearch.embedder.core.errors import FaceSearchError
-    from facesearch.index.storage.manifest import INDEX_TYPES, IndexPolicy, read_manifest
-    from facesearch.index.storage.segments import VECTOR_DTYPES
-
-    if index_type is None and memory_budget is None and vector_dtype is None and target_recall is None:
-        return None
-    if index_type is not None and index_type not in INDEX_TYPES:
-        raise FaceSearchError(f"--index-type takes one of {', '.join(INDEX_TYPES)}, got '{index_type}'")
-    if vector_dtype is not None and vector_dtype not in VECTOR_DTYPES:
-        raise FaceSearchError(f"--vector-dtype takes one of {', '.join(VECTOR_DTYPES)}, got '{vector_dtype}'")
-    base = read_manifest(index).policy if (index / "manifest.json").is_file() else IndexPolicy()
-    changes = {"index_type": index_type, "vector_dtype": vector_dtype, "target_recall": target_recall,
-               "memory_budget": parse_bytes(memory_budget) if memory_budget is not None else None}
-    return dataclasses.replace(base, **{k: v for k, v in changes.items() if v is not None})
-
-
 def run_build_index(directory: Path, *, model: Path | None, index: Path, batch_size: int, strict: bool,
                     rebuild: bool, progress: bool, faces: str = "largest", aligned: bool = False,
                     min_face_size: int | None = None, face_threshold: float | None = None,
-                    workers: int | None = None, fpir: float | None = None, policy=None) -> dict:
+                    workers: int | None = None, fpir: float | None = None, **policy) -> dict:
     """Build or update the index at `index` from `directory` (`Gallery.add`); returns the build report."""
     from facesearch.api import Gallery
     from facesearch.cli.progress import PhaseProgress
@@ -217,7 +163,7 @@ def run_build_index(directory: Path, *, model: Path | None, index: Path, batch_s
     gallery = Gallery(index, model=model, aligned=aligned, min_face_size=min_face_size, face_threshold=face_threshold)
     with PhaseProgress(enabled=progress) as bar:
         report = gallery.add(directory, batch_size=batch_size, strict=strict, rebuild=rebuild, faces=faces,
-                             workers=workers, progress=bar, fpir=fpir, policy=policy)
+                             workers=workers, progress=bar, fpir=fpir, **policy)
     embedder = gallery.embedder
     return report.to_dict() | {"model": embedder.card.name, "model_dir": str(embedder.model_dir),
                                "faces_policy": faces, "aligned": embedder.aligned}
@@ -250,33 +196,20 @@ def run_query_batch(images: list[Path], *, embeddings: Path | None, index: Path,
     Raises:
         EmbeddingShardError, IndexMismatchError: `embeddings` is refused (before any answer).
     """
+    from facesearch.api.models import card_for_vectors
     from facesearch.cli.models import embedder_for
     from facesearch.index import GalleryIndex
     from facesearch.index.query import FaceSearcher, photo_paths
 
     with GalleryIndex.open(index) as gallery:
         if embeddings is not None:
-            searcher = FaceSearcher(gallery, card=vector_card(model, gallery), fpir=fpir)
+            searcher = FaceSearcher(gallery, card=card_for_vectors(model, gallery), fpir=fpir)
             yield from searcher.answer_file(embeddings, k=k, threshold=threshold)
             return
         paths = photo_paths(images)
         embedder = embedder_for(model, recorded=gallery.model_dir, aligned=aligned, min_face_size=min_face_size,
                                 face_threshold=face_threshold)
         yield from FaceSearcher(gallery, embedder, fpir=fpir).answer_photos(paths, k=k, threshold=threshold)
-
-
-def vector_card(model: Path | None, gallery):
-    """The card whose thresholds answer ready-made vectors: --model's or $FACESEARCH_MODEL's, else the
-    index's model folder's (as a photo query would use), else the index's own copy."""
-    from facesearch.embedder.core.environment import model_from_environment
-    from facesearch.embedder.core.model_card import ModelCard
-
-    chosen = model if model is not None else model_from_environment()
-    if chosen is not None:
-        return ModelCard.load(chosen)
-    if gallery.model_dir.is_dir():
-        return ModelCard.load(gallery.model_dir)
-    return gallery.card
 
 
 def run_detect(image: Path, *, out: Path | None, crops: Path | None, model: Path | None, template: str | None,

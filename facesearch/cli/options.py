@@ -60,23 +60,6 @@ def detector_config(min_face_size: int | None = None, face_threshold: float | No
     return dataclasses.replace(DetectorConfig(), **overrides)
 
 
-def parse_bytes(text: str) -> int:
-    """'8G', '512M', '1.5g', '1000000' -> bytes (powers of 1024 for K, M, G, T)."""
-    from facesearch.embedder.core.errors import FaceSearchError
-
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-    value = text.strip().lower().removesuffix("b").removesuffix("i")
-    scale = units.get(value[-1:], 1)
-    try:
-        number = float(value[:-1] if value[-1:] in units else value)
-    except ValueError:
-        raise FaceSearchError(f"cannot read '{text}' as a size: use bytes or a number with K, M, G or T, e.g. 8G") \
-            from None
-    if number <= 0:
-        raise FaceSearchError(f"a memory budget must be positive, got '{text}'")
-    return int(number * scale)
-
-
 def _check_fpir(value: float | None) -> float | None:
     if value is not None and not 0.0 < value < 1.0:
         raise typer.BadParameter(f"expected a rate strictly between 0 and 1 (e.g. 0.01 for 1%), got {value:g}")

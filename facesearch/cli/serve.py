@@ -64,7 +64,7 @@ def serve(
 
 def _model_dir(model: Path | None, index: Path) -> Path:
     """--model, else $FACESEARCH_MODEL, else the index's model, else the default (installed at first use)."""
-    from facesearch.cli.gallery import recorded_model
+    from facesearch.api.models import recorded_model
     from facesearch.cli.models import resolve_model
 
     return resolve_model(model, recorded=recorded_model(index)).expanduser().resolve()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from facesearch.embedder.core.boxes import box_list
 from facesearch.embedder.core.constants import DEFAULT_BATCH_SIZE
 from facesearch.embedder.core.errors import EmbeddingShardError, NoFaceFoundError
 from facesearch.embedder.core.model_card import ModelCard
@@ -108,13 +109,13 @@ class FaceSearcher:
                     yield image | header | {"faces": [], "error": str(error), "error_type": type(error).__name__}
                     continue
                 answers = self.answer_vectors(r.vectors, k=k, threshold=threshold)
-                yield image | header | {"faces": [{"box": None if box is None else [float(v) for v in box]} | answer
+                yield image | header | {"faces": [{"box": box_list(box)} | answer
                                                   for (_, box), answer in zip(r.kept, answers)]}
 
     def answer_crops(self, crops: Sequence[FaceCropLike], *, k: int = 5, threshold: float | None = None) -> list[dict]:
         """One answer per face crop: its box and `QueryResult.to_dict()`."""
         vectors = self._embedder().embed([c.image for c in crops])
-        return [{"box": None if c.box is None else [float(v) for v in c.box]} | answer
+        return [{"box": box_list(c.box)} | answer
                 for c, answer in zip(crops, self.answer_vectors(vectors, k=k, threshold=threshold))]
 
     def answer_vectors(self, vectors: np.ndarray, *, k: int = 5, threshold: float | None = None) -> list[dict]:
@@ -148,7 +149,7 @@ class FaceSearcher:
         for i, answer in enumerate(self.answer_vectors(q.vectors, k=k, threshold=threshold)):
             box = q.boxes[i] if q.boxes is not None else None
             line = {"row": i} | ({"path": q.paths[i]} if q.paths is not None else {}) | header
-            yield line | {"faces": [{"box": None if box is None else [float(v) for v in box]} | answer]}
+            yield line | {"faces": [{"box": box_list(box)} | answer]}
 
     def header(self, threshold: float | None) -> dict:
         """The answer's fields besides its faces: index, model, threshold and where the threshold came from."""

@@ -77,7 +77,7 @@ def _stored_target(previous: dict | None) -> float:
         old = Calibration.from_dict(previous)
     except CalibrationError:
         return DEFAULT_TARGET_FPIR
-    return old.requested_fpir or old.target_fpir
+    return old.stored_fpir
 
 
 def _stored_rule(previous: dict | None) -> Rule:

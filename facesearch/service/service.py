@@ -19,6 +19,7 @@ from fastapi import HTTPException
 from PIL import Image
 
 from facesearch.api.verdicts import verify_faces
+from facesearch.embedder.core.boxes import box_list
 from facesearch.embedder.core.errors import FaceSearchError, ImageReadError
 from facesearch.embedder.crop import crop_face
 from facesearch.embedder.detect import DetectorConfig
@@ -267,8 +268,7 @@ def check_crops(gallery: GalleryIndex, embedder: Embedder) -> None:
                               "with, or rebuild the index")
 
 
-def _box(box) -> list[float] | None:
-    return None if box is None else [float(v) for v in box]
+_box = box_list
 
 
 def _thumbnail(image: np.ndarray, box, size: int) -> bytes:

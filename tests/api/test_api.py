@@ -148,3 +148,19 @@ def test_import_facesearch_loads_no_model_runtime():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd="/")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_compact_and_policy_through_the_api(gallery, workdir):
+    with pytest.raises(facesearch.FaceSearchError, match="--index-type takes one of auto, flat, hnsw, ivf, got 'b-tree'"):
+        gallery.add(workdir / "photos", index_type="b-tree")
+    gallery.enrol("ada.jpg", "Ada")  # a second segment
+    done = gallery.compact(target_recall=0.95, memory_budget="64M")
+    assert isinstance(done, facesearch.Compaction) and done.written
+    assert (done.before["segments"], done.after["segments"], done.faces) == (2, 1, 3)
+    from facesearch.index import read_manifest
+
+    policy = read_manifest(gallery.index_dir).policy
+    assert (policy.target_recall, policy.memory_budget) == (0.95, 64 << 20)
+    r = CliRunner().invoke(app, ["compact", "--index", str(gallery.index_dir), "--json"])
+    assert r.exit_code == 0, r.output
+    assert set(json.loads(r.stdout)) == set(done.to_dict()) and json.loads(r.stdout)["written"] is False

@@ -294,6 +294,12 @@ class Calibration:
     requested_fpir: float | None = None  # the rate asked for, when the gallery could only resolve a higher one
     version: int = CALIBRATION_VERSION
 
+    @property
+    def stored_fpir(self) -> float:
+        """The rate this estimate stands for: the one asked for, where the gallery could only resolve a
+        higher `target_fpir`. A later commit keeps that target unless another is asked for."""
+        return self.requested_fpir or self.target_fpir
+
     def threshold_at(self, fpir: float | None = None, gallery_identities: int | None = None) -> float:
         """The threshold for `fpir` (default: the target) at a gallery size (default: calibrated).
 

@@ -188,7 +188,7 @@ def _read(previous: dict | None) -> tuple[Calibration | None, str]:
 def _target(old: Calibration | None, requested_fpir: float | None) -> float:
     if requested_fpir is not None:
         return requested_fpir
-    return (old.requested_fpir or old.target_fpir) if old is not None else DEFAULT_TARGET_FPIR
+    return old.stored_fpir if old is not None else DEFAULT_TARGET_FPIR
 
 
 def unchanged_calibration(stored: dict | None) -> dict:
@@ -203,7 +203,7 @@ def target_differs(previous: dict | None, fpir: float | None) -> bool:
     if fpir is None:
         return False
     old, _ = _read(previous)
-    return old is None or (old.requested_fpir or old.target_fpir) != fpir
+    return old is None or old.stored_fpir != fpir
 
 
 def settled(previous: dict | None, identities: int, faces: int, *, requested_fpir: float | None = None,
@@ -216,7 +216,7 @@ def settled(previous: dict | None, identities: int, faces: int, *, requested_fpi
     """
     old, _ = _read(previous)
     wanted = _target(old, requested_fpir)
-    if old is not None and not force and (old.requested_fpir or old.target_fpir) == wanted \
+    if old is not None and not force and old.stored_fpir == wanted \
             and not old.needs_recalibration(identities, faces):
         return CalibrationOutcome(previous, "kept", f"kept: {identities} identities, {faces} faces, within x1.25 of "
                                   f"the {old.gallery_identities} and {old.gallery_faces} it was computed for")

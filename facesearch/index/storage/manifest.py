@@ -8,6 +8,7 @@ either the old index or the new one, never a mixture.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from facesearch.embedder.core.errors import FaceSearchError, IndexFormatError, IndexMismatchError
 from facesearch.embedder.core.model_card import ModelCard
-from facesearch.index.storage.segments import SegmentInfo
+from facesearch.index.storage.segments import VECTOR_DTYPES, SegmentInfo
 
 FORMAT_VERSION = 2
 OLD_FORMAT_VERSIONS = (1,)  # upgraded in place by the next write (`facesearch.index.storage.upgrade`)
@@ -45,6 +46,21 @@ class IndexPolicy:
     vector_dtype: str = "float32"  # of the raw vectors kept beside every segment
     target_recall: float = 0.99  # recall@10 against exact search that tuning aims for
 
+    def updated(self, *, index_type: str | None = None, memory_budget: int | str | None = None,
+                vector_dtype: str | None = None, target_recall: float | None = None) -> IndexPolicy:
+        """This policy with the fields given changed (None keeps one); `memory_budget` may be "8G".
+
+        Raises:
+            FaceSearchError: an unknown index type or vector dtype, or a size that cannot be read.
+        """
+        if index_type is not None and index_type not in INDEX_TYPES:
+            raise FaceSearchError(f"--index-type takes one of {', '.join(INDEX_TYPES)}, got '{index_type}'")
+        if vector_dtype is not None and vector_dtype not in VECTOR_DTYPES:
+            raise FaceSearchError(f"--vector-dtype takes one of {', '.join(VECTOR_DTYPES)}, got '{vector_dtype}'")
+        changes = {"index_type": index_type, "vector_dtype": vector_dtype, "target_recall": target_recall,
+                   "memory_budget": parse_bytes(memory_budget) if memory_budget is not None else None}
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
     def to_dict(self) -> dict:
         return {"index_type": self.index_type, "memory_budget": self.memory_budget,
                 "vector_dtype": self.vector_dtype, "target_recall": self.target_recall}
@@ -57,6 +73,28 @@ class IndexPolicy:
         if policy.index_type not in INDEX_TYPES:
             raise ValueError(f"index type {policy.index_type!r} is not one of {INDEX_TYPES}")
         return policy
+
+
+def parse_bytes(text: str | int) -> int:
+    """'8G', '512M', '1.5g', '1000000' (or an int) -> bytes (powers of 1024 for K, M, G, T).
+
+    Raises:
+        FaceSearchError: not a size, or not positive.
+    """
+    if isinstance(text, int):
+        value, number = str(text), float(text)
+    else:
+        units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+        value = text.strip().lower().removesuffix("b").removesuffix("i")
+        scale = units.get(value[-1:], 1)
+        try:
+            number = float(value[:-1] if value[-1:] in units else value) * scale
+        except ValueError:
+            raise FaceSearchError(f"cannot read '{text}' as a size: use bytes or a number with K, M, G or T, e.g. 8G") \
+                from None
+    if number <= 0:
+        raise FaceSearchError(f"a memory budget must be positive, got '{text}'")
+    return int(number)
 
 
 @dataclass

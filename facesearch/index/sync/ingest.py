@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from facesearch.embedder.core.boxes import box_tuple
 from facesearch.embedder.core.errors import DatasetError
 from facesearch.embedder.embedding_shards import EmbeddingRows, open_shards
 from facesearch.index.openset.commit import COMMIT_CALIBRATION
@@ -179,5 +180,4 @@ def _unchanged(p: _IncomingPhoto, old: Photo, stored, writer: IndexWriter) -> bo
     return bool(np.allclose(have, p.vectors, atol=SAME_VECTOR_ATOL))
 
 
-def _box(box) -> tuple | None:
-    return None if box is None else tuple(float(v) for v in box)
+_box = box_tuple
