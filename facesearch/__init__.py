@@ -26,6 +26,7 @@ from facesearch.embedder.core.errors import (
     ModelSpecError,
     NoFaceFoundError,
     NotFoundError,
+    PhotoNotFoundError,
 )
 
 __version__ = "0.1.0"
@@ -36,7 +37,7 @@ _API = ("open", "verify", "detect", "embed", "Gallery", "SearchResult", "Face", 
 
 __all__ = [
     *_API, "FaceNotFoundError", "FaceSearchError", "IdentityNotFoundError", "ImageReadError", "IndexBusyError",
-    "IndexFormatError", "IndexMismatchError", "ModelSpecError", "NoFaceFoundError", "NotFoundError", "__version__",
+    "IndexFormatError", "IndexMismatchError", "ModelSpecError", "NoFaceFoundError", "NotFoundError", "PhotoNotFoundError", "__version__",
 ]
 
 

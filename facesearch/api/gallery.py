@@ -227,6 +227,17 @@ class Gallery:
 
         return self._remove(lambda w: stage_face_removal(w, face_id))
 
+    def remove_photo(self, path: str) -> Removal:
+        """Remove one stored photo and its faces, by its path in the index (relative to the gallery
+        folder, as a match's `path` gives it); a gallery-folder photo stays out of later `add`s.
+
+        Raises:
+            PhotoNotFoundError: no face was stored from a photo at `path`.
+        """
+        from facesearch.index.sync.enrolment import stage_photo_removal
+
+        return self._remove(lambda w: stage_photo_removal(w, path))
+
     def _remove(self, stage) -> Removal:
         from facesearch.embedder.core.errors import IndexFormatError
         from facesearch.index import open_writer

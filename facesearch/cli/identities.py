@@ -34,16 +34,18 @@ def verify(
 def remove(
     identity: Annotated[Optional[str], typer.Argument(help="The identity to remove, every photo of it.", show_default=False)] = None,
     face: Annotated[Optional[int], typer.Option("--face", min=0, help="Remove only this stored face (an 'id' from query --json) instead of an identity.")] = None,
+    photo: Annotated[Optional[str], typer.Option("--photo", help="Remove this stored photo and its faces, by its path in the index (a match's 'path' in query --json).")] = None,
     index: IndexOpt = None,
     json_out: JsonOpt = False,
 ):
-    """Remove an identity (or one stored face) from an index; gallery-folder photos stay out of later builds."""
+    """Remove an identity (or one stored face, or one photo) from an index; gallery-folder photos stay out of later builds."""
     import facesearch
 
-    if (identity is None) == (face is None):
-        raise typer.BadParameter("pass an IDENTITY or --face ID (one, not both)", param_hint="IDENTITY")
+    if sum(x is not None for x in (identity, face, photo)) != 1:
+        raise typer.BadParameter("pass one of IDENTITY, --face ID or --photo PATH", param_hint="IDENTITY")
     gallery = facesearch.open(index_dir(index))
-    removal = gallery.remove(identity) if face is None else gallery.remove_face(face)
+    removal = (gallery.remove(identity) if identity is not None else gallery.remove_face(face) if face is not None
+               else gallery.remove_photo(photo))
     emit(removal.to_dict(), json_out, format_remove)
 
 

@@ -164,3 +164,18 @@ def test_compact_and_policy_through_the_api(gallery, workdir):
     r = CliRunner().invoke(app, ["compact", "--index", str(gallery.index_dir), "--json"])
     assert r.exit_code == 0, r.output
     assert set(json.loads(r.stdout)) == set(done.to_dict()) and json.loads(r.stdout)["written"] is False
+
+
+def test_remove_a_photo_by_its_path(gallery, workdir):
+    enrolled = gallery.enrol("ada.jpg", "Ada")
+    with pytest.raises(facesearch.PhotoNotFoundError, match="photo 'nobody/x.jpg' is not in the index"):
+        gallery.remove_photo("nobody/x.jpg")
+    r = CliRunner().invoke(app, ["remove", "--photo", "eileen/astronaut.jpg", "--index", str(gallery.index_dir), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout) | {"generation": 0} == {"identity": "eileen", "faces_removed": 1, "photos_removed": 1,
+                                                        "excluded": ["eileen/astronaut.jpg"], "generation": 0}
+    removed = gallery.remove_photo(enrolled.photo)  # an enrolled photo: its stored file goes too
+    assert (removed.identity, removed.excluded) == ("Ada", ())
+    assert [m.identity for m in gallery.search("a.jpg")[0].matches] == ["cameraman"]
+    r = CliRunner().invoke(app, ["remove", "Ada", "--photo", "x.jpg", "--index", str(gallery.index_dir)])
+    assert r.exit_code == 2 and "pass one of IDENTITY, --face ID or --photo PATH" in r.output

@@ -80,3 +80,7 @@ class IdentityNotFoundError(NotFoundError):
 
 class FaceNotFoundError(NotFoundError):
     """No live face has this id."""
+
+
+class PhotoNotFoundError(NotFoundError):
+    """No live face was stored from a photo at this path."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from facesearch.embedder.core.errors import FaceNotFoundError, IdentityNotFoundError
+from facesearch.embedder.core.errors import FaceNotFoundError, IdentityNotFoundError, PhotoNotFoundError
 from facesearch.index.storage.photostore import PhotoStore, enrolled_path, parse_enrolled_path
 from facesearch.index.storage.store import Photo
 from facesearch.index.storage.writer import IndexWriter
@@ -122,6 +122,26 @@ def stage_face_removal(writer: IndexWriter, face_id: int) -> Removed:
         writer.exclude([exclusion_of(photo, None if whole else face)])
         excluded = [photo.path]
     return Removed(record.identity, 1, int(whole), excluded, [photo] if whole and photo.source == "api" else [])
+
+
+def stage_photo_removal(writer: IndexWriter, path: str) -> Removed:
+    """Stage the removal of one photo and its faces; a gallery-folder photo stays out of later folder builds.
+
+    Raises:
+        PhotoNotFoundError: no live face was stored from a photo at `path`.
+    """
+    faces = writer.faces_of([path]).get(path)
+    if not faces:
+        raise PhotoNotFoundError(f"photo '{path}' is not in the index: give its path as the index keeps it, "
+                                 "relative to the gallery folder (as the matches of query --json give it)")
+    (record,) = writer.store.records([faces[0].id])
+    photo = next(p for p in writer.photos_of_identity(record.identity) if p.path == path)
+    writer.remove_photos([path])
+    excluded = []
+    if photo.source != "api":
+        writer.exclude([exclusion_of(photo)])
+        excluded = [path]
+    return Removed(record.identity, len(faces), 1, excluded, [photo] if photo.source == "api" else [])
 
 
 def forget_photos(writer: IndexWriter, photos: PhotoStore, removed: list[Photo]) -> None:
