@@ -12,16 +12,15 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
-import numpy as np
-
 from facesearch.embedder.core.errors import ImageReadError, NoFaceFoundError
 
 if TYPE_CHECKING:
+    import numpy as np
     from PIL.Image import Image as PILImage
 
     from facesearch.embedder.runtime import Embedder, FaceCrop
 
-ImageInput = Union[str, os.PathLike, bytes, np.ndarray, "PILImage"]
+ImageInput = Union[str, os.PathLike, bytes, "np.ndarray", "PILImage"]
 
 def photo_source(image: ImageInput) -> tuple[str, Path | None, bytes | None]:
     """(name, path, bytes) of an image input: a path keeps its path and is read later; the rest are bytes.
@@ -29,6 +28,8 @@ def photo_source(image: ImageInput) -> tuple[str, Path | None, bytes | None]:
     Raises:
         ImageReadError: an array of the wrong shape or type, or an input of another kind.
     """
+    import numpy as np  # here, not at import: `import facesearch` and `facesearch --help` stay light
+
     if isinstance(image, (str, os.PathLike)):
         return str(image), Path(image), None
     if isinstance(image, (bytes, bytearray, memoryview)):
@@ -85,6 +86,7 @@ def decoded(image: ImageInput) -> tuple[str, np.ndarray]:
 
 
 def _array_image(a: np.ndarray):
+    import numpy as np
     from PIL import Image
 
     if a.dtype != np.uint8 or not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (1, 3, 4))):

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from facesearch.embedder.core.boxes import Box
 from facesearch.embedder.core.boxes import box_list as _list
 from facesearch.embedder.core.boxes import box_tuple as _box
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass(frozen=True)

@@ -6,17 +6,30 @@ from typing import Annotated
 
 import typer
 
-import facesearch.api.models as _api_models
 from facesearch.cli.options import JsonOpt, emit, friendly_errors
 
 models_app = typer.Typer(help="Ready-made face models: install (convert once into the cache) and list.",
                          no_args_is_help=True)
 
 
-# Which model a command uses is decided in one place, under the API: the CLI, the service and users' scripts agree.
-resolve_model = _api_models.resolve_model
-embedder_for = _api_models.embedder_for
-stderr_progress = _api_models.stderr_progress
+# Which model a command uses is decided in one place, under the API (facesearch.api.models): the CLI, the
+# service and users' scripts agree. Imported when called, so that `facesearch --help` loads no numpy.
+def resolve_model(*args, **kwargs):
+    from facesearch.api.models import resolve_model
+
+    return resolve_model(*args, **kwargs)
+
+
+def embedder_for(*args, **kwargs):
+    from facesearch.api.models import embedder_for
+
+    return embedder_for(*args, **kwargs)
+
+
+def stderr_progress():
+    from facesearch.api.models import stderr_progress
+
+    return stderr_progress()
 
 
 def run_models_list() -> dict:
