@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from facesearch.embedder.core.errors import ImageReadError
 
@@ -51,9 +52,11 @@ def read_image_reduced(path: str | os.PathLike, *, min_size: tuple[int, int] | N
                 _draft_at_least(img, min_size)
             img.load()  # decode now, so a truncated file fails here and not later
             factors = (img.size[0] / full[0], img.size[1] / full[1])
-            if img.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):  # exif_transpose swaps the axes
+            orientation = _orientation(img)
+            if orientation in (5, 6, 7, 8):  # turning swaps the axes
                 factors = factors[::-1]
-            img = ImageOps.exif_transpose(img)
+            if (method := _TRANSPOSE.get(orientation)) is not None:
+                img = img.transpose(method)
             return _to_rgb(img), factors
     except FileNotFoundError:
         raise ImageReadError(path, "no such file") from None
@@ -65,9 +68,27 @@ def read_image_reduced(path: str | os.PathLike, *, min_size: tuple[int, int] | N
         raise ImageReadError(path, reason) from None
     except Image.DecompressionBombError as e:
         raise ImageReadError(path, f"too many pixels ({e})") from None
-    except (OSError, ValueError, SyntaxError) as e:
-        # Pillow reports truncated and corrupt data as OSError/ValueError/SyntaxError.
-        raise ImageReadError(path, f"corrupt or truncated image ({e})") from None
+    except (OSError, ValueError, SyntaxError, TypeError, struct.error, IndexError, KeyError, EOFError,
+            ZeroDivisionError) as e:
+        # Pillow reports truncated and corrupt data as OSError/ValueError/SyntaxError, and hostile EXIF or
+        # TIFF tags as the others (seen: TypeError, struct.error): all of them are a bad file, not a bug here.
+        raise ImageReadError(path, f"corrupt or truncated image ({type(e).__name__}: {e})") from None
+
+
+# EXIF orientation -> the turn that makes the photo upright (what ImageOps.exif_transpose does, without
+# rewriting the EXIF block, which fails on hostile tags although the pixels are fine).
+_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation (1-8); 1 when there is none or the EXIF block cannot be parsed."""
+    try:
+        value = img.getexif().get(_EXIF_ORIENTATION, 1)
+    except (SyntaxError, TypeError, ValueError, struct.error, KeyError, IndexError, OSError):
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
 def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:

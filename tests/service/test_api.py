@@ -253,3 +253,12 @@ def test_openapi_docs_and_page_are_served_from_here(server):
     links = re.findall(r'(?:src|href)="([^"]*)"', page)
     assert "/static/app.js" in links and all(link.startswith("/") for link in links)  # nothing from elsewhere
     assert server.client.get("/static/app.js").status_code == 200
+
+
+def test_ids_and_offsets_beyond_64_bits_are_a_422_not_a_500(server):
+    too_big = 2**63  # SQLite's integers are 64-bit signed: this one raised OverflowError (a 500) below the routes
+    assert server.client.delete(f"/v1/faces/{too_big}").status_code == 422
+    assert server.client.get(f"/v1/faces/{too_big}/thumbnail").status_code == 422
+    assert server.client.get("/v1/identities", params={"offset": too_big}).status_code == 422
+    assert server.client.delete(f"/v1/faces/{too_big - 1}").status_code == 404  # the largest id: not found
+    assert server.client.get("/v1/health").json()["status"] == "ok"

@@ -17,7 +17,9 @@ router = APIRouter(prefix="/v1", tags=["identities"], dependencies=[Depends(requ
 
 Identity = Annotated[str, Depends(identity_path)]
 Service = Annotated[FaceService, Depends(get_service)]
-FaceId = Annotated[int, Path(ge=0, description="a face id from a query answer or an identity")]
+# SQLite keeps 64-bit signed integers: a larger id is a 422 here, not an OverflowError (500) below.
+INT64_MAX = 2**63 - 1
+FaceId = Annotated[int, Path(ge=0, le=INT64_MAX, description="a face id from a query answer or an identity")]
 
 
 @router.post("/identities/{identity}/faces", response_model=EnrolAnswer, status_code=201,
@@ -42,7 +44,7 @@ def enrol(
 @router.get("/identities", response_model=IdentityPage, summary="List identities with their photo and face counts")
 def identities(
     service: Service,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict:
     """Sorted by name, paged."""
