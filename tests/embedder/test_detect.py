@@ -218,3 +218,25 @@ def test_a_photo_over_max_side_is_searched_smaller_and_answered_in_its_own_pixel
     (got,) = detector.detect(big)  # searched at 1280 px (DetectorConfig.max_side)
     np.testing.assert_allclose(np.array(got.box) / 8, want.box, atol=4)  # another pyramid: near, not equal
     np.testing.assert_allclose(got.landmarks / 8, want.landmarks, atol=2)
+
+
+@pytest.mark.parametrize("method", ["union", "min"])
+def test_nms_in_blocks_gives_the_whole_matrix_answer_in_bounded_memory(method, monkeypatch):
+    import tracemalloc
+
+    import facesearch.embedder.detect.cascade as cascade
+
+    rng = np.random.default_rng(1)
+    xy = rng.uniform(0, 400, (3000, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(5, 40, (3000, 2))], axis=1)
+    whole = cascade.nms(boxes, 0.4, method)  # 3000 x 3000: one block
+    monkeypatch.setattr(cascade, "NMS_BLOCK_CELLS", 3000 * 7)  # blocks of 7 columns, the last one short
+    np.testing.assert_array_equal(cascade.nms(boxes, 0.4, method), whole)
+    np.testing.assert_array_equal(whole[:40], [k for k in _reference_nms(boxes[:200], 0.4, method) if k < 200][:40])
+    monkeypatch.undo()
+    many = np.tile(boxes, (4, 1))[:12_000]  # a whole matrix would take 1.15 GB per float64 temporary
+    tracemalloc.start()
+    cascade.nms(many, 0.4, method)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 200 << 20, f"peak {peak / 2**20:.0f} MiB"
