@@ -37,6 +37,7 @@ def serve(
     max_upload_mb: Annotated[float, typer.Option(min=0.01, help="Largest request body, in MiB (413 above).")] = 20.0,
     max_pixels: Annotated[int, typer.Option(min=1, help="Largest photo, in pixels, read from its header before decoding (413 above).")] = 40_000_000,
     cors_origin: Annotated[Optional[list[str]], typer.Option("--cors-origin", help="A browser origin allowed to call the API (repeat for several); none by default.")] = None,
+    allowed_host: Annotated[Optional[list[str]], typer.Option("--allowed-host", help="A Host name the server answers to (repeat for several); on loopback localhost, 127.0.0.1 and ::1 are always allowed; elsewhere none given means any.")] = None,
     aligned: AlignedOpt = False,
     min_face_size: MinFaceOpt = None,
     face_threshold: FaceThresholdOpt = None,
@@ -57,9 +58,19 @@ def serve(
     config = ServiceConfig(
         index_dir=str(folder.expanduser().resolve()), model_dir=str(_model_dir(model, folder)), api_keys=keys,
         keep_photos=keep_photos, max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_pixels,
-        cors_origins=tuple(cors_origin or ()), write_wait=write_wait, aligned=aligned or None,
+        cors_origins=tuple(cors_origin or ()), allowed_hosts=_allowed_hosts(host, allowed_host or ()),
+        write_wait=write_wait, aligned=aligned or None,
         min_face_size=min_face_size, face_threshold=face_threshold, threads=threads)
     run_server(config, host=host, port=port, workers=workers, log_level=log_level)
+
+
+def _allowed_hosts(host: str, given) -> tuple[str, ...]:
+    """On loopback the loopback names (a keyless server there is what DNS rebinding reaches) and those
+    given; elsewhere those given, or none (any Host)."""
+    from facesearch.service.config import is_loopback
+    from facesearch.service.guard import LOOPBACK_NAMES
+
+    return (*LOOPBACK_NAMES, *given) if is_loopback(host) else tuple(given)
 
 
 def _model_dir(model: Path | None, index: Path) -> Path:

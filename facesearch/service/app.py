@@ -31,6 +31,7 @@ from facesearch.embedder.core.errors import (
 )
 from facesearch.index.openset.calibration import CalibrationError
 from facesearch.service.config import ServiceConfig
+from facesearch.service.guard import Guard
 from facesearch.service.routes import identities, page, search, system
 from facesearch.service.routes.page import STATIC_DIR
 from facesearch.service.service import FaceService
@@ -75,6 +76,7 @@ def create_app(config: ServiceConfig, service: FaceService | None = None) -> Fas
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST",
                            "DELETE"], allow_headers=["Authorization", "Content-Type"])
     app.add_middleware(BodyLimit, max_bytes=config.max_upload_bytes)
+    app.add_middleware(Guard, allowed_hosts=config.allowed_hosts, cors_origins=config.cors_origins)
     app.add_middleware(RequestLog)
     return app
 
@@ -177,5 +179,8 @@ class RequestLog:
         try:
             await self.app(scope, receive, send_logged)
         finally:
-            log.info("%s %s %d %.1f ms", scope["method"], scope["path"], status, (time.perf_counter() - started) * 1000)
+            # The path as sent, control characters escaped: a decoded %0A would forge a log line.
+            path = scope.get("raw_path") or scope["path"].encode("utf-8", "surrogateescape")
+            shown = path.decode("ascii", "backslashreplace").encode("unicode_escape").decode("ascii")
+            log.info("%s %s %d %.1f ms", scope["method"], shown, status, (time.perf_counter() - started) * 1000)
 

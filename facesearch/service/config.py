@@ -32,6 +32,7 @@ class ServiceConfig:
     max_pixels: int = 40_000_000  # per photo, checked from its header before decoding
     max_photos: int = 32  # per enrolment request
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API; none by default
+    allowed_hosts: tuple[str, ...] = ()  # Host names answered (DNS rebinding); empty: any (serve on loopback sets them)
     write_wait: float = 30.0  # seconds a write waits for another writer (e.g. a CLI build) before 503
     reload_interval: float = 1.0  # seconds between checks for a generation committed by another process
     aligned: bool | None = None  # photos are ready-made crops (None: as the model card says)
@@ -47,6 +48,7 @@ class ServiceConfig:
         d = json.loads(text)
         d["api_keys"] = tuple(d.get("api_keys", ()))
         d["cors_origins"] = tuple(d.get("cors_origins", ()))
+        d["allowed_hosts"] = tuple(d.get("allowed_hosts", ()))
         return cls(**d)
 
     @classmethod
