@@ -76,7 +76,8 @@ def create_app(config: ServiceConfig, service: FaceService | None = None) -> Fas
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST",
                            "DELETE"], allow_headers=["Authorization", "Content-Type"])
     app.add_middleware(BodyLimit, max_bytes=config.max_upload_bytes)
-    app.add_middleware(Guard, allowed_hosts=config.allowed_hosts, cors_origins=config.cors_origins)
+    app.add_middleware(Guard, allowed_hosts=config.allowed_hosts, cors_origins=config.cors_origins,
+                       api_keys=config.api_keys)
     app.add_middleware(RequestLog)
     return app
 

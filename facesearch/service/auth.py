@@ -8,6 +8,8 @@ import hmac
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+KEY_MESSAGE = ("missing or wrong API key: send the header 'Authorization: Bearer <key>' with a key from the "
+               "server's --api-key-file")
 bearer = HTTPBearer(auto_error=False, description="a key from the server's --api-key-file")
 
 
@@ -30,5 +32,4 @@ def require_key(request: Request, credentials: HTTPAuthorizationCredentials | No
     if not keys:
         return
     if credentials is None or not key_matches(credentials.credentials, keys):
-        raise HTTPException(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>' with a key "
-                                 "from the server's --api-key-file", headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(401, KEY_MESSAGE, headers={"WWW-Authenticate": "Bearer"})

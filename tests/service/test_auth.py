@@ -86,3 +86,14 @@ def test_serve_refuses_an_exposed_address_without_a_key(tmp_path):
     r = CliRunner().invoke(app, ["serve", "--index", str(tmp_path / "idx"), "--api-key-file", str(tmp_path / "keys")])
     assert r.exit_code == 1 and "shorter than 16 characters" in r.output
     assert not (tmp_path / "idx").exists()  # refused before anything was loaded or created
+
+
+def test_the_key_is_checked_before_the_body_is_read(keyed):
+    # 1,500 form parts and no key: the answer is the 401, not whatever parsing the body would have said.
+    files = [("photos", (f"p{i}.jpg", b"x", "image/jpeg")) for i in range(1500)]
+    with client(keyed.url) as anonymous:
+        r = anonymous.post("/v1/identities/x/faces", files=files)
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", r.text
+        assert "Authorization: Bearer <key>" in r.json()["detail"]
+    with client(keyed.url, KEY) as c:
+        assert c.post("/v1/identities/x/faces", files=files).status_code in (400, 413, 422)  # now it is read
