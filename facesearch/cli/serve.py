@@ -101,6 +101,9 @@ def run_server(config, *, host: str, port: int, workers: int = 1, log_level: str
         finally:
             service.close()
         return
+    # Once here, before the workers: a bad model or index is an `Error: ...` line and exit 1, and a new
+    # index is created by one process (workers racing to create it failed 2 starts in 7).
+    FaceService.start(config, warm=False).close()
     os.environ[CONFIG_ENV] = config.to_json()
     os.environ["FACESEARCH_SERVICE_LOG_LEVEL"] = level
     with _stop_is_success():

@@ -53,8 +53,10 @@ class FaceService:
         self.sweeping = None  # the photo store's start-up sweep (a thread), see `Writes.sweep_soon`
 
     @classmethod
-    def start(cls, config: ServiceConfig, embedder: Embedder | None = None) -> FaceService:
+    def start(cls, config: ServiceConfig, embedder: Embedder | None = None, *, warm: bool = True) -> FaceService:
         """Load the model and open the index (creating an empty one for this model if there is none).
+
+        `warm`: run the model once and sweep the photo store (False: a check before starting workers).
 
         Raises:
             FaceSearchError: the model cannot be loaded, or the index is damaged, of another model
@@ -80,8 +82,9 @@ class FaceService:
         writes = Writes(index_dir, embedder.card, embedder.model_dir, snapshots, keep_photos=config.keep_photos,
                         wait=config.write_wait)
         service = cls(config, embedder, snapshots, writes)
-        service.sweeping = writes.sweep_soon()
-        service.warm_up()
+        if warm:
+            service.sweeping = writes.sweep_soon()
+            service.warm_up()
         log.info("model %s and index '%s' (%d faces, %d identities, generation %d) loaded in %.1f s",
                  embedder.card.name, index_dir, gallery.manifest.faces, gallery.manifest.identities,
                  gallery.manifest.generation, time.perf_counter() - started)

@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -203,3 +204,24 @@ def test_sigterm_finishes_the_request_in_flight_then_exits(served_process, index
     assert faces_of(index_dir, "in-flight") == 6
     log = s.text()
     assert "POST /v1/identities/in-flight/faces 201" in log and "Shutting down" in log
+
+
+def test_workers_on_a_new_folder_start_from_one_index(tmp_path, default_model):
+    # Two workers used to race to create the index (2 failed starts in 7); the parent creates it now.
+    index = tmp_path / "new"
+    with ProcessServer("--index", index, "--model", default_model, "--workers", "2", log=tmp_path / "w.log") as s:
+        with client(s.url) as c:
+            deadline = time.monotonic() + 60
+            while True:  # the parent binds the port; the socket listens once a worker has started
+                try:
+                    health = c.get("/v1/health").json()
+                    break
+                except httpx.ConnectError:
+                    assert time.monotonic() < deadline, s.text()
+                    time.sleep(0.2)
+            assert health["status"] == "ok", s.text()
+            assert c.get("/v1/stats").json()["faces"] == 0
+        assert (index / "manifest.json").is_file()
+        log = s.text()
+        assert log.count("created an empty one") == 1 and "Traceback" not in log, log
+        assert log.index("created an empty one") < log.index("Started parent process"), log  # by the parent
