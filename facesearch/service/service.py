@@ -20,7 +20,7 @@ from PIL import Image
 
 from facesearch.api.verdicts import verify_faces
 from facesearch.embedder.core.boxes import box_list
-from facesearch.embedder.core.errors import FaceSearchError, ImageReadError
+from facesearch.embedder.core.errors import FaceNotFoundError, FaceSearchError, IdentityNotFoundError, ImageReadError
 from facesearch.embedder.crop import crop_face
 from facesearch.embedder.detect import DetectorConfig
 from facesearch.embedder.images import read_image
@@ -179,9 +179,20 @@ class FaceService:
                            "new": e.new} for u, e in zip(uploads, enrolled)]}
 
     def remove_identity(self, identity: str) -> dict:
+        # Asked of the current snapshot first: a removal of someone who is not there answers 404 at once
+        # instead of queueing for the write lock (45 such deletes behind a held lock made a bystander's
+        # query wait 28.9 s). The write checks again under the lock.
+        with self.snapshots.use() as g:
+            if not g.store.photos_of_identity(identity):
+                raise IdentityNotFoundError(f"identity '{identity}' is not in the index")
         return dataclasses.asdict(self.writes.remove_identity(identity))
 
     def remove_face(self, face_id: int) -> dict:
+        with self.snapshots.use() as g:  # as above
+            try:
+                g.store.records([face_id])
+            except KeyError:
+                raise FaceNotFoundError(f"face {face_id} is not in the index") from None
         return dataclasses.asdict(self.writes.remove_face(face_id))
 
     # --- reads ---------------------------------------------------------------------------------

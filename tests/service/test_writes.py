@@ -225,3 +225,18 @@ def test_workers_on_a_new_folder_start_from_one_index(tmp_path, default_model):
         log = s.text()
         assert log.count("created an empty one") == 1 and "Traceback" not in log, log
         assert log.index("created an empty one") < log.index("Started parent process"), log  # by the parent
+
+
+def test_removing_what_is_not_there_answers_at_once_while_a_writer_holds_the_index(server, index_dir, default_model):
+    from facesearch.embedder.core.model_card import ModelCard
+    from facesearch.index import open_writer
+
+    with open_writer(index_dir, card=ModelCard.load(default_model), model_dir=default_model):  # a build, say
+        started = time.perf_counter()
+        for _ in range(5):
+            assert server.client.delete("/v1/faces/424242").status_code == 404
+            assert server.client.delete("/v1/identities/nobody").status_code == 404
+        assert time.perf_counter() - started < 5.0  # not 10 x the write wait (10 s each) behind the lock
+        r = server.client.delete("/v1/identities/eileen")  # a real removal still waits its turn, then says why
+    assert r.status_code == 503 and r.headers["retry-after"] == "10", r.text
+    assert server.client.delete("/v1/identities/eileen").status_code == 200  # the lock is free again
