@@ -104,8 +104,10 @@ def test_eval_lfw_errors(fake_lfw, model_dir, tmp_path, monkeypatch):
     assert r.exit_code == 1 and "pairs.txt:3: expected 'name n1 n2'" in r.stderr, r.output
 
 
-@pytest.mark.quality
 def test_calibrated_threshold_is_what_query_uses(faces, own_model, tmp_path):
+    # What query answers with is the model folder's card as it is now, not the index's copy of it; the
+    # verdict follows from the threshold (a test on which identity this tiny model finds would depend on
+    # how it trained: seed 10 with oneDNN off missed id_04 in the seed sweep).
     from facesearch.embedder.core.model_card import ModelCard
     from facesearch.embedder.evaluation.verification import calibrate_card
 
@@ -113,12 +115,18 @@ def test_calibrated_threshold_is_what_query_uses(faces, own_model, tmp_path):
     invoke_json("build-index", "--aligned", faces / "gallery", "--model", own_model, "--index", index)
     probe = faces / "probes" / "id_04" / "033.png"
     before = invoke_json("query", "--aligned", probe, "--index", index)
-    assert before["faces"][0]["verdict"] == "id_04"
+    card = ModelCard.load(own_model)
+    assert before["threshold"] == card.default_threshold != 0.9999
     # Calibrating after the build: the index keeps its copy of the old card, query must not use it.
-    calibrate_card(own_model, ModelCard.load(own_model), {"far_1e-3": 0.9999})
+    calibrate_card(own_model, card, {"far_1e-3": 0.9999})
     after = invoke_json("query", "--aligned", probe, "--index", index)
-    assert after["threshold"] == 0.9999 and after["faces"][0]["verdict"] == "unknown"
+    assert (after["threshold"], after["threshold_source"]) == (0.9999, "model-card")
     assert after["faces"][0]["matches"] == before["faces"][0]["matches"]  # same model, same index
+    for answer in (before, after):
+        (face,) = answer["faces"]
+        best = face["matches"][0]
+        assert face["verdict"] == (best["identity"] if best["score"] >= answer["threshold"] else "unknown")
+    assert after["faces"][0]["verdict"] == "unknown" or after["faces"][0]["matches"][0]["score"] >= 0.9999
 
 
 def test_eval_identify_matches_a_brute_force_reference(faces, model_dir):
