@@ -9,18 +9,12 @@ the network, as the model card says: (pixel - channel mean) / 256, RGB.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import keras
 import numpy as np
 
 from facesearch.embedder.core.constants import EMBEDDING_NAME, INPUT_NAME
 from facesearch.embedder.core.errors import ModelSpecError
-from facesearch.embedder.dlib.weights import DlibLayer, DlibResnet
-
-# (filters, residual units, first unit downsamples), input side first: alevel4 ... alevel0.
-LEVELS = ((32, 3, False), (64, 4, True), (128, 3, True), (256, 3, True), (256, 1, True))
-STEM_FILTERS = 32
+from facesearch.embedder.dlib.weights import LEVELS, STEM_FILTERS, DlibResnet, LayerCursor
 
 
 @keras.saving.register_keras_serializable(package="facesearch")
@@ -48,27 +42,7 @@ def _pad_to(x, target: list[int]):
     return keras.ops.pad(x, pads) if any(p for _, p in pads) else x
 
 
-class _Layers:
-    """The file's layers in order, taken one at a time with a check of their kind."""
-
-    def __init__(self, layers: list[DlibLayer]):
-        self._it: Iterator[DlibLayer] = iter(layers)
-        self.taken = 0
-
-    def take(self, kind: str) -> DlibLayer:
-        layer = next(self._it, None)
-        self.taken += 1
-        if layer is None or layer.kind != kind:
-            found = "the end of the file" if layer is None else f"'{layer.kind}'"
-            raise ModelSpecError(f"dlib layer {self.taken}: expected '{kind}', found {found}; "
-                                 "the file is not dlib_face_recognition_resnet_model_v1")
-        return layer
-
-    def done(self) -> bool:
-        return next(self._it, None) is None
-
-
-def _conv_affine(x, layers: _Layers, filters: int, name: str):
+def _conv_affine(x, layers: LayerCursor, filters: int, name: str):
     """dlib `affine<con<filters, k, k, s, s>>` as one Conv2D with the affine folded in."""
     kernel, bias, stride, pad = layers.take("con_4").conv()
     gamma, beta = layers.take("affine_").affine()
@@ -88,7 +62,7 @@ def _conv_affine(x, layers: _Layers, filters: int, name: str):
     return x
 
 
-def _pool(x, layers: _Layers, kind: str, name: str):
+def _pool(x, layers: LayerCursor, kind: str, name: str):
     size, _, stride, _, pad, _ = layers.take(kind).ints
     if pad:
         raise ModelSpecError(f"{name}: padded pooling is not supported")
@@ -96,7 +70,7 @@ def _pool(x, layers: _Layers, kind: str, name: str):
     return pool(size, strides=stride, padding="valid", name=name)(x)
 
 
-def _residual(x, layers: _Layers, filters: int, down: bool, name: str):
+def _residual(x, layers: LayerCursor, filters: int, down: bool, name: str):
     """dlib `ares<filters>` (down=False) or `ares_down<filters>` (down=True)."""
     y = _conv_affine(x, layers, filters, f"{name}_conv1")
     layers.take("relu_")
@@ -123,7 +97,7 @@ def build_dlib_resnet(net: DlibResnet) -> keras.Model:
     Raises:
         ModelSpecError: the file's layers do not follow dlib's `anet_type`.
     """
-    layers = _Layers(net.layers)
+    layers = LayerCursor(net.layers)
     rows, cols = net.input_size
     image = keras.Input((rows, cols, 3), name=INPUT_NAME)
     x = _conv_affine(image, layers, STEM_FILTERS, "stem_conv")

@@ -12,41 +12,16 @@ the same bytes (and the same sha256 in the model card).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from facesearch.embedder.core.constants import EMBEDDING_NAME, INPUT_NAME
 from facesearch.embedder.core.errors import ModelSpecError
-from facesearch.embedder.dlib.weights import DlibLayer, DlibResnet
+from facesearch.embedder.dlib.weights import LEVELS, STEM_FILTERS, DlibResnet, LayerCursor
 
-# (filters, residual units, first unit downsamples), input side first: alevel4 ... alevel0.
-LEVELS = ((32, 3, False), (64, 4, True), (128, 3, True), (256, 3, True), (256, 1, True))
-STEM_FILTERS = 32
 OPSET = 17
 IR_VERSION = 8  # the oldest IR that carries opset 17: readable by every onnxruntime facesearch supports
-
-
-class _Layers:
-    """The file's layers in order, taken one at a time with a check of their kind."""
-
-    def __init__(self, layers: list[DlibLayer]):
-        self._it: Iterator[DlibLayer] = iter(layers)
-        self.taken = 0
-
-    def take(self, kind: str) -> DlibLayer:
-        layer = next(self._it, None)
-        self.taken += 1
-        if layer is None or layer.kind != kind:
-            found = "the end of the file" if layer is None else f"'{layer.kind}'"
-            raise ModelSpecError(f"dlib layer {self.taken}: expected '{kind}', found {found}; "
-                                 "the file is not dlib_face_recognition_resnet_model_v1")
-        return layer
-
-    def done(self) -> bool:
-        return next(self._it, None) is None
 
 
 class _Graph:
@@ -70,7 +45,7 @@ class _Graph:
             self.shapes[name] = shape
         return name
 
-    def conv_affine(self, x: str, layers: _Layers, filters: int, name: str) -> str:
+    def conv_affine(self, x: str, layers: LayerCursor, filters: int, name: str) -> str:
         """dlib `affine<con<filters, k, k, s, s>>` as one Conv with the affine folded in."""
         kernel, bias, stride, pad = layers.take("con_4").conv()
         gamma, beta = layers.take("affine_").affine()
@@ -84,7 +59,7 @@ class _Graph:
         return self.op("Conv", name, [x, self.const(f"{name}/kernel", folded), self.const(f"{name}/bias", shift)],
                        out, kernel_shape=[k, k], strides=[stride, stride], pads=[pad] * 4)
 
-    def pool(self, x: str, layers: _Layers, kind: str, name: str) -> str:
+    def pool(self, x: str, layers: LayerCursor, kind: str, name: str) -> str:
         size, _, stride, _, pad, _ = layers.take(kind).ints
         if pad:
             raise ModelSpecError(f"{name}: padded pooling is not supported")
@@ -93,7 +68,7 @@ class _Graph:
         op_type = "MaxPool" if kind == "max_pool_2" else "AveragePool"
         return self.op(op_type, name, [x], out, kernel_shape=[size, size], strides=[stride, stride])
 
-    def relu(self, x: str, layers: _Layers, name: str) -> str:
+    def relu(self, x: str, layers: LayerCursor, name: str) -> str:
         layers.take("relu_")
         return self.op("Relu", name, [x], self.shapes[x])
 
@@ -124,7 +99,7 @@ class _Graph:
         return model
 
 
-def _residual(g: _Graph, x: str, layers: _Layers, filters: int, down: bool, name: str) -> str:
+def _residual(g: _Graph, x: str, layers: LayerCursor, filters: int, down: bool, name: str) -> str:
     """dlib `ares<filters>` (down=False) or `ares_down<filters>` (down=True)."""
     y = g.relu(g.conv_affine(x, layers, filters, f"{name}_conv1"), layers, f"{name}_relu1")
     y = g.conv_affine(y, layers, filters, f"{name}_conv2")
@@ -148,7 +123,7 @@ def build_dlib_resnet_onnx(net: DlibResnet) -> onnx.ModelProto:
     Raises:
         ModelSpecError: the file's layers do not follow dlib's `anet_type`.
     """
-    layers = _Layers(net.layers)
+    layers = LayerCursor(net.layers)
     g = _Graph(*net.input_size)
     x = g.relu(g.conv_affine(g.x, layers, STEM_FILTERS, "stem_conv"), layers, "stem_relu")
     x = g.pool(x, layers, "max_pool_2", "stem_pool")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,6 +78,32 @@ class DlibResnet:
     @property
     def num_parameters(self) -> int:
         return sum(layer.params.size for layer in self.layers)
+
+
+# The network as the file lays it out: (filters, residual units, first unit downsamples), input side
+# first (alevel4 ... alevel0), after a stem of STEM_FILTERS. keras_net and onnx_net build from these.
+LEVELS = ((32, 3, False), (64, 4, True), (128, 3, True), (256, 3, True), (256, 1, True))
+STEM_FILTERS = 32
+
+
+class LayerCursor:
+    """The file's layers in order, taken one at a time with a check of their kind (both builders walk them)."""
+
+    def __init__(self, layers: list[DlibLayer]):
+        self._it: Iterator[DlibLayer] = iter(layers)
+        self.taken = 0
+
+    def take(self, kind: str) -> DlibLayer:
+        layer = next(self._it, None)
+        self.taken += 1
+        if layer is None or layer.kind != kind:
+            found = "the end of the file" if layer is None else f"'{layer.kind}'"
+            raise ModelSpecError(f"dlib layer {self.taken}: expected '{kind}', found {found}; "
+                                 "the file is not dlib_face_recognition_resnet_model_v1")
+        return layer
+
+    def done(self) -> bool:
+        return next(self._it, None) is None
 
 
 class _Reader:
