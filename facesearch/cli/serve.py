@@ -61,6 +61,10 @@ def serve(
         cors_origins=tuple(cors_origin or ()), allowed_hosts=_allowed_hosts(host, allowed_host or ()),
         write_wait=write_wait, aligned=aligned or None,
         min_face_size=min_face_size, face_threshold=face_threshold, threads=threads)
+    from facesearch.service.config import exposure_warnings
+
+    for line in exposure_warnings(host, bool(keys), insecure, config.cors_origins):
+        typer.echo(f"Warning: {line}", err=True)
     run_server(config, host=host, port=port, workers=workers, log_level=log_level)
 
 

@@ -100,3 +100,15 @@ def check_bind(host: str, has_key: bool, insecure: bool) -> None:
             f"refusing to listen on '{host}' without an API key: anyone who reaches it could search, enrol and "
             "delete faces - pass --api-key-file KEY_FILE (" + KEY_HINT + "), listen on 127.0.0.1, or pass "
             "--insecure if something in front of it (a proxy, a firewall) already controls access")
+
+
+def exposure_warnings(host: str, has_key: bool, insecure: bool, cors_origins: tuple[str, ...]) -> list[str]:
+    """What a start that is allowed but risky should say, one line each (`facesearch serve` logs them)."""
+    out = []
+    if insecure and not has_key and not is_loopback(host):
+        out.append(f"listening on '{host}' with no API key (--insecure): anyone who reaches this port can search, "
+                   "enrol and delete faces; keep something in front of it that controls access")
+    if "*" in cors_origins:
+        out.append("--cors-origin '*': any web page a user opens may call this API from their browser"
+                   + ("" if has_key else ", with no key to stop it"))
+    return out

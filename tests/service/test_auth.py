@@ -97,3 +97,14 @@ def test_the_key_is_checked_before_the_body_is_read(keyed):
         assert "Authorization: Bearer <key>" in r.json()["detail"]
     with client(keyed.url, KEY) as c:
         assert c.post("/v1/identities/x/faces", files=files).status_code in (400, 413, 422)  # now it is read
+
+
+def test_risky_but_allowed_starts_say_so():
+    from facesearch.service.config import exposure_warnings
+
+    assert exposure_warnings("127.0.0.1", False, False, ()) == []
+    assert exposure_warnings("0.0.0.0", True, True, ()) == []  # a key: --insecure changes nothing
+    (line,) = exposure_warnings("0.0.0.0", False, True, ())
+    assert "with no API key (--insecure)" in line
+    (line,) = exposure_warnings("127.0.0.1", False, False, ("*",))
+    assert line.startswith("--cors-origin '*'") and line.endswith("with no key to stop it")
