@@ -18,6 +18,7 @@ call the same functions; the parts underneath are `facesearch.embedder`, `facese
 from facesearch.embedder.core.errors import (
     FaceNotFoundError,
     FaceSearchError,
+    IdentityNameError,
     IdentityNotFoundError,
     ImageReadError,
     IndexBusyError,
@@ -36,7 +37,7 @@ _API = ("open", "verify", "detect", "embed", "Gallery", "SearchResult", "Face", 
         "DetectedFace", "EmbeddedFace", "Enrolment", "Removal", "Compaction", "ImageInput")
 
 __all__ = [
-    *_API, "FaceNotFoundError", "FaceSearchError", "IdentityNotFoundError", "ImageReadError", "IndexBusyError",
+    *_API, "FaceNotFoundError", "FaceSearchError", "IdentityNameError", "IdentityNotFoundError", "ImageReadError", "IndexBusyError",
     "IndexFormatError", "IndexMismatchError", "ModelSpecError", "NoFaceFoundError", "NotFoundError", "PhotoNotFoundError", "__version__",
 ]
 

@@ -178,16 +178,16 @@ class Gallery:
 
         Raises:
             ImageReadError, NoFaceFoundError: the image cannot be read or shows no face.
-            FaceSearchError: `face` is not one of the photo's faces, or `identity` is empty.
+            IdentityNameError: `identity` breaks the naming rule (`facesearch.index.sync.enrolment.IDENTITY_RULE`).
+            FaceSearchError: `face` is not one of the photo's faces.
             IndexBusyError: another process is writing the index (after `wait` seconds).
         """
         from facesearch.embedder.pipeline import select_faces
         from facesearch.index import open_writer
         from facesearch.index.storage.photostore import PhotoStore, extension_of, sha256_bytes
-        from facesearch.index.sync.enrolment import FaceToEnrol, PhotoBytes, stage_enrolment
+        from facesearch.index.sync.enrolment import FaceToEnrol, PhotoBytes, check_identity, stage_enrolment
 
-        if not identity or not identity.strip() or "/" in identity:
-            raise FaceSearchError(f"an identity is a non-empty name without '/', got '{identity}'")
+        check_identity(identity)
         embedder = self.embedder
         name, crops = faces_in(embedder, image)
         if face is not None and not 0 <= face < len(crops):
@@ -199,7 +199,7 @@ class Gallery:
         photo = PhotoBytes(data, sha256_bytes(data), extension_of(_format_of(data)))
         settings = {"faces": "largest", "crops": embedder.crop_method}
         with open_writer(self.index_dir, card=embedder.card, model_dir=embedder.model_dir,
-                              build=None if self.exists else settings, wait=self.wait) as w:
+                         build=None if self.exists else settings, wait=self.wait) as w:
             (done,) = stage_enrolment(w, identity, [FaceToEnrol(photo, pick, crops[pick].box, len(crops), vector)],
                                       PhotoStore(self.index_dir) if keep_photo else None)
             generation = w.commit().generation if done.new else w.manifest.generation

@@ -22,6 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from facesearch.embedder.core.errors import (
     DatasetError,
     FaceSearchError,
+    IdentityNameError,
     ImageReadError,
     IndexBusyError,
     IndexFormatError,
@@ -40,7 +41,7 @@ log = logging.getLogger("facesearch.service")
 
 # FaceSearchError subclasses that reach the HTTP layer, and the status each answers with.
 STATUS = ((ImageReadError, 422), (NoFaceFoundError, 422), (DatasetError, 422), (CalibrationError, 422),
-          (NotFoundError, 404), (IndexMismatchError, 409), (IndexBusyError, 503), (IndexFormatError, 503))
+          (IdentityNameError, 422), (NotFoundError, 404), (IndexMismatchError, 409), (IndexBusyError, 503), (IndexFormatError, 503))
 RETRY_AFTER = {IndexBusyError: "10"}  # seconds a client should wait before it tries again
 
 DESCRIPTION = """Face search over a facesearch index: who is in a photo (`/v1/query`), are two photos the same

@@ -4,28 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import HTTPException, Path
+from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field
+
+import facesearch.index.sync.enrolment as _enrolment
 
 Box = Annotated[list[float] | None, Field(description="x1, y1, x2, y2 in the photo's pixels; null for a pre-aligned crop")]
 
-IDENTITY_MAX = 128
-IDENTITY_RULE = (f"an identity is 1 to {IDENTITY_MAX} printable characters, without '/', '\\' or '..', "
-                 "not starting with '.' and without leading or trailing spaces")
-
-
-def check_identity(identity: str) -> str:
-    """The identity if it follows `IDENTITY_RULE` (it becomes part of a path in the photo store).
-
-    Raises:
-        HTTPException: 422 with the rule.
-    """
-    bad = (not identity or len(identity) > IDENTITY_MAX or identity != identity.strip() or identity.startswith(".")
-           or "/" in identity or "\\" in identity or ".." in identity or not identity.isprintable())
-    if bad:
-        shown = identity[:IDENTITY_MAX].encode("unicode_escape").decode("ascii")
-        raise HTTPException(422, f"identity '{shown}' is not allowed: {IDENTITY_RULE}")
-    return identity
+# The rule is the library's (facesearch.index.sync.enrolment): the API and the service refuse the same names;
+# an IdentityNameError answers 422 (facesearch.service.app.STATUS).
+IDENTITY_RULE = _enrolment.IDENTITY_RULE
+check_identity = _enrolment.check_identity
 
 
 def identity_path(identity: Annotated[str, Path(description=IDENTITY_RULE)]) -> str:

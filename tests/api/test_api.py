@@ -118,6 +118,9 @@ def test_enrol_then_remove(gallery, workdir):
         gallery.remove_face(10_000)
     with pytest.raises(facesearch.FaceSearchError, match="face must be 0 to 1"):
         gallery.enrol("group.jpg", "Two People", face=2)
+    for bad in ("", "a/b", "..", " padded", "x" * 129):  # the service's rule, from the same function
+        with pytest.raises(facesearch.IdentityNameError, match="printable characters, without '/'"):
+            gallery.enrol("ada.jpg", bad)
 
 
 def test_the_cli_removes_through_the_api(gallery, workdir):

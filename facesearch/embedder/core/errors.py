@@ -70,6 +70,10 @@ class MemoryBudgetError(FaceSearchError):
     """No index of the asked kind fits the memory budget."""
 
 
+class IdentityNameError(FaceSearchError):
+    """A name that cannot be an identity (empty, too long, or with characters a path cannot hold)."""
+
+
 class NotFoundError(FaceSearchError):
     """What was asked for (an identity, a stored face) is not in the index."""
 

@@ -13,11 +13,34 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from facesearch.embedder.core.errors import FaceNotFoundError, IdentityNotFoundError, PhotoNotFoundError
+from facesearch.embedder.core.errors import (
+    FaceNotFoundError,
+    IdentityNameError,
+    IdentityNotFoundError,
+    PhotoNotFoundError,
+)
 from facesearch.index.storage.photostore import PhotoStore, enrolled_path, parse_enrolled_path
 from facesearch.index.storage.store import Photo
 from facesearch.index.storage.writer import IndexWriter
 from facesearch.index.sync.enrolled import exclusion_of
+
+IDENTITY_MAX = 128
+IDENTITY_RULE = (f"an identity is 1 to {IDENTITY_MAX} printable characters, without '/', '\\' or '..', "
+                 "not starting with '.' and without leading or trailing spaces")
+
+
+def check_identity(identity: str) -> str:
+    """The identity if it follows `IDENTITY_RULE` (it becomes part of a path in the photo store).
+
+    Raises:
+        IdentityNameError: it does not, with the rule.
+    """
+    bad = (not identity or len(identity) > IDENTITY_MAX or identity != identity.strip() or identity.startswith(".")
+           or "/" in identity or "\\" in identity or ".." in identity or not identity.isprintable())
+    if bad:
+        shown = identity[:IDENTITY_MAX].encode("unicode_escape").decode("ascii")
+        raise IdentityNameError(f"identity '{shown}' is not allowed: {IDENTITY_RULE}")
+    return identity
 
 
 @dataclass(frozen=True)
