@@ -16,6 +16,8 @@ from facesearch.embedder.core.errors import ImageReadError
 from facesearch.embedder.images import read_image, read_image_reduced
 
 skimage_data = pytest.importorskip("skimage.data", reason="scikit-image ships the photo: pip install scikit-image")
+# Pillow warns about the damage it skips (tags larger than the file, corrupt EXIF): expected here.
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 FORMATS = {"JPEG": {"quality": 90}, "PNG": {}, "WEBP": {"quality": 80}, "TIFF": {"compression": "tiff_lzw"}}
 VARIANTS = 150  # per format: about 2 s in all
