@@ -60,10 +60,11 @@ def detect(image: ImageInput, *, min_face_size: int | None = None,
     Raises:
         ImageReadError: the image cannot be read.
     """
+    from facesearch.embedder.core.boxes import box_tuple
     from facesearch.embedder.detect import Detector
 
     _, pixels = decoded(image)
-    return [DetectedFace(tuple(float(v) for v in d.box), float(d.score), tuple((float(x), float(y)) for x, y in d.landmarks))
+    return [DetectedFace(box_tuple(d.box), float(d.score), tuple((float(x), float(y)) for x, y in d.landmarks))
             for d in Detector(detector_config(min_face_size, face_threshold)).detect(pixels)]
 
 
@@ -76,6 +77,10 @@ def embed(images: ImageInput | Sequence[ImageInput], *, model: str | os.PathLike
     Returns:
         `EmbeddedFace`s: `vector` is `(d,)` float32, L2-normalised, as the index stores them.
     """
+    import itertools
+
+    from facesearch.embedder.core.boxes import box_tuple
+    from facesearch.embedder.core.constants import DEFAULT_BATCH_SIZE
     from facesearch.embedder.core.errors import FaceSearchError, NoFaceFoundError
     from facesearch.embedder.pipeline import select_faces
 
@@ -85,13 +90,19 @@ def embed(images: ImageInput | Sequence[ImageInput], *, model: str | os.PathLike
         images = [images]
     embedder = embedder_for(model, aligned=aligned)
     out: list[EmbeddedFace] = []
-    for image in images:
-        try:
-            name, crops = faces_in(embedder, image)
-        except NoFaceFoundError:
+    images = iter(images)
+    while chunk := list(itertools.islice(images, DEFAULT_BATCH_SIZE)):  # one model call per chunk, bounded memory
+        found = []  # (image name, face position, crop)
+        for image in chunk:
+            try:
+                name, crops = faces_in(embedder, image)
+            except NoFaceFoundError:
+                continue
+            picks = range(len(crops)) if faces == "all" else select_faces(crops, "largest")
+            found.extend((name, i, crops[i]) for i in picks)
+        if not found:
             continue
-        picks = range(len(crops)) if faces == "all" else select_faces(crops, "largest")
-        vectors = embedder.embed([crops[i].image for i in picks])
-        out.extend(EmbeddedFace(name, i, None if crops[i].box is None else tuple(float(x) for x in crops[i].box),
-                                crops[i].score, v, embedder.card.name) for i, v in zip(picks, vectors))
+        vectors = embedder.embed([crop.image for _, _, crop in found])
+        out.extend(EmbeddedFace(name, i, box_tuple(crop.box), crop.score, v, embedder.card.name)
+                   for (name, i, crop), v in zip(found, vectors))
     return out

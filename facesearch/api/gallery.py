@@ -182,6 +182,7 @@ class Gallery:
             FaceSearchError: `face` is not one of the photo's faces.
             IndexBusyError: another process is writing the index (after `wait` seconds).
         """
+        from facesearch.embedder.core.boxes import box_tuple
         from facesearch.embedder.pipeline import select_faces
         from facesearch.index import open_writer
         from facesearch.index.storage.photostore import PhotoStore, extension_of, sha256_bytes
@@ -203,7 +204,7 @@ class Gallery:
             (done,) = stage_enrolment(w, identity, [FaceToEnrol(photo, pick, crops[pick].box, len(crops), vector)],
                                       PhotoStore(self.index_dir) if keep_photo else None)
             generation = w.commit().generation if done.new else w.manifest.generation
-        return Enrolment(identity, done.id, done.path, pick, None if done.face.box is None else tuple(done.face.box),
+        return Enrolment(identity, done.id, done.path, pick, box_tuple(done.face.box),
                          len(crops), done.new, generation)
 
     def remove(self, identity: str) -> Removal:

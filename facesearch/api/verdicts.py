@@ -7,6 +7,7 @@ run-time path, imports it without reaching the default model's conversion.
 from __future__ import annotations
 
 from facesearch.api.results import Verification
+from facesearch.embedder.core.boxes import box_tuple
 
 
 def verify_faces(embedder, found, *, threshold: float | None = None) -> Verification:
@@ -24,5 +25,5 @@ def verify_faces(embedder, found, *, threshold: float | None = None) -> Verifica
     score = float(np.dot(v[0], v[1]))
     decision = resolve_decision(embedder.card, None, 0, threshold=threshold)
     return Verification(score >= decision.threshold, score, decision.threshold, decision.source, embedder.card.name,
-                        tuple(None if c.box is None else tuple(float(x) for x in c.box) for c in chosen),
+                        tuple(box_tuple(c.box) for c in chosen),
                         tuple(len(crops) for _, crops in found), tuple(name for name, _ in found))

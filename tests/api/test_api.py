@@ -184,3 +184,15 @@ def test_remove_a_photo_by_its_path(gallery, workdir):
     assert [m.identity for m in gallery.search("a.jpg")[0].matches] == ["cameraman"]
     r = CliRunner().invoke(app, ["remove", "Ada", "--photo", "x.jpg", "--index", str(gallery.index_dir)])
     assert r.exit_code == 2 and "pass one of IDENTITY, --face ID or --photo PATH" in r.output
+
+
+def test_embed_in_chunks_keeps_input_order_and_vectors(workdir, monkeypatch):
+    import facesearch.embedder.core.constants as constants
+
+    one_by_one = [facesearch.embed(p) for p in ("a.jpg", "no_face.png", "group.jpg", "b.jpg", "a.jpg")]
+    monkeypatch.setattr(constants, "DEFAULT_BATCH_SIZE", 2)  # chunks of 2 images: 3 model calls
+    chunked = facesearch.embed(["a.jpg", "no_face.png", "group.jpg", "b.jpg", "a.jpg"])
+    expected = [f for faces in one_by_one for f in faces]
+    assert [(f.image, f.face, f.box) for f in chunked] == [(f.image, f.face, f.box) for f in expected]
+    for got, want in zip(chunked, expected):
+        np.testing.assert_allclose(got.vector, want.vector, atol=1e-6)
