@@ -7,7 +7,7 @@
 #   2. the wheel holds facesearch/ and its dist-info, nothing else, and ships the web page and py.typed;
 #   3. a fresh virtual environment outside the checkout gets `<wheel>[serve]`; then, from another directory:
 #   4. `import facesearch` comes from that environment;
-#   5. the default model is converted into the shared cache by the repository's .venv (it has TensorFlow);
+#   5. the default model is converted by the wheel's own facesearch, without TensorFlow, into a new cache;
 #   6. a tiny gallery of LFW photos (3 people, 2 photos each, a third photo of each as a probe);
 #   7. the CLI: build-index, then query --json names the probe's person;
 #   8. the service: `facesearch serve` on loopback; GET / and the static files the page references, and
@@ -120,8 +120,10 @@ if [[ ! -d $LFW ]]; then
     exit 0
 fi
 
-step "5. the default model: 'facesearch models install dlib-resnet' with the repository's .venv (the cache is shared)"
-quiet "$DEV_BIN/facesearch" models install dlib-resnet
+step "5. the default model: converted by the wheel itself (no TensorFlow in this environment) into a new cache"
+export FACESEARCH_CACHE=$WORK/cache   # nothing converted earlier can help: this is a user's first run
+"$PY" -c "import tensorflow" 2>/dev/null && fail "TensorFlow is importable in the wheel's environment: [serve] pulled it in"
+quiet "$FS" models install dlib-resnet
 "$FS" models list | sed 's/^/   /'
 
 step "6. a tiny gallery from $LFW: 2 photos each of the 3 people with the most, a third of each as a probe"

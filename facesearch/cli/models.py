@@ -45,17 +45,20 @@ def run_models_list() -> dict:
 def run_models_install(name: str, force: bool, progress: bool) -> dict:
     """Convert model `name` into the cache (once, unless `force`); its card and parity."""
     import dataclasses
+    import json
 
     from facesearch.embedder.core.model_card import ModelCard
-    from facesearch.embedder.dlib.install import install_dlib_resnet
+    from facesearch.embedder.dlib.install import INSTALL_NOTES, install_dlib_resnet
     from facesearch.embedder.dlib.models import canonical_name, installed_model_dir
     from facesearch.embedder.export import ExportReport
 
     canonical_name(name)
     already = not force and installed_model_dir() is not None
     folder = install_dlib_resnet(force=force, progress=stderr_progress() if progress else None)
+    notes = folder / INSTALL_NOTES  # how model.onnx was built and what it was checked against
     return {"model_dir": str(folder), "converted": not already, "card": ModelCard.load(folder).to_dict(),
-            "parity": dataclasses.asdict(ExportReport.load(folder))}
+            "parity": dataclasses.asdict(ExportReport.load(folder)),
+            "install": json.loads(notes.read_text()) if notes.is_file() else None}
 
 
 @models_app.command("install")

@@ -163,8 +163,10 @@ def format_models_install(result: dict) -> str:
     return (f"{'installed' if result['converted'] else 'already installed'} {card['name']} in {result['model_dir']}\n"
             f"input {card['input_height']}x{card['input_width']} {card['channel_order']}, "
             f"{card['embedding_size']}-d, template {card['alignment_template']}\n"
-            f"onnx: min cosine vs Keras {parity['onnx_min_cosine']:.7f} over {parity['parity_samples']} inputs\n"
-            "next: facesearch build-index PHOTOS_DIR   (the default model needs no --model)")
+            + (f"onnx: min cosine vs Keras {parity['onnx_min_cosine']:.7f} over {parity['parity_samples']} inputs\n"
+               if parity.get("onnx_min_cosine") is not None else
+               f"onnx: {'; '.join((result.get('install') or {}).get('checked', ['built from the weights']))}\n")
+            + "next: facesearch build-index PHOTOS_DIR   (the default model needs no --model)")
 
 
 def format_models_list(result: dict) -> str:

@@ -120,3 +120,14 @@ def test_default_model_needs_no_tensorflow_once_installed(in_cache, tmp_path, wi
     out = without_tensorflow("build-index", gallery, "--index", tmp_path / "i", "--json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["model"] == MODEL_NAME
+
+
+def test_models_install_without_tensorflow_prints_what_it_checked(without_tensorflow, tmp_path, monkeypatch):
+    # What a user of `pip install facesearch` (no extra) sees; the installed wheel's check found it failing.
+    monkeypatch.setenv("FACESEARCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("FACESEARCH_MODEL", raising=False)
+    r = without_tensorflow("models", "install", "dlib-resnet")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("installed dlib-resnet-v1 in ") and "onnx: " in r.stdout, r.stdout
+    assert "min cosine vs Keras" not in r.stdout  # nothing to compare with: it says what it checked instead
+    assert (tmp_path / "cache" / "models" / "dlib-resnet-v1" / "model.onnx").is_file()
