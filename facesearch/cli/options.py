@@ -49,17 +49,6 @@ def index_dir(index: Path | None) -> Path:
     return index if index is not None else default_index_dir()
 
 
-def detector_config(min_face_size: int | None = None, face_threshold: float | None = None):
-    """The detection options with the CLI's overrides (None keeps a default)."""
-    import dataclasses
-
-    from facesearch.embedder.detect import DetectorConfig
-
-    overrides = {k: v for k, v in {"min_face_size": min_face_size, "score_threshold": face_threshold}.items()
-                 if v is not None}
-    return dataclasses.replace(DetectorConfig(), **overrides)
-
-
 def _check_fpir(value: float | None) -> float | None:
     if value is not None and not 0.0 < value < 1.0:
         raise typer.BadParameter(f"expected a rate strictly between 0 and 1 (e.g. 0.01 for 1%), got {value:g}")
