@@ -217,8 +217,8 @@ def run_detect(image: Path, *, out: Path | None, crops: Path | None, model: Path
 
     The template is --template, else the model card's (--model or $FACESEARCH_MODEL), else arcface-112x112.
     """
-    from facesearch.cli.models import resolve_model
     from facesearch.api.models import detector_config
+    from facesearch.cli.models import resolve_model
     from facesearch.embedder.align import ARCFACE_112X112, PREALIGNED, get_template
     from facesearch.embedder.core.environment import model_from_environment
     from facesearch.embedder.core.model_card import ModelCard
