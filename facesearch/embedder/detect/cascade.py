@@ -38,6 +38,9 @@ class DetectorConfig:
         max_side: photos whose longer side exceeds this are searched at this size (boxes and
             landmarks are mapped back to the photo); keeps 12-megapixel phone photos to ~0.1 s of
             work at the price of faces under min_face_size * side / max_side pixels. None: never.
+        max_candidates: P-Net boxes per photo that R-Net and O-Net look at, best scores first. A
+            photo of people has tens to hundreds; a photo tiled with thousands of tiny faces had 21,184,
+            and R-Net, O-Net and the overlap steps grew with them. None: all.
     """
 
     min_face_size: int = 20
@@ -50,6 +53,7 @@ class DetectorConfig:
     nms_rnet: float = 0.7
     nms_onet: float = 0.7
     max_side: int | None = 1280
+    max_candidates: int | None = 4000
 
 
 @dataclass(frozen=True)
@@ -110,23 +114,31 @@ class Detector:
         Returns:
             One list of detections per photo, in order, highest score first.
         """
-        small, factors = [], []
-        for image in images:
-            if image.ndim != 3 or image.shape[2] != 3:
-                raise ValueError(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
-            h, w = image.shape[:2]
-            limit = self.config.max_side
-            if limit and max(h, w) > limit:
-                scale = limit / max(h, w)
-                resized = Image.fromarray(image).resize((max(1, round(w * scale)), max(1, round(h * scale))),
-                                                        Image.Resampling.BILINEAR)
-                small.append(np.asarray(resized))
-                factors.append((resized.width / w, resized.height / h))
-            else:
-                small.append(image)
-                factors.append(None)
+        views = [self.view(image) for image in images]
+        return self.detect_views([v for v, _ in views], [f for _, f in views])
+
+    def view(self, image: np.ndarray) -> tuple[np.ndarray, tuple[float, float] | None]:
+        """What the cascade searches for a photo: itself, or a copy at `max_side` with its (x, y) factors.
+
+        `detect_views` of views made here finds what `detect_many` of the photos does; a caller that holds
+        many photos can keep only their views (a 40-megapixel photo's view at 1280 is 25 times smaller).
+        """
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
+        h, w = image.shape[:2]
+        limit = self.config.max_side
+        if not limit or max(h, w) <= limit:
+            return image, None
+        scale = limit / max(h, w)
+        resized = Image.fromarray(image).resize((max(1, round(w * scale)), max(1, round(h * scale))),
+                                                Image.Resampling.BILINEAR)
+        return np.asarray(resized), (resized.width / w, resized.height / h)
+
+    def detect_views(self, views: Sequence[np.ndarray], factors: Sequence[tuple[float, float] | None]
+                     ) -> list[list[Detection]]:
+        """`detect_many` of photos given as their `view`s: detections in the photos' own pixels."""
         out = []
-        for rows, factor in zip(self.detect_arrays(small), factors):
+        for rows, factor in zip(self.detect_arrays(views), factors):
             if factor is not None:
                 fx, fy = factor
                 rows[:, 1:5] /= [fx, fy, fx, fy]
@@ -183,6 +195,8 @@ class Detector:
             return np.empty((0, 6))
         boxes = sort_by_score(np.concatenate(per_scale))
         boxes = boxes[nms(boxes[:, 1:5], c.nms_pnet, "union")]
+        if c.max_candidates is not None:
+            boxes = boxes[:c.max_candidates]  # the best-scoring ones (nms keeps the order)
         return to_square(boxes)
 
     def _refine(self, xs: list[np.ndarray], boxes: list[np.ndarray], net: str, size: int,
