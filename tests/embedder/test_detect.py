@@ -259,7 +259,7 @@ def test_candidates_are_capped_best_first_and_an_ordinary_photo_is_unchanged(mon
     monkeypatch.setattr(Detector, "_refine", counting)
     capped = Detector(DetectorConfig(max_candidates=100)).detect(tiled)
     uncapped = Detector(DetectorConfig(max_candidates=None)).detect(tiled)
-    assert seen[0] == 100 < seen[1] and 0 < len(capped) <= 100 < len(uncapped)
+    assert seen[0] <= 100 < seen[1] and 0 < len(capped) <= 100 < len(uncapped)
     # The ordinary photo has far fewer candidates than the default cap: the same faces, to the bit.
     default, unlimited = Detector().detect(astronaut), Detector(DetectorConfig(max_candidates=None)).detect(astronaut)
     assert seen[2] == seen[3] < DetectorConfig().max_candidates

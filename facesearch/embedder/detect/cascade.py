@@ -38,9 +38,10 @@ class DetectorConfig:
         max_side: photos whose longer side exceeds this are searched at this size (boxes and
             landmarks are mapped back to the photo); keeps 12-megapixel phone photos to ~0.1 s of
             work at the price of faces under min_face_size * side / max_side pixels. None: never.
-        max_candidates: P-Net boxes per photo that R-Net and O-Net look at, best scores first. A
-            photo of people has tens to hundreds; a photo tiled with thousands of tiny faces had 21,184,
-            and R-Net, O-Net and the overlap steps grew with them. None: all.
+        max_candidates: P-Net boxes kept per pyramid level and per photo, best scores first, before
+            each overlap step (and so at most this many reach R-Net and O-Net). A photo of people has tens
+            to hundreds; a photo tiled with thousands of tiny faces had 21,184, and the overlap steps,
+            R-Net and O-Net grew with them. None: all.
     """
 
     min_face_size: int = 20
@@ -188,15 +189,15 @@ class Detector:
                 "image": x[None], "wy": _area_weights(h, int(h * scale)), "wxt": _area_weights_t(w, int(w * scale))})
             pnet = self._sessions["pnet"]
             out = dict(zip(pnet.outputs, pnet.run({"image": scaled})))
-            boxes = proposals(out["reg"][0], out["prob"][0], c.pnet_threshold)
+            boxes = proposals(out["reg"][0], out["prob"][0], c.pnet_threshold)[:c.max_candidates]  # best first
             boxes[:, 1:5] /= scale
             per_scale.append(boxes[nms(boxes[:, 1:5], c.nms_pnet_scale, "union")])
         if not per_scale:
             return np.empty((0, 6))
-        boxes = sort_by_score(np.concatenate(per_scale))
+        # The cap, before each overlap step (they are quadratic in their boxes: 12 s of 17 for a photo tiled
+        # with 2,500 faces), keeps the best-scoring boxes: a row's fate in `nms` depends only on rows before it.
+        boxes = sort_by_score(np.concatenate(per_scale))[:c.max_candidates]
         boxes = boxes[nms(boxes[:, 1:5], c.nms_pnet, "union")]
-        if c.max_candidates is not None:
-            boxes = boxes[:c.max_candidates]  # the best-scoring ones (nms keeps the order)
         return to_square(boxes)
 
     def _refine(self, xs: list[np.ndarray], boxes: list[np.ndarray], net: str, size: int,
@@ -207,7 +208,9 @@ class Detector:
             return boxes
         crops = np.concatenate([crop_and_resize(xs[i], boxes[i][:, 1:5], size) for i in todo])
         session = self._sessions[net]
-        outputs = session.run({"image": crops})
+        # In chunks: O-Net's activations for 4,000 boxes in one call took about 2 GB.
+        parts_out = [session.run({"image": crops[k:k + NET_BATCH]}) for k in range(0, len(crops), NET_BATCH)]
+        outputs = [np.concatenate(o) for o in zip(*parts_out)] if len(parts_out) > 1 else parts_out[0]
         names = session.outputs
         split = np.cumsum([len(boxes[i]) for i in todo])[:-1]
         parts = {name: np.split(y, split) for name, y in zip(names, outputs)}
@@ -297,6 +300,7 @@ def sort_by_score(boxes: np.ndarray) -> np.ndarray:
     return boxes[np.argsort(boxes[:, 5])[::-1]]
 
 
+NET_BATCH = 256  # boxes per R-Net / O-Net call: bounded memory; a photo of people has far fewer (one call)
 NMS_BLOCK_CELLS = 1 << 21  # overlaps computed at once: ~16 MB per float64 temporary, whatever n is
 
 
