@@ -69,6 +69,7 @@ class BuildReport:
     merged: list[int] = field(default_factory=list)  # segments merged after the commit
     seconds: dict[str, float] = field(default_factory=lambda: {"scan": 0.0, "embed": 0.0, "save": 0.0})
     images_per_second: float = 0.0  # photos read + embedded per second in the embed phase
+    shard_files_read: int | None = None  # --from-embeddings: files read row by row (the others were unchanged)
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -9,6 +9,8 @@ are the same. Nothing is decoded or embedded; the shards' model card must be the
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -16,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 
+from facesearch.embedder.core.atomic import atomic_write_json
 from facesearch.embedder.core.boxes import box_tuple
 from facesearch.embedder.core.errors import DatasetError
 from facesearch.embedder.embedding_shards import EmbeddingRows, open_shards
@@ -93,7 +97,30 @@ def build_index_from_embeddings(shards_dir: str | os.PathLike, index_dir: str | 
         done = 0
         if progress is not None:
             progress("ingest", 0, shards.num_rows)
-        for photos, rows in _photo_batches(shards.batches()):
+        # Files unchanged since the last ingest (same size, mtime and rows as recorded then), whose photos the
+        # index still holds as they were, cost a read of their path and identity columns; only the others
+        # are read, checked and compared row by row.
+        recorded = {} if writer.fresh else _recorded_files(index_dir, shards_dir, shards.card)
+        changed = []
+        for file in shards.files:
+            kept = _kept_photos(file, recorded.get(file.name), indexed)
+            if kept is None:
+                changed.append(file)
+                continue
+            for path in kept:
+                if path in seen:
+                    raise DatasetError(f"photo '{path}' appears twice in '{shards_dir}' (rows must be sorted by "
+                                       "path and face, each photo's rows together)")
+                seen.add(path)
+            report.total_files += len(kept)
+            report.unchanged += len(kept)
+            report.multi_face += sum(1 for path in kept if indexed[path].n_faces > 1)
+            done += sum(indexed[path].n_faces for path in kept)
+        if progress is not None and done:
+            progress("ingest", done, shards.num_rows)
+        report.shard_files_read = len(changed)
+        to_read = dataclasses.replace(shards, files=tuple(changed))
+        for photos, rows in _photo_batches(to_read.batches()):
             stored = writer.faces_of([p.path for p in photos if p.path in indexed])
             for p in photos:
                 if p.path in seen:
@@ -125,12 +152,63 @@ def build_index_from_embeddings(shards_dir: str | os.PathLike, index_dir: str | 
         t = time.perf_counter()
         result = writer.commit()
         report.seconds["save"] = time.perf_counter() - t
+        _record_files(index_dir, shards_dir, shards)  # after the commit: a crash before it keeps the old record
         m = writer.manifest
         report.written, report.merged, report.generation = result.written, result.merged, m.generation
         report.calibration = result.calibration if result.written else unchanged_calibration(m.calibration)
         report.vectors, report.photos, report.identities = m.faces, m.photos, m.identities
         report.segments, report.index_types = len(m.segments), [s.kind for s in m.segments]
     return report
+
+
+RECORD_FILE = "shard_files.json"  # in the index folder: the shard files the last ingest read, by name
+
+
+def _fingerprint(file: Path) -> dict:
+    st = file.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "rows": pq.ParquetFile(file).metadata.num_rows}
+
+
+def _recorded_files(index_dir: Path, shards_dir: Path, card) -> dict[str, dict]:
+    """The files the last ingest from `shards_dir` read (name -> fingerprint); {} when none applies."""
+    try:
+        data = json.loads((index_dir / RECORD_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("shards_dir") != str(shards_dir) or \
+            data.get("onnx_sha256") != card.onnx_sha256 or not isinstance(data.get("files"), dict):
+        return {}
+    return data["files"]
+
+
+def _record_files(index_dir: Path, shards_dir: Path, shards) -> None:
+    atomic_write_json(index_dir / RECORD_FILE, {
+        "shards_dir": str(shards_dir), "onnx_sha256": shards.card.onnx_sha256,
+        "files": {file.name: _fingerprint(file) for file in shards.files}})
+
+
+def _kept_photos(file: Path, recorded: dict | None, indexed: dict[str, Photo]) -> list[str] | None:
+    """The photos of an unchanged `file` when the index holds every one as the file has it; else None.
+
+    Unchanged: the size, mtime and row count recorded by the last ingest. Held as the file has it: every
+    photo of the file is in the index with that identity and that many faces (a photo removed or replaced
+    since, through the service or the API, makes the file one to read again).
+    """
+    if recorded is None or _fingerprint(file) != recorded:
+        return None
+    table = pq.read_table(file, columns=["path", "identity"])
+    paths, identities = table.column("path").to_pylist(), table.column("identity").to_pylist()
+    kept, start = [], 0
+    while start < len(paths):
+        end = start + 1
+        while end < len(paths) and paths[end] == paths[start]:
+            end += 1
+        photo = indexed.get(paths[start])
+        if photo is None or photo.identity != identities[start] or photo.n_faces != end - start:
+            return None
+        kept.append(paths[start])
+        start = end
+    return kept
 
 
 def _photo_batches(batches: Iterator[EmbeddingRows]) -> Iterator[tuple[list[_IncomingPhoto], int]]:
