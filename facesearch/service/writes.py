@@ -9,7 +9,9 @@ hold; the new generation is made current before the write answers (read-your-wri
 
 Photos go into the photo store (fsynced) before the commit that names them and leave it after
 the commit that removes the last row naming them (`facesearch.index.storage.photostore`). Segment merges are not
-done by the write itself: a background thread runs them after, so an enrolment never waits for one.
+done by the write itself: a background thread builds them beside the writes, from the current snapshot,
+and takes the index's write lock only to swap the merged segment in (`facesearch.index.storage.merging`),
+so an enrolment waits for a merge at most for that swap.
 """
 
 from __future__ import annotations
@@ -17,18 +19,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from facesearch.embedder.core.errors import IndexBusyError
 from facesearch.embedder.core.model_card import ModelCard
 from facesearch.index import open_writer
+from facesearch.index.storage.merging import merge_segments
 from facesearch.index.storage.photostore import PhotoStore
-from facesearch.index.storage.writer import CommitResult, IndexWriter, plan_merge
+from facesearch.index.storage.writer import CommitResult, IndexWriter
 from facesearch.index.sync.enrolment import (
     Enrolled,
     FaceToEnrol,
@@ -163,21 +163,18 @@ class Writes:
         threading.Thread(target=self._merge, name="facesearch-merge", daemon=True).start()
 
     def _merge(self) -> None:
-        """Merge segments when the index's merge policy says so, as a commit of its own."""
+        """Merge segments when the index's merge policy says so: built outside every write lock, swapped in
+        by a short commit of its own (faces removed meanwhile stay removed)."""
         try:
-            with self._writer() as w:
-                dead = {s.info.number: int(np.isin(s.ids, w.tombstones).sum()) for s in w.segments} \
-                    if len(w.tombstones) else {}
-                plan = plan_merge(w.manifest, dead)
-                if not plan:
-                    return
-                started = time.perf_counter()
-                result = w.merge(plan)
-                log.info("merged segments %s into one (generation %d) in %.2f s", plan, result.generation,
-                         time.perf_counter() - started)
-            self.snapshots.refresh(force=True)
+            with self.snapshots.use() as snapshot:
+                result = merge_segments(self.index_dir, snapshot=snapshot, lock_wait=max(self.wait, 60.0))
+            if result.written:
+                log.info("merged segments %s into one (generation %d): built in %.2f s, swapped in %.3f s",
+                         result.merged, result.generation, result.seconds.get("build", 0.0),
+                         result.seconds.get("swap", 0.0))
+                self.snapshots.refresh(force=True)
         except IndexBusyError:
-            pass  # another writer is busy: the next write tries again
+            pass  # another merge (a `facesearch compact`, another worker) is running: the next write tries again
         except Exception:
             log.exception("segment merge failed; the index is unchanged")
         finally:
