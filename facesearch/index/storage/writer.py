@@ -59,7 +59,7 @@ class Calibrator(Protocol):
     def wants(self, previous: dict | None, fpir: float | None) -> bool: ...
 
     def at_commit(self, manifest: Manifest, open_view: Callable[[], GalleryIndex], *, requested_fpir: float | None,
-                  force: bool, given: dict | None) -> tuple[dict | None, dict]: ...
+                  force: bool, given: dict | None, defer: bool = False) -> tuple[dict | None, dict]: ...
 
 
 @dataclass
@@ -116,7 +116,7 @@ class IndexWriter:
     def open(cls, index_dir: str | os.PathLike, *, card: ModelCard, model_dir: str | os.PathLike,
              source_dir: str | os.PathLike | None = None, build: dict | None = None,
              policy: IndexPolicy | None = None, rebuild: bool = False, wait: float = 0.0,
-             calibrator: Calibrator | None = None) -> Iterator[IndexWriter]:
+             calibrator: Calibrator | None = None, defer_calibration: bool = False) -> Iterator[IndexWriter]:
         """Lock `index_dir` and open it for writing (creating an empty index when there is none).
 
         Args:
@@ -131,6 +131,9 @@ class IndexWriter:
             calibrator: what each commit asks about the open-set calibration (None: nothing; the
                 stored estimate is carried as it is). `facesearch.index.open_writer` passes the
                 index's own (`facesearch.index.openset.commit.COMMIT_CALIBRATION`).
+            defer_calibration: a commit whose calibration needs a search keeps the previous estimate and
+                says "deferred"; the caller computes it outside the write lock
+                (`facesearch.index.openset.commit.calibrate_beside_writers`; the service does).
 
         Raises:
             IndexBusyError: another writer holds the index.
@@ -143,6 +146,7 @@ class IndexWriter:
                                       None if source_dir is None else Path(source_dir).expanduser().resolve(),
                                       build, policy, rebuild)
             writer.calibrator = calibrator
+            writer.defer_calibration = defer_calibration
             try:
                 yield writer
             finally:
@@ -413,6 +417,7 @@ class IndexWriter:
     # --- open-set calibration: a hook (facesearch.index.openset.commit), the writer knows no rules ------------
 
     calibrator: Calibrator | None = None  # set by `open`
+    defer_calibration = False  # set by `open`
     calibration_fpir: float | None = None  # the target FPIR asked for; None keeps the stored one's (else 1%)
     _calibration_force = False
     _calibration_given: dict | None = None
@@ -449,7 +454,7 @@ class IndexWriter:
 
         calibration, outcome = self.calibrator.at_commit(
             manifest, open_view, requested_fpir=self.calibration_fpir, force=self._calibration_force,
-            given=self._calibration_given)
+            given=self._calibration_given, defer=self.defer_calibration)
         self._calibration_force, self._calibration_given = False, None
         seconds["calibration"] = time.perf_counter() - t
         return replace(manifest, calibration=calibration), outcome
