@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from facesearch.embedder.core.atomic import atomic_write_json, fsync_dir
+from facesearch.embedder.core.atomic import atomic_write_json, fsync_dir, make_dirs
 from facesearch.embedder.core.errors import IndexBusyError
 from facesearch.embedder.core.model_card import CARD_FILE
 from facesearch.index.storage.manifest import MANIFEST_FILE, Manifest
@@ -110,7 +110,7 @@ def maintenance_lock(index_dir: Path, name: str, wait: float = 0.0) -> Iterator[
 
 @contextlib.contextmanager
 def _flock(index_dir: Path, name: str, wait: float, busy: str) -> Iterator[None]:
-    index_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(index_dir)  # a new index's folder is durable in its parent before anything is committed in it
     try:
         import fcntl
     except ImportError:  # Windows: no advisory locks; concurrent builds are the user's problem
