@@ -31,3 +31,21 @@ def test_acknowledged_writes_survive_kill_9_of_every_server_process(tmp_path, de
     assert result["errors"] == [], "a write got an error other than a deliberate 503"
     assert result["audits"] == 5
     assert result["enrolments_acked"] > 0 and result["removals_acked"] > 0, "the traffic wrote nothing to audit"
+
+
+@pytest.mark.skipif(not (LFW / "images_deepfunneled").is_dir(), reason=f"LFW not found at {LFW} (set FACESEARCH_LFW)")
+def test_a_short_locust_run_with_a_compaction_in_the_middle_loses_no_acknowledged_write(tmp_path, default_model):
+    """benchmarks/load.py in small: Locust (headless) against serve --workers 2 on 3,000 synthetic faces,
+    90/8/2 query/enrol/remove, `facesearch compact --index-type hnsw` forced at half time."""
+    pytest.importorskip("locust", reason="the load run drives Locust: pip install -e '.[dev]'")
+    sys.path.insert(0, str(BENCHMARKS))
+    from load import run_load
+
+    result = run_load(tmp_path, faces=3000, duration=15, users=4, workers=2, index_type="hnsw", people=20, lfw=LFW)
+    print({k: result[k] for k in ("compaction", "requests_per_s", "ledger", "audit")})
+    assert not result["audit_failed"], result["audit"]
+    assert result["compaction"]["exit"] == 0, result["compaction"]
+    assert result["compaction"]["output"]["written"]
+    assert result["ledger"]["enrolments_acked"] > 0, "the run enrolled nothing to audit"
+    for name, endpoint in result["endpoints"].items():
+        assert endpoint["errors_5xx_other"] == 0 and endpoint["no_answer"] == 0, (name, endpoint)
