@@ -385,3 +385,17 @@ def test_a_deferred_calibration_is_computed_beside_the_writes(tmp_path, model_ar
     assert read_calibration(reference)["threshold"] == c["threshold"]
     with GalleryIndex.open(idx) as g:
         assert len(g) == final and g.manifest.identities == final
+
+
+def test_a_calibration_asked_for_survives_an_in_place_merge_before_the_commit(tmp_path, model_args):
+    """A merge commits without the calibrator; the calibration asked for before it is still done by the
+    next commit (a merge used to forget it)."""
+    people, idx = People(6), tmp_path / "idx"
+    build(idx, model_args, people, range(150))
+    with open_writer(idx, **model_args) as w:
+        w.request_calibration(0.05)
+        assert w.compact(force=True).written
+        assert read_calibration(idx)["target_fpir"] != 0.05
+        result = w.commit()
+    assert result.written and result.calibration["action"] == "calibrated"
+    assert read_calibration(idx)["target_fpir"] == 0.05

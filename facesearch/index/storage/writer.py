@@ -100,7 +100,9 @@ class IndexWriter:
         self._removed: set[int] = set()  # ids whose last staged edit removed them
         self._spool = Spool(self.index_dir, self.manifest.next_segment, self.manifest.dim)
         self._next_id = self.manifest.next_id
-        self._settings_changed = False
+        # A calibration asked for (`request_calibration`) stays asked for across an in-place merge,
+        # which commits without the calibrator: only a commit settles it.
+        self._settings_changed = self._calibration_pending
 
     def _edits(self) -> StoreWrite:
         """The open transaction of the next generation (opened on the first staged edit)."""
@@ -420,6 +422,7 @@ class IndexWriter:
     defer_calibration = False  # set by `open`
     calibration_fpir: float | None = None  # the target FPIR asked for; None keeps the stored one's (else 1%)
     _calibration_force = False
+    _calibration_pending = False  # a requested calibration no commit has settled yet
     _calibration_given: dict | None = None
 
     def request_calibration(self, fpir: float | None = None, *, force: bool = False,
@@ -437,7 +440,7 @@ class IndexWriter:
         self._calibration_force = force or calibration is not None
         self._calibration_given = calibration
         if self._calibration_force or self.calibrator.wants(self.manifest.calibration, fpir):
-            self._settings_changed = True
+            self._settings_changed = self._calibration_pending = True
 
     def _calibrate(self, manifest: Manifest, tombstones: np.ndarray, new_segment: SegmentInfo | None,
                    seconds: dict[str, float]) -> tuple[Manifest, dict | None]:
@@ -455,7 +458,7 @@ class IndexWriter:
         calibration, outcome = self.calibrator.at_commit(
             manifest, open_view, requested_fpir=self.calibration_fpir, force=self._calibration_force,
             given=self._calibration_given, defer=self.defer_calibration)
-        self._calibration_force, self._calibration_given = False, None
+        self._calibration_force, self._calibration_given, self._calibration_pending = False, None, False
         seconds["calibration"] = time.perf_counter() - t
         return replace(manifest, calibration=calibration), outcome
 
