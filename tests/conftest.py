@@ -36,7 +36,9 @@ def without_tensorflow(tmp_path):
             exe = shutil.which("facesearch", path=os.path.dirname(sys.executable))
             assert exe, "the facesearch console script is not installed next to this Python"
             command = [exe, *map(str, args)]
-        env = os.environ | {"PYTHONPATH": str(poison)}  # read now: other fixtures may have set variables
+        # Read now: other fixtures may have set variables. The poison goes first; a PYTHONPATH already set (a
+        # checkout other than the installed one) stays behind it.
+        env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(poison), os.environ.get("PYTHONPATH")]))}
         return subprocess.run(command, capture_output=True, text=True, env=env, timeout=180)
 
     return run

@@ -192,7 +192,7 @@ class Gallery:
         from facesearch.index.storage.photostore import PhotoStore, extension_of, sha256_bytes
         from facesearch.index.sync.enrolment import FaceToEnrol, PhotoBytes, check_identity, stage_enrolment
 
-        check_identity(identity)
+        identity = check_identity(identity)  # NFC: the name as it is stored and found
         embedder = self.embedder
         name, crops = faces_in(embedder, image)
         if face is not None and not 0 <= face < len(crops):
@@ -218,8 +218,11 @@ class Gallery:
             IdentityNotFoundError: the index has no photo of `identity`.
             IndexBusyError: another process is writing the index.
         """
+        import unicodedata
+
         from facesearch.index.sync.enrolment import stage_identity_removal
 
+        identity = unicodedata.normalize("NFC", identity)  # as enrol stored it
         return self._remove(lambda w: stage_identity_removal(w, identity))
 
     def remove_face(self, face_id: int) -> Removal:

@@ -48,10 +48,13 @@ def resolve_model(model: str | os.PathLike | None, recorded: Path | None = None,
         return installed
     from facesearch.embedder.dlib.install import install_dlib_resnet
 
+    report = progress or first_use_progress()
     try:
-        return install_dlib_resnet(progress=progress or stderr_progress())
+        return install_dlib_resnet(progress=report, keras=False)  # first use never imports TensorFlow
     except ModelSpecError as e:
         raise ModelSpecError(f"no model given and the default model '{MODEL_NAME}' is not installed: {e}") from e
+    finally:
+        getattr(report, "close", lambda: None)()
 
 
 def embedder_for(model: str | os.PathLike | None, *, recorded: Path | None = None, aligned: bool = False,
@@ -93,6 +96,33 @@ def stderr_progress() -> Progress:
     def report(step: str, done: int, total: int) -> None:
         print(f"[{done}/{total}] {step} ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
 
+    return report
+
+
+def first_use_progress() -> Progress:
+    """The default model's conversion on first use, as one line on stderr: what, where, then 'done (1.2 s)'."""
+    from facesearch.embedder.dlib.models import MODEL_NAME, model_dir
+
+    started = time.perf_counter()
+    state = {"open": False}
+
+    def report(step: str, done: int, total: int) -> None:
+        if not state["open"]:
+            print(f"converting the default model ({MODEL_NAME}) from dlib's weights into {model_dir()}, once ...",
+                  end="", file=sys.stderr, flush=True)
+            state["open"] = True
+        if step.startswith("waiting"):
+            print(f" {step} ...", end="", file=sys.stderr, flush=True)
+        elif done == total:
+            print(f" done ({time.perf_counter() - started:.1f} s)", file=sys.stderr, flush=True)
+            state["open"] = False
+
+    def close() -> None:  # a conversion that failed midway: end the line before the error is printed
+        if state["open"]:
+            print(file=sys.stderr, flush=True)
+            state["open"] = False
+
+    report.close = close  # type: ignore[attr-defined]
     return report
 
 

@@ -43,6 +43,14 @@ def serve(
     face_threshold: FaceThresholdOpt = None,
     threads: Annotated[Optional[int], typer.Option(min=1, help="Inference threads per model call (default: every core).")] = None,
     write_wait: Annotated[float, typer.Option(min=0.0, help="Seconds a write waits for another writer (e.g. a build-index) before answering 503.")] = 30.0,
+    read_slots: Annotated[int, typer.Option(min=1, help="Queries, verifications and lists run at once, per worker.")] = 8,
+    write_slots: Annotated[int, typer.Option(min=1, help="Enrolments and removals run (or wait for the index) at once, per worker.")] = 2,
+    queue: Annotated[int, typer.Option(min=0, help="Requests of each kind waiting for a slot; beyond, 503 with Retry-After at once.")] = 32,
+    queue_wait: Annotated[float, typer.Option(min=0.0, help="Seconds a request waits for a slot before its 503.")] = 10.0,
+    body_timeout: Annotated[float, typer.Option(min=0.1, help="Seconds without a byte of request body before a 408.")] = 15.0,
+    header_timeout: Annotated[float, typer.Option(min=0.1, help="Seconds a connection has to send a request's headers before it is closed.")] = 10.0,
+    max_request_pixels: Annotated[int, typer.Option(min=1, help="Pixels of all photos of one request together (413 above).")] = 400_000_000,
+    max_faces: Annotated[int, typer.Option(min=1, help="Faces in one photo (422 above, before any is aligned or embedded).")] = 200,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ):
     """Answer queries over HTTP, enrol and remove people live; a web page at /, API docs at /docs.
@@ -57,10 +65,13 @@ def serve(
     folder = index_dir(index)
     config = ServiceConfig(
         index_dir=str(folder.expanduser().resolve()), model_dir=str(_model_dir(model, folder)), api_keys=keys,
+        api_key_file=str(api_key_file.expanduser().resolve()) if api_key_file is not None else None,
         keep_photos=keep_photos, max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_pixels,
         cors_origins=tuple(cors_origin or ()), allowed_hosts=_allowed_hosts(host, allowed_host or ()),
         write_wait=write_wait, aligned=aligned or None,
-        min_face_size=min_face_size, face_threshold=face_threshold, threads=threads)
+        min_face_size=min_face_size, face_threshold=face_threshold, threads=threads, read_slots=read_slots,
+        write_slots=write_slots, queue=queue, queue_wait=queue_wait, body_timeout=body_timeout,
+        header_timeout=header_timeout, max_request_pixels=max_request_pixels, max_faces=max_faces)
     from facesearch.service.config import exposure_warnings
 
     for line in exposure_warnings(host, bool(keys), insecure, config.cors_origins):
@@ -95,8 +106,11 @@ def run_server(config, *, host: str, port: int, workers: int = 1, log_level: str
 
     level = log_level.upper()
     logging.basicConfig(level=level, format=LOG_FORMAT)
+    from facesearch.service.protocol import HEADER_TIMEOUT_ENV, HeaderDeadlineProtocol
+
+    os.environ[HEADER_TIMEOUT_ENV] = str(config.header_timeout)  # read by each connection, in every worker
     options = {"host": host, "port": port, "log_config": None, "log_level": log_level.lower(), "access_log": False,
-               "timeout_graceful_shutdown": 30}
+               "timeout_graceful_shutdown": 30, "http": HeaderDeadlineProtocol}
     if workers == 1:
         service = FaceService.start(config)  # here, so that a bad model or index is an `Error: ...` line
         try:
@@ -108,7 +122,7 @@ def run_server(config, *, host: str, port: int, workers: int = 1, log_level: str
     # Once here, before the workers: a bad model or index is an `Error: ...` line and exit 1, and a new
     # index is created by one process (workers racing to create it failed 2 starts in 7).
     FaceService.start(config, warm=False).close()
-    os.environ[CONFIG_ENV] = config.to_json()
+    os.environ[CONFIG_ENV] = config.to_json(with_keys=False)  # the workers read the keys from the key file
     os.environ["FACESEARCH_SERVICE_LOG_LEVEL"] = level
     with _stop_is_success():
         uvicorn.run("facesearch.service.app:create_app_from_environment", factory=True, workers=workers, **options)

@@ -17,11 +17,13 @@ import numpy as np
 from facesearch.embedder.align import DLIB_150, PREALIGNED, AlignmentTemplate, get_template
 from facesearch.embedder.backend import open_session, resolve_backend
 from facesearch.embedder.core.constants import DEFAULT_BATCH_SIZE
-from facesearch.embedder.core.errors import ImageReadError, ModelSpecError
+from facesearch.embedder.core.errors import FaceSearchError, ImageReadError, ModelSpecError, TooManyFacesError
 from facesearch.embedder.core.model_card import ModelCard, sha256_file
 from facesearch.embedder.crop import crop_faces
 from facesearch.embedder.detect import Detection, Detector, DetectorConfig
 from facesearch.embedder.images import read_image, read_image_reduced, resize
+
+CROP_BATCH_PIXELS = 50_000_000  # full-size photos held at once for cropping (150 MB of RGB)
 
 
 @dataclass(frozen=True)
@@ -140,19 +142,24 @@ class Embedder:
             raise found
         return found
 
-    def faces_in_files(self, files: Sequence[tuple[str | os.PathLike, bytes | None]]
-                       ) -> list[list[FaceCrop] | ImageReadError]:
+    def faces_in_files(self, files: Sequence[tuple[str | os.PathLike, bytes | None]], *,
+                       max_faces: int | None = None) -> list[list[FaceCrop] | FaceSearchError]:
         """`faces` of several photos at once: R-Net and O-Net run once for all of them.
 
         A large JPEG is decoded at reduced scale for the detector (libjpeg's DCT scaling to the
         detector's `max_side`); only a photo with a face is then decoded at full size, from which
         dlib's landmarks and the crop are cut.
 
+        Photos are decoded one at a time and only the detector's reduced view of each is held until
+        all are searched; full photos are held for cropping up to CROP_BATCH_PIXELS at once.
+
         Args:
             files: (path, the file's bytes or None to read the file) per photo.
+            max_faces: a photo with more faces than this gets a `TooManyFacesError` (before any of its
+                faces is aligned); None: no limit.
 
         Returns:
-            Per photo, in order: its crops (as `faces`), or the `ImageReadError` it raised.
+            Per photo, in order: its crops (as `faces`), or the `ImageReadError` (or `TooManyFacesError`) it gave.
         """
         if self.aligned:
             out = []
@@ -165,29 +172,51 @@ class Embedder:
                 out.append([FaceCrop(resize(image, *self.input_size), None)])
             return out
         side = self.detector_config.max_side
-        decoded: list[tuple[np.ndarray, tuple[float, float]] | ImageReadError] = []
+        # One photo decoded at a time: only the detector's view of each is kept (a 40-megapixel PNG's is 25
+        # times smaller), and the full photo only where the view is the photo itself.
+        views: list[tuple[np.ndarray, tuple | None, tuple[float, float], np.ndarray | None] | ImageReadError] = []
         for path, data in files:
             try:
-                decoded.append(read_image_reduced(path, min_size=(side, side) if side else None, data=data))
+                image, factors = read_image_reduced(path, min_size=(side, side) if side else None, data=data)
             except ImageReadError as e:
-                decoded.append(e)
-        images = [d[0] for d in decoded if not isinstance(d, ImageReadError)]
-        found = iter(self.detector.detect_many(images))
-        out, faces = [], []  # faces: (photo's place in out, its photo, detection), for every face
-        for (path, data), d in zip(files, decoded):
-            if isinstance(d, ImageReadError):
-                out.append(d)
+                views.append(e)
                 continue
-            (image, (fx, fy)), detections = d, next(found)
-            if detections and (fx, fy) != (1.0, 1.0):
-                image = read_image(path, data=data)  # the crop is cut at full resolution
-                detections = [_scaled(det, 1 / fx, 1 / fy, image.shape[:2]) for det in detections]
+            view, view_factors = self.detector.view(image)
+            views.append((view, view_factors, factors, image if view is image and factors == (1.0, 1.0) else None))
+            del image
+        ready = [v for v in views if not isinstance(v, ImageReadError)]
+        found = iter(self.detector.detect_views([v[0] for v in ready], [v[1] for v in ready]))
+        out: list[list[FaceCrop] | FaceSearchError] = []
+        batch: list[tuple[int, np.ndarray, Detection]] = []  # faces waiting to be cropped: (place in out, photo, face)
+        held = 0  # pixels of the full photos `batch` holds
+        for (path, data), v in zip(files, views):
+            if isinstance(v, ImageReadError):
+                out.append(v)
+                continue
+            (_, _, (fx, fy), image), detections = v, next(found)
+            if max_faces is not None and len(detections) > max_faces:
+                out.append(TooManyFacesError(path, len(detections), max_faces))
+                continue
             out.append([])
-            faces.extend((len(out) - 1, image, det) for det in detections)
-        crops = crop_faces([image for _, image, _ in faces], [det.landmarks for _, _, det in faces], self.template)
-        for (k, _, det), crop in zip(faces, crops):
-            out[k].append(FaceCrop(crop, det.box, det.score, det.landmarks))
+            if not detections:
+                continue
+            if image is None:
+                image = read_image(path, data=data)  # the crop is cut at full resolution
+            if (fx, fy) != (1.0, 1.0):
+                detections = [_scaled(det, 1 / fx, 1 / fy, image.shape[:2]) for det in detections]
+            batch.extend((len(out) - 1, image, det) for det in detections)
+            held += image.shape[0] * image.shape[1]
+            if held > CROP_BATCH_PIXELS:
+                self._crop_into(out, batch)
+                batch, held = [], 0
+        self._crop_into(out, batch)
         return out
+
+    def _crop_into(self, out: list, batch: list[tuple[int, np.ndarray, Detection]]) -> None:
+        """Align the faces of `batch` in one go (dlib's predictor runs on all at once) into their photos' lists."""
+        crops = crop_faces([image for _, image, _ in batch], [det.landmarks for _, _, det in batch], self.template)
+        for (k, _, det), crop in zip(batch, crops):
+            out[k].append(FaceCrop(crop, det.box, det.score, det.landmarks))
 
     def faces_in(self, image: np.ndarray) -> list[FaceCrop]:
         """Detect and align every face of a decoded (H, W, 3) uint8 RGB photo (see `faces`)."""

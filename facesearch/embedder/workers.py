@@ -62,7 +62,14 @@ class WorkerPool:
         self._pool = self._start()
 
     def submit(self, task) -> Future:
-        return self._pool.submit(_call, task)
+        """The task's future; if the pool is already broken (a worker died since the last task), a future
+        holding that BrokenProcessPool, so that the tasks before it still hand back their results in order."""
+        try:
+            return self._pool.submit(_call, task)
+        except BrokenProcessPool as e:
+            broken: Future = Future()
+            broken.set_exception(e)
+            return broken
 
     def imap(self, tasks: Iterable, window: int) -> Iterator[Any]:
         """Results of `tasks` in task order, at most `window` in flight.

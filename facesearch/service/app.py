@@ -1,7 +1,8 @@
 """The FastAPI app: lifespan (model and index loaded once), middleware, error answers, routers.
 
-Middleware, outermost first: the request log (one line per request: method, path, status, ms),
-the body limit (413 before a large upload is read), CORS when origins are configured.
+Middleware, outermost first: the request log (one line per request: method, path, status, ms), the guard
+(Host, Origin, the key before the body: `guard`), admission (slots, queues, 503 when saturated, the body's
+deadline: `limits`), the body limit (413 before a large upload is read), CORS when origins are configured.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from facesearch.embedder.core.errors import (
 from facesearch.index.openset.calibration import CalibrationError
 from facesearch.service.config import ServiceConfig
 from facesearch.service.guard import Guard
+from facesearch.service.limits import Admission
 from facesearch.service.routes import identities, page, search, system
 from facesearch.service.routes.page import STATIC_DIR
 from facesearch.service.service import FaceService
@@ -77,6 +79,7 @@ def create_app(config: ServiceConfig, service: FaceService | None = None) -> Fas
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST",
                            "DELETE"], allow_headers=["Authorization", "Content-Type"])
     app.add_middleware(BodyLimit, max_bytes=config.max_upload_bytes)
+    app.add_middleware(Admission, limits=config.limits())
     app.add_middleware(Guard, allowed_hosts=config.allowed_hosts, cors_origins=config.cors_origins,
                        api_keys=config.api_keys)
     app.add_middleware(RequestLog)

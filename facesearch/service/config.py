@@ -27,6 +27,7 @@ class ServiceConfig:
     index_dir: str
     model_dir: str  # resolved by the CLI (the index's model, --model or the default)
     api_keys: tuple[str, ...] = ()  # empty: no authentication (loopback only, unless insecure)
+    api_key_file: str | None = None  # where the keys came from: `--workers` processes read them there, not from env
     keep_photos: bool = True  # enrolled photos go into the index's photo store (facesearch.index.storage.photostore)
     max_upload_bytes: int = 20 * 1024 * 1024  # per request
     max_pixels: int = 40_000_000  # per photo, checked from its header before decoding
@@ -39,9 +40,28 @@ class ServiceConfig:
     min_face_size: int | None = None
     face_threshold: float | None = None
     threads: int | None = None  # inference threads per model call (None: every core)
+    # Back-pressure and the work one request may cause (facesearch.service.limits, docs/service.md).
+    read_slots: int = 8  # queries, verifications, lists running at once (per worker process)
+    write_slots: int = 2  # enrolments and removals running (or waiting for the index's lock) at once
+    queue: int = 32  # requests of each kind waiting for a slot; beyond it, 503 at once
+    queue_wait: float = 10.0  # seconds a request may wait for a slot before its 503
+    body_timeout: float = 15.0  # seconds without a byte of request body before a 408
+    header_timeout: float = 10.0  # seconds a connection may take to send a request's headers
+    max_request_pixels: int = 400_000_000  # summed over a request's photos (32 photos of 12.5 megapixels)
+    max_faces: int = 200  # faces in one photo; more is a 422 before any face is aligned or embedded
 
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self))
+    def limits(self):
+        from facesearch.service.limits import Limits
+
+        return Limits(read_slots=self.read_slots, write_slots=self.write_slots, queue=self.queue,
+                      queue_wait=self.queue_wait, body_timeout=self.body_timeout)
+
+    def to_json(self, *, with_keys: bool = True) -> str:
+        """As JSON; `with_keys=False` leaves the keys out (they are read again from `api_key_file`)."""
+        d = dataclasses.asdict(self)
+        if not with_keys:
+            d["api_keys"] = []
+        return json.dumps(d)
 
     @classmethod
     def from_json(cls, text: str) -> ServiceConfig:
@@ -56,7 +76,10 @@ class ServiceConfig:
         text = os.environ.get(CONFIG_ENV)
         if not text:
             raise ServiceConfigError(f"${CONFIG_ENV} is not set: start the service with `facesearch serve`")
-        return cls.from_json(text)
+        config = cls.from_json(text)
+        if config.api_key_file and not config.api_keys:  # keys never travel in the environment
+            config = dataclasses.replace(config, api_keys=read_api_keys(config.api_key_file))
+        return config
 
 
 def read_api_keys(path: str | os.PathLike) -> tuple[str, ...]:

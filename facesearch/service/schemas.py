@@ -159,7 +159,7 @@ class Stats(BaseModel):
     photos: int
     identities: int
     generation: int
-    index: str
+    index: str = Field(description="the index folder's name (answers carry no server paths)")
     index_type: str = Field(description="the index's policy: auto, flat, hnsw or ivf (segments say what each is)")
     segments: list[Segment]
     removed_in_segments: int
@@ -169,7 +169,7 @@ class Stats(BaseModel):
     threshold: float
     threshold_source: str
     decision: DecisionRecord
-    source_dir: str | None
+    source_dir: str | None = Field(description="the name of the gallery folder it was built from, if any")
     keep_photos: bool
     auth: bool
     problem: str | None

@@ -20,7 +20,13 @@ from PIL import Image
 
 from facesearch.api.verdicts import verify_faces
 from facesearch.embedder.core.boxes import box_list
-from facesearch.embedder.core.errors import FaceNotFoundError, FaceSearchError, IdentityNotFoundError, ImageReadError
+from facesearch.embedder.core.errors import (
+    FaceNotFoundError,
+    FaceSearchError,
+    IdentityNotFoundError,
+    ImageReadError,
+    TooManyFacesError,
+)
 from facesearch.embedder.crop import crop_face
 from facesearch.embedder.detect import DetectorConfig
 from facesearch.embedder.images import read_image
@@ -110,12 +116,21 @@ class FaceService:
     def faces_of(self, uploads: list[Upload]) -> list[list[FaceCrop]]:
         """Every face of each photo, aligned (detection runs once for all of them).
 
+        The request's work is bounded before anything is decoded: its photos' pixels together (from their
+        headers) at most `max_request_pixels`; photos are decoded one at a time; a photo with more than
+        `max_faces` faces is refused before any of them is aligned or embedded.
+
         Raises:
-            HTTPException: 422 when a photo cannot be decoded or shows no face.
+            HTTPException: 413 over the pixel budget; 422 when a photo cannot be decoded, shows no face or
+                too many.
         """
-        found = self.embedder.faces_in_files([(u.name, u.data) for u in uploads])
+        pixels = sum(u.width * u.height for u in uploads)
+        if pixels > self.config.max_request_pixels:
+            raise HTTPException(413, f"{len(uploads)} photos of {pixels:,} pixels together; one request may send "
+                                     f"{self.config.max_request_pixels:,} (send fewer or smaller photos per request)")
+        found = self.embedder.faces_in_files([(u.name, u.data) for u in uploads], max_faces=self.config.max_faces)
         for u, crops in zip(uploads, found):
-            if isinstance(crops, ImageReadError):
+            if isinstance(crops, (ImageReadError, TooManyFacesError)):
                 raise HTTPException(422, f"photo '{u.name}': {crops.reason}")
             if not crops:
                 raise HTTPException(422, f"no face found in photo '{u.name}': {NO_FACE_HINT}")
@@ -245,19 +260,21 @@ class FaceService:
 
     def health(self) -> dict:
         g = self.snapshots.current
-        return {"status": "degraded" if self.snapshots.problem else "ok", "generation": g.manifest.generation,
-                "detail": self.snapshots.problem}
+        problem = self.snapshots.problem
+        if problem and self.config.api_keys:  # unauthenticated: say that, not what (messages name paths)
+            problem = "a newer generation of the index cannot be answered from; GET /v1/stats (with a key) says why"
+        return {"status": "degraded" if problem else "ok", "generation": g.manifest.generation, "detail": problem}
 
     def stats(self) -> dict:
         with self.snapshots.use() as g:
             m = g.manifest
             decision = FaceSearcher(g, card=self.card).decision()
             return {"faces": m.faces, "photos": m.photos, "identities": m.identities, "generation": m.generation,
-                    "index": str(g.index_dir), "index_type": m.policy.index_type,
+                    "index": g.index_dir.name, "index_type": m.policy.index_type,  # a name: no server paths in answers
                     "segments": [{"kind": s.kind, "count": s.count} for s in m.segments], "removed_in_segments": m.dead,
                     "model": self.card.name, "dim": m.dim, "crop_method": self.embedder.crop_method,
                     "threshold": decision.threshold, "threshold_source": decision.source,
-                    "decision": decision.to_dict(), "source_dir": m.source_dir or None,
+                    "decision": decision.to_dict(), "source_dir": Path(m.source_dir).name if m.source_dir else None,
                     "keep_photos": self.config.keep_photos, "auth": bool(self.config.api_keys),
                     "problem": self.snapshots.problem, "uptime_s": round(time.time() - self.started, 1)}
 

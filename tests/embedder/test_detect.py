@@ -240,3 +240,27 @@ def test_nms_in_blocks_gives_the_whole_matrix_answer_in_bounded_memory(method, m
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 200 << 20, f"peak {peak / 2**20:.0f} MiB"
+
+
+def test_candidates_are_capped_best_first_and_an_ordinary_photo_is_unchanged(monkeypatch):
+    """A photo tiled with tiny faces makes thousands of P-Net boxes; R-Net sees only the best max_candidates."""
+    skimage_data = pytest.importorskip("skimage.data", reason="scikit-image ships the photo")
+    astronaut = skimage_data.astronaut()
+    face = np.asarray(Image.fromarray(astronaut[20:220, 140:320]).resize((40, 44)))
+    tiled = np.tile(face, (24, 24, 1))  # 576 faces of ~40 px on 1056 x 960
+    seen = []
+    real = Detector._refine
+
+    def counting(self, xs, boxes, net, size, finish):
+        if net == "rnet":
+            seen.append(sum(len(b) for b in boxes))
+        return real(self, xs, boxes, net, size, finish)
+
+    monkeypatch.setattr(Detector, "_refine", counting)
+    capped = Detector(DetectorConfig(max_candidates=100)).detect(tiled)
+    uncapped = Detector(DetectorConfig(max_candidates=None)).detect(tiled)
+    assert seen[0] <= 100 < seen[1] and 0 < len(capped) <= 100 < len(uncapped)
+    # The ordinary photo has far fewer candidates than the default cap: the same faces, to the bit.
+    default, unlimited = Detector().detect(astronaut), Detector(DetectorConfig(max_candidates=None)).detect(astronaut)
+    assert seen[2] == seen[3] < DetectorConfig().max_candidates
+    assert [(d.box, d.score) for d in default] == [(d.box, d.score) for d in unlimited]

@@ -14,6 +14,15 @@ class ImageReadError(FaceSearchError):
         super().__init__(f"cannot read image '{self.path}': {reason}")
 
 
+class TooManyFacesError(FaceSearchError):
+    """A photo shows more faces than one request may align and embed (the service's --max-faces)."""
+
+    def __init__(self, path, found: int, limit: int):
+        self.path, self.found, self.limit = str(path), found, limit
+        self.reason = f"{found} faces found; the limit is {limit} per photo (crop the photo, or raise --max-faces)"
+        super().__init__(f"photo '{self.path}': {self.reason}")
+
+
 class ModelSpecError(FaceSearchError):
     """A model file or model card is missing, malformed or of an unsupported version."""
 

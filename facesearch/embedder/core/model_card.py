@@ -47,6 +47,9 @@ class ModelCard:
     source_checkpoint: str = ""
     # Calibrated score thresholds, e.g. {"best_accuracy": 0.31, "far_1e-3": 0.42}.
     thresholds: dict[str, float] = field(default_factory=dict)
+    # How the model was made and what it was proven against, in words and figures (e.g. the default model's
+    # conversion and its parity with dlib's own descriptors); free-form, for people reading the card.
+    provenance: dict = field(default_factory=dict)
     card_version: int = CARD_VERSION
 
     @property

