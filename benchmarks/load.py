@@ -94,7 +94,7 @@ def read_ledger(out: Path) -> Ledger:
 
 def run_load(workdir: Path, *, faces: int, duration: float, users: int = 8, workers: int = 2,
              index_type: str | None = "hnsw", compact_at: float = 0.5, people: int = 50, lfw: Path = DEFAULT_LFW,
-             threads: int = 1) -> dict:
+             threads: int = 1, compact_nice: int = 0) -> dict:
     """One load run; the report and the audit."""
     index = synthetic_index(workdir, faces)
     out = workdir / "locust"
@@ -115,6 +115,8 @@ def run_load(workdir: Path, *, faces: int, duration: float, users: int = 8, work
             time.sleep(max(0.0, started + compact_at * duration - time.time()))
             t0 = time.time()
             command = [FACESEARCH, "compact", "--index", str(index), "--index-type", index_type, "--json"]
+            if compact_nice:  # the compaction at a lower CPU priority than the server (`nice facesearch compact`)
+                command = ["nice", "-n", str(compact_nice), *command]
             done = subprocess.run(command, capture_output=True, text=True, env=os.environ)
             window = (t0, time.time())
             compaction = {"seconds": round(window[1] - window[0], 2), "exit": done.returncode,
@@ -126,7 +128,8 @@ def run_load(workdir: Path, *, faces: int, duration: float, users: int = 8, work
         found = audit(server.url, index, ledger)
     finally:
         server.stop()
-    return {"faces": faces, "duration_s": duration, "users": users, "workers": workers, "compaction": compaction,
+    return {"faces": faces, "duration_s": duration, "users": users, "workers": workers, "compact_nice": compact_nice,
+            "compaction": compaction,
             "requests_per_s": round(len(requests) / seconds, 2), "endpoints": report(requests, window, seconds),
             "ledger": ledger.counts(), "audit": found, "audit_failed": audit_failed(found)}
 
@@ -139,6 +142,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--index-type", default="hnsw", help="the forced compaction's type ('none': no compaction)")
     parser.add_argument("--compact-at", type=float, default=0.5)
+    parser.add_argument("--compact-nice", type=int, default=0, help="run the compaction under `nice -n N`")
     parser.add_argument("--people", type=int, default=50)
     parser.add_argument("--lfw", type=Path, default=DEFAULT_LFW)
     parser.add_argument("--workdir", type=Path, default=None)
@@ -147,7 +151,7 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     result = run_load(workdir, faces=args.faces, duration=args.duration, users=args.users, workers=args.workers,
                       index_type=None if args.index_type == "none" else args.index_type, compact_at=args.compact_at,
-                      people=args.people, lfw=args.lfw)
+                      people=args.people, lfw=args.lfw, compact_nice=args.compact_nice)
     print(json.dumps(result, indent=2))
     sys.exit(1 if result["audit_failed"] else 0)
 
