@@ -128,6 +128,7 @@ def test_writes_during_a_merge_are_kept_and_the_lock_is_held_only_for_the_swap(t
     assert "error" not in outcome, outcome.get("error")
     result = outcome["result"]
     assert result.written and not result.obsolete and result.merged == [0, 1, 2, 3]
+    assert set(result.seconds) == {"build", "swap"}
 
     live.update(acked_added)
     for key in acked_removed:

@@ -139,7 +139,7 @@ def build_merge(index_dir: Path, chosen: Sequence[Segment], tombstones: np.ndarr
     spool.discard()
     every = np.concatenate([s.ids for s in chosen]) if chosen else np.empty(0, np.int64)
     return BuiltMerge([s.info for s in chosen], np.setdiff1d(every, ids), info, folder, policy,
-                      {"build": time.perf_counter() - t})
+                      seconds={"build": time.perf_counter() - t})
 
 
 def _live_rows(chosen: Sequence[Segment], tombstones: np.ndarray, spool: Spool,
