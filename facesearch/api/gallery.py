@@ -132,15 +132,20 @@ class Gallery:
         """Merge the segments into one, dropping removed faces, and choose and tune its type for the whole
         size (an index of an older format is upgraded first). A new policy given here is recorded.
 
+        The merged segment is built beside any writer (a running server keeps enrolling and removing);
+        the index's write lock is held only to swap it in, and faces removed meanwhile stay removed.
+
         Raises:
             IndexFormatError: there is no index here.
-            IndexBusyError: another process is writing the index.
+            IndexBusyError: another merge is running, or a writer held the index for `wait` seconds
+                when the merged segment was ready.
         """
         import time
 
-        from facesearch.index import open_writer, read_manifest
+        from facesearch.index import read_manifest
         from facesearch.index.storage.generation import build_lock
         from facesearch.index.storage.manifest import read_manifest_data
+        from facesearch.index.storage.merging import SWAP_WAIT, merge_segments
         from facesearch.index.storage.upgrade import upgrade_if_old
 
         start = time.perf_counter()
@@ -150,10 +155,9 @@ class Gallery:
             upgraded = upgrade_if_old(index)
         before = read_manifest(index)
         policy = before.policy.updated(index_type=index_type, memory_budget=memory_budget, target_recall=target_recall)
-        with open_writer(index, card=before.model_card, model_dir=before.model_dir, policy=policy,
-                         wait=self.wait) as writer:
-            result = writer.compact(force=policy != before.policy)
-            after = writer.manifest
+        result = merge_segments(index, everything=True, force=policy != before.policy, policy=policy,
+                                wait=self.wait, lock_wait=max(self.wait, SWAP_WAIT))
+        after = read_manifest(index)
         return Compaction(str(index), upgraded, result.written, after.generation, after.faces,
                           _segments(before), _segments(after) | {"specs": [s.spec for s in after.segments]},
                           round(time.perf_counter() - start, 3))

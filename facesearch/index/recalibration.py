@@ -1,8 +1,9 @@
 """`facesearch calibrate`: a new open-set estimate for an index, from its gallery or from stranger photos.
 
-The estimate is computed on the committed generation while the index's write lock is held, then
-stored by a commit of its own (`IndexWriter.request_calibration`), so readers see the old
-threshold or the new one, never a mixture; a refusal writes nothing.
+The estimate is computed on a snapshot of the committed generation without the index's write lock
+(writes go on meanwhile), then stored by a short commit of its own (`IndexWriter.request_calibration`),
+so readers see the old threshold or the new one, never a mixture; if the gallery moved meanwhile beyond
+what an estimate is kept for (x1.25), it is computed again on the newer snapshot. A refusal writes nothing.
 """
 
 from __future__ import annotations
@@ -18,12 +19,21 @@ from facesearch.embedder.core.errors import DatasetError
 from facesearch.embedder.pipeline import embed_largest_faces
 from facesearch.index.openset.calibration import DEFAULT_TARGET_FPIR, Calibration, CalibrationError
 from facesearch.index.openset.commit import COMMIT_CALIBRATION
-from facesearch.index.openset.open_set import Rule, calibrate_index, calibrate_with_strangers, searchable_identities
+from facesearch.index.openset.open_set import (
+    Rule,
+    calibrate_index,
+    calibrate_with_strangers,
+    searchable_identities,
+    settled,
+)
 from facesearch.index.protocols import EmbedderLike
 from facesearch.index.storage.gallery import GalleryIndex
 from facesearch.index.storage.manifest import read_manifest
+from facesearch.index.storage.merging import SWAP_WAIT
 from facesearch.index.storage.writer import IndexWriter
 from facesearch.index.sync.scan import scan_folder
+
+ATTEMPTS = 3  # snapshots an estimate is computed on before it is stored whatever moved meanwhile
 
 
 def recalibrate(index_dir: str | os.PathLike, *, fpir: float | None = None, strangers: str | os.PathLike | None = None,
@@ -51,23 +61,39 @@ def recalibrate(index_dir: str | os.PathLike, *, fpir: float | None = None, stra
     """
     index_dir = Path(index_dir).expanduser().resolve()
     manifest = read_manifest(index_dir)
-    with IndexWriter.open(index_dir, calibrator=COMMIT_CALIBRATION, card=manifest.model_card, model_dir=manifest.model_dir) as writer:
-        previous = writer.manifest.calibration
-        target = fpir if fpir is not None else _stored_target(previous)
-        rule = _stored_rule(previous)
-        report = None
-        with GalleryIndex.open(index_dir) as gallery:  # the committed generation: the lock keeps it current
+    strangers_seen = None  # (vectors, people, report): embedded once, searched against each snapshot
+    for attempt in range(1, ATTEMPTS + 1):
+        with GalleryIndex.open(index_dir) as gallery:  # a snapshot: writers go on beside it
+            based = gallery.manifest
+            previous = based.calibration
+            target = fpir if fpir is not None else _stored_target(previous)
+            rule = _stored_rule(previous)
             if strangers is None:
                 calibration = calibrate_index(gallery, target, rule=rule)
             else:
                 if embedder is None:
                     raise ValueError("calibrating on stranger photos needs the index's embedder")
-                vectors, people, report = _embed_strangers(Path(strangers), gallery, embedder, batch_size, progress)
+                if strangers_seen is None:
+                    strangers_seen = _embed_strangers(Path(strangers), gallery, embedder, batch_size, progress)
+                vectors, people, report = strangers_seen
                 calibration = calibrate_with_strangers(gallery, vectors, people, target, rule=rule)
-        writer.request_calibration(target, calibration=calibration.to_dict())
-        result = writer.commit(merge=False)
-    return {"index": str(index_dir), "generation": result.generation, "calibration": calibration.to_dict(),
-            "message": calibration.describe(), "strangers": report}
+        with IndexWriter.open(index_dir, calibrator=COMMIT_CALIBRATION, card=manifest.model_card,
+                              model_dir=manifest.model_dir, wait=SWAP_WAIT) as writer:  # a short commit
+            if attempt < ATTEMPTS and _moved(calibration.to_dict(), based, writer.manifest, target):
+                continue  # the gallery moved beyond x1.25 while computing: again, on the newer snapshot
+            writer.request_calibration(target, calibration=calibration.to_dict())
+            result = writer.commit(merge=False)
+        return {"index": str(index_dir), "generation": result.generation, "calibration": calibration.to_dict(),
+                "message": calibration.describe(), "strangers": strangers_seen[2] if strangers_seen else None}
+    raise AssertionError("unreachable: the last attempt is always stored")
+
+
+def _moved(calibration: dict, based, now, target: float) -> bool:
+    """Whether the gallery moved from `based` to `now` beyond what `calibration` is kept for (x1.25)."""
+    if now.generation == based.generation:
+        return False
+    kept = settled(calibration, now.identities, now.faces, requested_fpir=target)
+    return kept is None or kept.action != "kept"
 
 
 def _stored_target(previous: dict | None) -> float:

@@ -9,7 +9,11 @@ hold; the new generation is made current before the write answers (read-your-wri
 
 Photos go into the photo store (fsynced) before the commit that names them and leave it after
 the commit that removes the last row naming them (`facesearch.index.storage.photostore`). Segment merges are not
-done by the write itself: a background thread runs them after, so an enrolment never waits for one.
+done by the write itself: a background thread builds them beside the writes, from the current snapshot,
+and takes the index's write lock only to swap the merged segment in (`facesearch.index.storage.merging`),
+so an enrolment waits for a merge at most for that swap. The same for the open-set calibration: a
+commit that calls for a new estimate keeps the previous one, and a background thread computes it
+from a snapshot and records it by a short commit (`facesearch.index.openset.commit.calibrate_beside_writers`).
 """
 
 from __future__ import annotations
@@ -17,18 +21,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from facesearch.embedder.core.errors import IndexBusyError
 from facesearch.embedder.core.model_card import ModelCard
 from facesearch.index import open_writer
+from facesearch.index.openset.commit import DEFERRED, calibrate_beside_writers
+from facesearch.index.storage.merging import merge_segments
 from facesearch.index.storage.photostore import PhotoStore
-from facesearch.index.storage.writer import CommitResult, IndexWriter, plan_merge
+from facesearch.index.storage.writer import CommitResult, IndexWriter
 from facesearch.index.sync.enrolment import (
     Enrolled,
     FaceToEnrol,
@@ -66,6 +69,8 @@ class Writes:
         self._lock = threading.Lock()
         self._merging = threading.Event()
         self._merge_wanted = False
+        self._calibrating = threading.Event()
+        self._calibration_wanted = False
         self.last_commit: CommitResult | None = None
 
     @contextlib.contextmanager
@@ -77,7 +82,8 @@ class Writes:
             # The recorded model folder stays as it is (this server may reach the same model elsewhere).
             model_dir = self.snapshots.current.manifest.model_dir or self.model_dir
             try:
-                with open_writer(self.index_dir, card=self.card, model_dir=model_dir, wait=wait) as writer:
+                with open_writer(self.index_dir, card=self.card, model_dir=model_dir, wait=wait,
+                                 defer_calibration=True) as writer:
                     yield writer
             except IndexBusyError as e:  # the index's lock is held (by a CLI build, another worker)
                 raise IndexBusyError(f"{e} (waited {wait:g} s)") from None
@@ -86,12 +92,17 @@ class Writes:
             if self._merge_wanted:  # after the lock is free: the merge takes it for a commit of its own
                 self._merge_wanted = False
                 self._merge_soon()
+            if self._calibration_wanted:
+                self._calibration_wanted = False
+                self._calibrate_soon()
 
     def _committed(self, writer: IndexWriter) -> CommitResult:
         result = writer.commit(merge=False)
         self.last_commit = result
         self.snapshots.refresh(force=True)
         self._merge_wanted = True
+        if (result.calibration or {}).get("action") == DEFERRED:
+            self._calibration_wanted = True
         return result
 
     # --- enrol -----------------------------------------------------------------------------
@@ -163,22 +174,39 @@ class Writes:
         threading.Thread(target=self._merge, name="facesearch-merge", daemon=True).start()
 
     def _merge(self) -> None:
-        """Merge segments when the index's merge policy says so, as a commit of its own."""
+        """Merge segments when the index's merge policy says so: built outside every write lock, swapped in
+        by a short commit of its own (faces removed meanwhile stay removed)."""
         try:
-            with self._writer() as w:
-                dead = {s.info.number: int(np.isin(s.ids, w.tombstones).sum()) for s in w.segments} \
-                    if len(w.tombstones) else {}
-                plan = plan_merge(w.manifest, dead)
-                if not plan:
-                    return
-                started = time.perf_counter()
-                result = w.merge(plan)
-                log.info("merged segments %s into one (generation %d) in %.2f s", plan, result.generation,
-                         time.perf_counter() - started)
-            self.snapshots.refresh(force=True)
+            with self.snapshots.use() as snapshot:
+                result = merge_segments(self.index_dir, snapshot=snapshot, lock_wait=max(self.wait, 60.0))
+            if result.written:
+                log.info("merged segments %s into one (generation %d): built in %.2f s, swapped in %.3f s",
+                         result.merged, result.generation, result.seconds.get("build", 0.0),
+                         result.seconds.get("swap", 0.0))
+                self.snapshots.refresh(force=True)
         except IndexBusyError:
-            pass  # another writer is busy: the next write tries again
+            pass  # another merge (a `facesearch compact`, another worker) is running: the next write tries again
         except Exception:
             log.exception("segment merge failed; the index is unchanged")
         finally:
             self._merging.clear()
+
+    def _calibrate_soon(self) -> None:
+        if self._calibrating.is_set():
+            return  # the running one reads a snapshot newer than this commit's, or computes again
+        self._calibrating.set()
+        threading.Thread(target=self._calibrate, name="facesearch-calibrate", daemon=True).start()
+
+    def _calibrate(self) -> None:
+        """The open-set calibration the gallery now calls for, computed beside the writes."""
+        try:
+            outcome = calibrate_beside_writers(self.index_dir, lock_wait=max(self.wait, 60.0))
+            if outcome["generation"] is not None:
+                log.info("open-set calibration recorded (generation %d): %s", outcome["generation"], outcome["message"])
+                self.snapshots.refresh(force=True)
+        except IndexBusyError:
+            pass  # another process calibrates: it records the estimate
+        except Exception:
+            log.exception("open-set calibration failed; the previous estimate is kept")
+        finally:
+            self._calibrating.clear()

@@ -21,8 +21,10 @@ import pytest
 from index_fakes import PixelEmbedder, write_photo
 
 import facesearch.index.storage.generation
-import facesearch.index.storage.writer
+import facesearch.index.storage.merging  # noqa: F401 - patched by name through sys.modules
+import facesearch.index.storage.writer  # noqa: F401
 from facesearch.index import GalleryIndex, build_index, open_writer
+from facesearch.index.storage.merging import merge_segments
 from facesearch.index.storage.store import StoreWrite
 
 QUERY = np.random.default_rng(99).standard_normal((4, 16)).astype(np.float32)
@@ -31,11 +33,14 @@ QUERY /= np.linalg.norm(QUERY, axis=1, keepdims=True)
 # The step to interrupt -> (module attribute patched, what the crashing run does).
 STEPS = {
     "segment write": ("facesearch.index.storage.writer.write_segment", "build"),
-    "tombstone write": ("facesearch.index.storage.writer._write_ids", "build"),
+    "tombstone write": ("facesearch.index.storage.writer.write_ids", "build"),
     "metadata update": ("facesearch.index.storage.store.StoreWrite.add_faces", "build"),
     "manifest swap": ("facesearch.index.storage.generation.atomic_write_json", "build"),
-    "compaction segment": ("facesearch.index.storage.writer.write_segment", "compact"),
+    "compaction segment": ("facesearch.index.storage.merging.write_segment", "compact"),
     "compaction swap": ("facesearch.index.storage.generation.atomic_write_json", "compact"),
+    # The same merge built beside the writers (merging.merge_segments: what a server and `compact` run).
+    "concurrent merge segment": ("facesearch.index.storage.merging.write_segment", "merge"),
+    "concurrent merge swap": ("facesearch.index.storage.generation.atomic_write_json", "merge"),
 }
 
 
@@ -76,6 +81,8 @@ def _crash(*args, **kwargs):
 def _run_step(action: str, gallery: Path, idx: Path, model_dir: Path):
     if action == "build":
         return build_index(gallery, idx, PixelEmbedder(model_dir))
+    if action == "merge":
+        return merge_segments(idx, everything=True, force=True)
     with open_writer(idx, card=PixelEmbedder(model_dir).card, model_dir=model_dir) as w:
         return w.compact(force=True)
 
@@ -86,7 +93,7 @@ def _check_recovers(gallery: Path, idx: Path, model_dir: Path, expected_after: t
         w.compact(force=True)
     assert contents(idx) == expected_after
     with GalleryIndex.open(idx) as g:
-        named = g.manifest.files | {"manifest.json", "model_card.json", ".lock"}
+        named = g.manifest.files | {"manifest.json", "model_card.json", ".lock", ".merge.lock"}
     sides = {f"{g.manifest.metadata_file}-wal", f"{g.manifest.metadata_file}-shm"}
     assert set(os.listdir(idx)) - sides == named, "leftovers of the crash were not removed"
     assert report.vectors == len(expected_after[0])
@@ -107,13 +114,12 @@ def _expected_after(tmp_path: Path, gallery: Path, idx: Path, model_dir: Path) -
 @pytest.mark.parametrize("step", STEPS)
 def test_exception_at_each_step_leaves_the_previous_state(tmp_path, gallery, model_dir, index_dir, monkeypatch, step):
     target, action = STEPS[step]
-    if action == "compact":  # compaction runs on the committed update
+    if action in ("compact", "merge"):  # compaction runs on the committed update
         build_index(gallery, index_dir, PixelEmbedder(model_dir))
     before = snapshot(index_dir)
     after = _expected_after(tmp_path, gallery, index_dir, model_dir)
     module, name = target.rsplit(".", 1)
-    owner = StoreWrite if module == "facesearch.index.storage.store.StoreWrite" else {"facesearch.index.storage.writer": facesearch.index.storage.writer,
-                                                                    "facesearch.index.storage.generation": facesearch.index.storage.generation}[module]
+    owner = StoreWrite if module == "facesearch.index.storage.store.StoreWrite" else sys.modules[module]
     with monkeypatch.context() as m:
         m.setattr(owner, name, _crash)
         with pytest.raises(RuntimeError, match="simulated crash"):
@@ -125,6 +131,7 @@ def test_exception_at_each_step_leaves_the_previous_state(tmp_path, gallery, mod
 CRASH_SCRIPT = """
 import os, sys
 import facesearch.index.storage.generation, facesearch.index.storage.writer, facesearch.index.storage.store
+import facesearch.index.storage.merging
 from index_fakes import PixelEmbedder
 from facesearch.index import build_index, open_writer
 target, action, gallery, idx, model_dir = sys.argv[1:6]
@@ -138,6 +145,9 @@ def die(*args, **kwargs):
 setattr(owner, name, die)
 if action == "build":
     build_index(gallery, idx, PixelEmbedder(model_dir))
+elif action == "merge":
+    from facesearch.index.storage.merging import merge_segments
+    merge_segments(idx, everything=True, force=True)
 else:
     with open_writer(idx, card=PixelEmbedder(model_dir).card, model_dir=model_dir) as w:
         w.compact(force=True)
@@ -149,7 +159,7 @@ os._exit(0)
 def test_killed_process_at_each_step(tmp_path, gallery, model_dir, index_dir, step):
     """A real crash: the writing process dies on the spot at each step (kill -9 has the same effect)."""
     target, action = STEPS.get(step, ("facesearch.index.storage.generation.remove_stale", "build"))
-    if action == "compact":
+    if action in ("compact", "merge"):
         build_index(gallery, index_dir, PixelEmbedder(model_dir))
     before = snapshot(index_dir)
     after = _expected_after(tmp_path, gallery, index_dir, model_dir)

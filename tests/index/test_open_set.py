@@ -324,3 +324,78 @@ def test_eval_identify_places_the_stored_threshold_on_the_fpir_fnir_curve(tmp_pa
         (f, r) for f in ("best", "top2", "template") for r in ("score", "margin")}
     margin = next(r for r in result["rules"] if (r["fusion"], r["rule"]) == ("template", "margin"))
     assert margin["threshold"] == pytest.approx(t) and margin["at_threshold"] == d["at_threshold"]
+
+
+@pytest.mark.parametrize("moved", [10, 250], ids=["moved within x1.25: recorded", "moved beyond: computed again"])
+def test_a_deferred_calibration_is_computed_beside_the_writes(tmp_path, model_args, monkeypatch, moved):
+    """The service's writers defer the search to `calibrate_beside_writers`: it computes on a snapshot
+    without the write lock (writes commit meanwhile), then records the estimate by a short commit, or
+    computes again when the gallery moved beyond x1.25 of what it computed for."""
+    import threading
+
+    import facesearch.index.openset.open_set as open_set
+    from facesearch.index.openset.commit import calibrate_beside_writers
+    from facesearch.index.storage.generation import LOCK_FILE, LOCK_OBSERVERS
+
+    people, idx = People(5), tmp_path / "idx"
+    build(idx, model_args, people, range(600))
+    stored = read_calibration(idx)
+    with open_writer(idx, **model_args, defer_calibration=True) as w:  # x1.33: calls for a new estimate
+        enrol(w, people, range(600, 800))
+        deferred = w.commit()
+    assert deferred.calibration["action"] == "deferred" and read_calibration(idx) == stored
+
+    events, searched_holding, paused, go = [], [], threading.Event(), threading.Event()
+    LOCK_OBSERVERS.append(lambda name, event: events.append((threading.current_thread().name, name, event)))
+    real = open_set.loio_samples
+
+    def watched(g, **kw):
+        mine = [e for who, name, e in events if who == "calibrator" and name == LOCK_FILE]
+        searched_holding.append(bool(mine) and mine[-1] == "acquired")
+        if not paused.is_set():
+            paused.set()
+            assert go.wait(60)
+        return real(g, **kw)
+
+    monkeypatch.setattr(open_set, "loio_samples", watched)
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.update(calibrate_beside_writers(idx)), name="calibrator")
+    try:
+        thread.start()
+        assert paused.wait(60)
+        with open_writer(idx, **model_args, wait=5, defer_calibration=True) as w:  # not blocked by the calibration
+            enrol(w, people, range(800, 800 + moved))
+            w.commit()
+        go.set()
+        thread.join(60)
+    finally:
+        go.set()
+        LOCK_OBSERVERS.pop()
+    final = 800 + moved
+    c = read_calibration(idx)
+    assert searched_holding and not any(searched_holding), "the calibration searched while holding the write lock"
+    holds = [e for who, name, e in events if who == "calibrator" and name == LOCK_FILE and e == "acquired"]
+    if moved == 10:
+        assert outcome["attempts"] == 1 and c["gallery_identities"] == 800 and len(holds) == 1
+    else:
+        assert outcome["attempts"] == 2 and c["gallery_identities"] == final and len(holds) == 2
+    # The independent reference: the same gallery built and calibrated in one go, at the size computed for.
+    reference = tmp_path / "reference"
+    build(reference, model_args, people, range(c["gallery_identities"]))
+    assert read_calibration(reference)["threshold"] == c["threshold"]
+    with GalleryIndex.open(idx) as g:
+        assert len(g) == final and g.manifest.identities == final
+
+
+def test_a_calibration_asked_for_survives_an_in_place_merge_before_the_commit(tmp_path, model_args):
+    """A merge commits without the calibrator; the calibration asked for before it is still done by the
+    next commit (a merge used to forget it)."""
+    people, idx = People(6), tmp_path / "idx"
+    build(idx, model_args, people, range(150))
+    with open_writer(idx, **model_args) as w:
+        w.request_calibration(0.05)
+        assert w.compact(force=True).written
+        assert read_calibration(idx)["target_fpir"] != 0.05
+        result = w.commit()
+    assert result.written and result.calibration["action"] == "calibrated"
+    assert read_calibration(idx)["target_fpir"] == 0.05

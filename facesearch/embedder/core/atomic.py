@@ -15,10 +15,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` in one step.
 
     The caller writes the whole file to the yielded path. If the block raises, the temporary
-    file is removed and `path` is left exactly as it was.
+    file is removed and `path` is left exactly as it was. When it returns, the file, its name and
+    the names of any folders created for it are on disk (fsynced), so a crash cannot lose it.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -41,6 +42,18 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_json(path: str | os.PathLike, obj) -> None:
     """Write `obj` as indented, key-sorted JSON to `path` atomically."""
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def make_dirs(folder: Path) -> None:
+    """`folder.mkdir(parents=True)`, with each folder it creates made durable in its parent."""
+    missing = []
+    for parent in (folder, *folder.parents):
+        if parent.is_dir():
+            break
+        missing.append(parent)
+    folder.mkdir(parents=True, exist_ok=True)
+    for created in reversed(missing):
+        fsync_dir(created.parent)
 
 
 def fsync_dir(folder: Path) -> None:

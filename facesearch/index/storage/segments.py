@@ -108,6 +108,41 @@ def _save_npy(path: Path, array: np.ndarray, dtype: str | np.dtype, chunk: int =
         os.fsync(f.fileno())
 
 
+class Spool:
+    """Vectors appended to a temporary file (a generation's new ones, a merge's live ones), so a large ingest stays out of RAM."""
+
+    def __init__(self, folder: Path, number: int, dim: int):
+        self.path = folder / f".seg-{number:06d}.spool.tmp"
+        self.dim = dim
+        # One growing array, not an array per photo: those cost ~110 bytes each (1.1 GB at 10M photos).
+        self._ids = np.empty(1024, np.int64)
+        self.count = 0
+        self._file = None
+
+    def append(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if self._file is None:
+            self._file = open(self.path, "wb")
+        self._file.write(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
+        ids = np.asarray(ids, np.int64).ravel()
+        if self.count + len(ids) > len(self._ids):
+            grown = np.empty(max(2 * len(self._ids), self.count + len(ids)), np.int64)
+            grown[:self.count] = self._ids[:self.count]
+            self._ids = grown
+        self._ids[self.count:self.count + len(ids)] = ids
+        self.count += len(ids)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors memmap) of everything appended."""
+        self._file.flush()
+        vectors = np.memmap(self.path, dtype=np.float32, mode="r", shape=(self.count, self.dim))
+        return self._ids[:self.count].copy(), vectors
+
+    def discard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self.path.unlink(missing_ok=True)
+
+
 class Segment:
     """An opened segment: its ids, its raw vectors (memory-mapped) and its search index.
 

@@ -11,7 +11,6 @@ merging them is a separate commit of its own (`merge`, chosen by `plan_merge`, o
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -21,10 +20,10 @@ from typing import Protocol
 
 import numpy as np
 
-from facesearch.embedder.core.errors import IndexFormatError
+from facesearch.embedder.core.errors import IndexBusyError, IndexFormatError
 from facesearch.embedder.core.model_card import ModelCard
 from facesearch.index.storage.gallery import GalleryIndex, check_counts, read_tombstones
-from facesearch.index.storage.generation import build_lock, commit
+from facesearch.index.storage.generation import MERGE_LOCK_FILE, build_lock, commit, maintenance_lock
 from facesearch.index.storage.manifest import (
     MANIFEST_FILE,
     IndexPolicy,
@@ -35,18 +34,23 @@ from facesearch.index.storage.manifest import (
     tombstone_name,
     utc_now,
 )
-from facesearch.index.storage.segments import Segment, SegmentInfo, gather_vectors, write_segment
+from facesearch.index.storage.merging import (
+    DEAD_SHARE,
+    MERGE_FACTOR,
+    MIN_APPROXIMATE,
+    build_merge,
+    check_consistent,
+    choose_kind,
+    dead_counts,
+    install_merge,
+    plan_merge,
+    record_generation,
+    write_ids,
+)
+from facesearch.index.storage.segments import Segment, SegmentInfo, Spool, gather_vectors, write_segment
 from facesearch.index.storage.store import Exclusion, IndexStore, Photo, StoredFace, StoreWrite, metadata_name
 
-# Merge policy (Lucene's log merge, by powers of ten of live rows): when one size level holds
-# MERGE_FACTOR segments they are merged into one of the next level, so a vector is rewritten
-# about log10(N) times over the life of an index, and a commit never rewrites a big segment for
-# a small one. A segment whose share of removed rows reaches DEAD_SHARE is rewritten without them.
-MERGE_FACTOR = 4
-DEAD_SHARE = 0.3
-# Segments smaller than this stay flat (exact) whatever the index type: an approximate structure
-# over a few hundred vectors saves nothing (and IVF cannot even train).
-MIN_APPROXIMATE = 1000
+__all__ = ["DEAD_SHARE", "MERGE_FACTOR", "MIN_APPROXIMATE", "CommitResult", "IndexWriter", "plan_merge"]
 
 
 class Calibrator(Protocol):
@@ -55,7 +59,7 @@ class Calibrator(Protocol):
     def wants(self, previous: dict | None, fpir: float | None) -> bool: ...
 
     def at_commit(self, manifest: Manifest, open_view: Callable[[], GalleryIndex], *, requested_fpir: float | None,
-                  force: bool, given: dict | None) -> tuple[dict | None, dict]: ...
+                  force: bool, given: dict | None, defer: bool = False) -> tuple[dict | None, dict]: ...
 
 
 @dataclass
@@ -72,41 +76,6 @@ class CommitResult:
     merged: list[int] = field(default_factory=list)  # segments merged by the automatic merge that followed
     seconds: dict[str, float] = field(default_factory=dict)
     calibration: dict | None = None  # what the commit did about the open-set calibration (facesearch.index.openset.open_set)
-
-
-class _Spool:
-    """New vectors of a generation, appended to a temporary file so a large ingest stays out of RAM."""
-
-    def __init__(self, folder: Path, number: int, dim: int):
-        self.path = folder / f".seg-{number:06d}.spool.tmp"
-        self.dim = dim
-        # One growing array, not an array per photo: those cost ~110 bytes each (1.1 GB at 10M photos).
-        self._ids = np.empty(1024, np.int64)
-        self.count = 0
-        self._file = None
-
-    def append(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        if self._file is None:
-            self._file = open(self.path, "wb")
-        self._file.write(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
-        ids = np.asarray(ids, np.int64).ravel()
-        if self.count + len(ids) > len(self._ids):
-            grown = np.empty(max(2 * len(self._ids), self.count + len(ids)), np.int64)
-            grown[:self.count] = self._ids[:self.count]
-            self._ids = grown
-        self._ids[self.count:self.count + len(ids)] = ids
-        self.count += len(ids)
-
-    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, vectors memmap) of everything appended."""
-        self._file.flush()
-        vectors = np.memmap(self.path, dtype=np.float32, mode="r", shape=(self.count, self.dim))
-        return self._ids[:self.count].copy(), vectors
-
-    def discard(self) -> None:
-        if self._file is not None:
-            self._file.close()
-        self.path.unlink(missing_ok=True)
 
 
 class IndexWriter:
@@ -129,9 +98,11 @@ class IndexWriter:
         # invisible to readers until the commit), so staging millions of faces holds no Python objects.
         self._write: StoreWrite | None = None
         self._removed: set[int] = set()  # ids whose last staged edit removed them
-        self._spool = _Spool(self.index_dir, self.manifest.next_segment, self.manifest.dim)
+        self._spool = Spool(self.index_dir, self.manifest.next_segment, self.manifest.dim)
         self._next_id = self.manifest.next_id
-        self._settings_changed = False
+        # A calibration asked for (`request_calibration`) stays asked for across an in-place merge,
+        # which commits without the calibrator: only a commit settles it.
+        self._settings_changed = self._calibration_pending
 
     def _edits(self) -> StoreWrite:
         """The open transaction of the next generation (opened on the first staged edit)."""
@@ -147,7 +118,7 @@ class IndexWriter:
     def open(cls, index_dir: str | os.PathLike, *, card: ModelCard, model_dir: str | os.PathLike,
              source_dir: str | os.PathLike | None = None, build: dict | None = None,
              policy: IndexPolicy | None = None, rebuild: bool = False, wait: float = 0.0,
-             calibrator: Calibrator | None = None) -> Iterator[IndexWriter]:
+             calibrator: Calibrator | None = None, defer_calibration: bool = False) -> Iterator[IndexWriter]:
         """Lock `index_dir` and open it for writing (creating an empty index when there is none).
 
         Args:
@@ -162,6 +133,9 @@ class IndexWriter:
             calibrator: what each commit asks about the open-set calibration (None: nothing; the
                 stored estimate is carried as it is). `facesearch.index.open_writer` passes the
                 index's own (`facesearch.index.openset.commit.COMMIT_CALIBRATION`).
+            defer_calibration: a commit whose calibration needs a search keeps the previous estimate and
+                says "deferred"; the caller computes it outside the write lock
+                (`facesearch.index.openset.commit.calibrate_beside_writers`; the service does).
 
         Raises:
             IndexBusyError: another writer holds the index.
@@ -174,6 +148,7 @@ class IndexWriter:
                                       None if source_dir is None else Path(source_dir).expanduser().resolve(),
                                       build, policy, rebuild)
             writer.calibrator = calibrator
+            writer.defer_calibration = defer_calibration
             try:
                 yield writer
             finally:
@@ -401,11 +376,11 @@ class IndexWriter:
         if len(newly_dead):
             tombstones = np.union1d(self.tombstones, newly_dead)
             tomb_file = tombstone_name(g)
-            _write_ids(self.index_dir / tomb_file, tombstones)
+            write_ids(self.index_dir / tomb_file, tombstones)
         manifest = replace(target, generation=g, segments=segments, tombstones=tomb_file, dead=len(tombstones),
                            faces=counts.faces, photos=counts.photos, identities=counts.identities,
                            next_id=self._next_id, next_segment=number, updated=utc_now())
-        _check_consistent(manifest)
+        check_consistent(manifest)
         manifest, calibration = self._calibrate(manifest, tombstones, new_segment, seconds)
         commit(self.index_dir, manifest)
         seconds["commit"] = time.perf_counter() - t - seconds["calibration"]
@@ -415,7 +390,10 @@ class IndexWriter:
                               seconds=seconds, calibration=calibration)
         if merge and (plan := plan_merge(self.manifest, self._dead_counts())):
             t = time.perf_counter()
-            merged = self.merge(plan)
+            try:
+                merged = self.merge(plan)
+            except IndexBusyError:  # a merge is being built beside us (a server's): it will do this one after
+                return result
             result.merged = plan
             result.generation = merged.generation
             result.seconds["merge"] = time.perf_counter() - t
@@ -441,8 +419,10 @@ class IndexWriter:
     # --- open-set calibration: a hook (facesearch.index.openset.commit), the writer knows no rules ------------
 
     calibrator: Calibrator | None = None  # set by `open`
+    defer_calibration = False  # set by `open`
     calibration_fpir: float | None = None  # the target FPIR asked for; None keeps the stored one's (else 1%)
     _calibration_force = False
+    _calibration_pending = False  # a requested calibration no commit has settled yet
     _calibration_given: dict | None = None
 
     def request_calibration(self, fpir: float | None = None, *, force: bool = False,
@@ -460,7 +440,7 @@ class IndexWriter:
         self._calibration_force = force or calibration is not None
         self._calibration_given = calibration
         if self._calibration_force or self.calibrator.wants(self.manifest.calibration, fpir):
-            self._settings_changed = True
+            self._settings_changed = self._calibration_pending = True
 
     def _calibrate(self, manifest: Manifest, tombstones: np.ndarray, new_segment: SegmentInfo | None,
                    seconds: dict[str, float]) -> tuple[Manifest, dict | None]:
@@ -477,90 +457,61 @@ class IndexWriter:
 
         calibration, outcome = self.calibrator.at_commit(
             manifest, open_view, requested_fpir=self.calibration_fpir, force=self._calibration_force,
-            given=self._calibration_given)
-        self._calibration_force, self._calibration_given = False, None
+            given=self._calibration_given, defer=self.defer_calibration)
+        self._calibration_force, self._calibration_given, self._calibration_pending = False, None, False
         seconds["calibration"] = time.perf_counter() - t
         return replace(manifest, calibration=calibration), outcome
 
     def _choose(self, n: int) -> tuple[str, dict]:
         """The kind and spec of a new segment of `n` vectors, by the index's policy."""
-        policy = self._target.policy
-        if policy.index_type == "flat" or n < MIN_APPROXIMATE:
-            return "flat", {}
-        from facesearch.index.storage import ann
-
-        spec = ann.choose_spec(n, self.manifest.dim, policy.memory_budget or ann.default_memory_budget(),
-                               kind=policy.index_type, target_recall=policy.target_recall)
-        return spec.kind, spec.to_dict()
+        return choose_kind(n, self.manifest.dim, self._target.policy)
 
     def _dead_counts(self) -> dict[int, int]:
         """Tombstoned rows per segment number."""
-        return {s.info.number: int(np.isin(s.ids, self.tombstones, assume_unique=True).sum())
-                for s in self.segments} if len(self.tombstones) else {}
+        return dead_counts(self.segments, self.tombstones)
 
     # --- merging ---------------------------------------------------------------------------
 
-    def merge(self, numbers: Sequence[int]) -> CommitResult:
-        """Merge segments `numbers` into one, dropping their removed rows, as a commit of its own.
+    def merge(self, numbers: Sequence[int], *, wait: float = 0.0) -> CommitResult:
+        """Merge segments `numbers` into one, dropping their removed rows, as a commit of its own, in place
+        (this writer holds the write lock throughout; `facesearch.index.storage.merging.merge_segments`
+        merges beside the writers instead, and is what a server and `facesearch compact` use).
 
         The metadata does not change (its rows already say which faces are live); readers of the
         previous generation keep their segments until they reopen. Settings staged by `set_settings`
-        (e.g. a new policy for `compact`) are built with and committed by it.
+        (e.g. a new policy) are built with and committed by it.
+
+        Raises:
+            IndexBusyError: another merge is being built (the merge lock, after `wait` seconds).
+            ValueError: edits are staged (commit them first).
         """
+        if self._write is not None or self._spool.count:
+            raise ValueError("commit the staged edits before merging segments")
         chosen = [s for s in self.segments if s.info.number in set(numbers)]
         if not chosen:
             return CommitResult(self.manifest.generation, False)
-        g = self.manifest.generation + 1
-        ids, vectors = self._live_rows(chosen)
-        number = self.manifest.next_segment
-        kept = [s for s in self.manifest.segments if s.number not in set(numbers)]
-        if len(ids):
-            kind, spec = self._choose(len(ids))
-            kept.append(write_segment(self.index_dir, number, vectors, ids, dtype=self._target.policy.vector_dtype,
-                                      kind=kind, spec=spec))
-        self._spool.discard()
-        dropped = np.concatenate([s.ids for s in chosen])
-        tombstones = np.setdiff1d(self.tombstones, dropped)
-        tomb_file = None
-        if len(tombstones):
-            tomb_file = tombstone_name(g)
-            _write_ids(self.index_dir / tomb_file, tombstones)
-        self.store.generation = g
-        with self.store.write() as w:
-            pass  # no row changes: the generation's counts are recorded
-        counts = w.counts
-        manifest = replace(self._target, generation=g, segments=kept, tombstones=tomb_file, dead=len(tombstones),
-                           faces=counts.faces, photos=counts.photos, identities=counts.identities,
-                           next_segment=number + 1, updated=utc_now())
-        _check_consistent(manifest)
-        commit(self.index_dir, manifest)
-        self.segments = [s for s in self.segments if s.info.number not in set(numbers)]
-        new_info = kept[-1] if len(ids) else None
-        self._after_commit(manifest, tombstones, None)
+        # The merge lock is only tried for a moment: a merge beside the writers takes it before the
+        # write lock, so waiting for it here, holding the write lock, could deadlock.
+        with maintenance_lock(self.index_dir, MERGE_LOCK_FILE, wait):
+            target = self._target
+            built = build_merge(self.index_dir, chosen, self.tombstones, target.policy, target.dim)
+            try:
+                g = self.manifest.generation + 1
+                manifest = install_merge(self.index_dir, target, g, built)
+                assert manifest is not None, "the writer's own segments are current"
+                counts = record_generation(self.store, g)
+                manifest = replace(manifest, faces=counts.faces, photos=counts.photos, identities=counts.identities)
+                check_consistent(manifest)
+                commit(self.index_dir, manifest)
+            finally:
+                built.discard()
+        replaced = set(numbers)
+        self.segments = [s for s in self.segments if s.info.number not in replaced]
+        new_info = manifest.segments[-1] if built.info is not None else None
+        self._after_commit(manifest, read_tombstones(self.index_dir, manifest), None)
         if new_info is not None:
             self.segments.append(Segment.open(self.index_dir, new_info, manifest.dim))
         return CommitResult(g, True, counts.faces, counts.photos, counts.identities, merged=list(numbers))
-
-    def _live_rows(self, chosen: Sequence[Segment]) -> tuple[np.ndarray, np.ndarray]:
-        """(ids ascending, their vectors) of the live rows of `chosen`, the vectors gathered chunk by
-        chunk into this writer's spool file (memory-mapped), so merging large segments stays out of RAM."""
-        live = [~np.isin(s.ids, self.tombstones, assume_unique=True) if len(self.tombstones)
-                else np.ones(len(s.ids), bool) for s in chosen]
-        ids = np.concatenate([s.ids[m] for s, m in zip(chosen, live)]) if chosen else np.empty(0, np.int64)
-        source = np.concatenate([np.full(int(m.sum()), i) for i, m in enumerate(live)]) if chosen else ids
-        position = np.concatenate([np.flatnonzero(m) for m in live]) if chosen else ids
-        order = np.argsort(ids, kind="stable")
-        for start in range(0, len(order), 1 << 16):
-            take = order[start:start + (1 << 16)]
-            block = np.empty((len(take), self.manifest.dim), np.float32)
-            for i, seg in enumerate(chosen):
-                here = source[take] == i
-                if here.any():
-                    block[here] = seg.vectors(position[take][here])
-            self._spool.append(ids[take], block)
-        if not len(order):
-            return ids, np.empty((0, self.manifest.dim), np.float32)
-        return self._spool.arrays()
 
     def compact(self, force: bool = False) -> CommitResult:
         """Merge every segment into one without removed rows (choosing its type for the whole size).
@@ -572,41 +523,6 @@ class IndexWriter:
             return CommitResult(self.manifest.generation, False, self.manifest.faces, self.manifest.photos,
                                 self.manifest.identities)
         return self.merge([s.number for s in self.manifest.segments])
-
-
-def plan_merge(manifest: Manifest, dead: dict[int, int]) -> list[int]:
-    """Segments to merge now, or [] (see MERGE_FACTOR and DEAD_SHARE)."""
-    for info in manifest.segments:
-        if info.count and dead.get(info.number, 0) >= DEAD_SHARE * info.count:
-            # Rewrite it with the others of its level, so that rewriting also merges.
-            level = _level(info.count - dead.get(info.number, 0))
-            return sorted(s.number for s in manifest.segments
-                          if _level(s.count - dead.get(s.number, 0)) <= level or s.number == info.number)
-    levels: dict[int, list[SegmentInfo]] = {}
-    for info in manifest.segments:
-        levels.setdefault(_level(info.count - dead.get(info.number, 0)), []).append(info)
-    for level in sorted(levels):
-        if len(levels[level]) >= MERGE_FACTOR:
-            return sorted(s.number for s in levels[level])
-    return []
-
-
-def _level(live: int) -> int:
-    return int(math.log10(max(live, 1)))
-
-
-def _write_ids(path: Path, ids: np.ndarray) -> None:
-    with open(path, "wb") as f:
-        np.save(f, np.ascontiguousarray(ids, dtype=np.int64), allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _check_consistent(m: Manifest) -> None:
-    # Internal invariant: what the segments hold minus what is removed is what the metadata counts.
-    if m.stored - m.dead != m.faces:
-        raise AssertionError(f"segments hold {m.stored} vectors, {m.dead} removed, but the metadata counts "
-                             f"{m.faces} faces")
 
 
 def _counters_on_disk(index_dir: Path) -> dict[str, int]:

@@ -22,7 +22,8 @@ from facesearch.embedder.pipeline import FACE_POLICIES, build_settings, embed_ph
 from facesearch.index.openset.commit import COMMIT_CALIBRATION
 from facesearch.index.openset.open_set import unchanged_calibration
 from facesearch.index.protocols import EmbedderLike, Progress
-from facesearch.index.storage.manifest import MANIFEST_FILE, IndexPolicy, read_manifest_data
+from facesearch.index.storage.manifest import MANIFEST_FILE, IndexPolicy, read_manifest, read_manifest_data
+from facesearch.index.storage.merging import SWAP_WAIT, merge_segments
 from facesearch.index.storage.store import Photo, StoredFace
 from facesearch.index.storage.writer import IndexWriter
 from facesearch.index.sync.enrolled import ExclusionPlan, carry_enrolled, plan_exclusions
@@ -138,8 +139,6 @@ def build_index(source_dir: str | os.PathLike, index_dir: str | os.PathLike, emb
         writer.request_calibration(fpir)
         t = time.perf_counter()
         result = writer.commit()
-        if retype:
-            result = writer.compact(force=True)
         report.seconds["save"] = time.perf_counter() - t
         m = writer.manifest
         report.written = result.written or retype
@@ -148,6 +147,13 @@ def build_index(source_dir: str | os.PathLike, index_dir: str | os.PathLike, emb
         report.vectors, report.photos, report.identities = m.faces, m.photos, m.identities
         report.segments, report.index_types = len(m.segments), [s.kind for s in m.segments]
         report.calibration = result.calibration if result.written else unchanged_calibration(m.calibration)
+    if retype:  # a new index type: every segment rewritten from its stored vectors, beside any server's writes
+        t = time.perf_counter()
+        merge_segments(index_dir, everything=True, force=True, wait=max(wait, SWAP_WAIT), lock_wait=max(wait, SWAP_WAIT))
+        m = read_manifest(index_dir)
+        report.generation, report.vectors = m.generation, m.faces
+        report.segments, report.index_types = len(m.segments), [s.kind for s in m.segments]
+        report.seconds["save"] += time.perf_counter() - t
     return report
 
 
