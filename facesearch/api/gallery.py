@@ -76,12 +76,16 @@ class Gallery:
     def add(self, folder: str | os.PathLike, *, faces: str = "largest", strict: bool = False, rebuild: bool = False,
             batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None, fpir: float | None = None,
             index_type: str | None = None, memory_budget: int | str | None = None, vector_dtype: str | None = None,
-            target_recall: float | None = None, progress=None):
+            target_recall: float | None = None, progress=None, labeled: bool = True):
         """Index a folder of `<identity>/<photo>` images (or `<identity>.jpg`); run again to add what is new
         and drop what is gone, as `facesearch build-index` does.
 
+        With `labeled=False` the folder's photos have no identity (any layout): every face of each is
+        stored without one, for `people()` to group and `name()` to name; a search answers such a face
+        only once its person is named. Labelled and unlabelled photos share one index.
+
         Args:
-            faces: the faces stored per photo: "largest" or "all".
+            faces: the faces stored per photo: "largest" or "all" (unlabelled photos keep every face).
             strict: stop at the first unreadable file instead of skipping it (and counting it).
             rebuild: replace an index built with another model.
             fpir: the false-positive identification rate its "unknown" threshold is calibrated for.
@@ -89,6 +93,7 @@ class Gallery:
                 "flat", "hnsw" or "ivf"; bytes or "8G"; "float32" or "float16"; recall@10 the
                 approximate segments are tuned to); None keeps the index's (see docs/large-galleries.md).
             progress: a callback (phase, done, total), e.g. to draw a progress bar.
+            labeled: False: the photos are unlabelled (see above).
 
         Returns:
             The `BuildReport` (`to_dict()` is what `build-index --json` prints besides the model fields).
@@ -105,7 +110,7 @@ class Gallery:
         policy = self._policy(index_type, memory_budget, vector_dtype, target_recall)
         return build_index(Path(folder), self.index_dir, self.embedder, batch_size=batch_size, strict=strict,
                            rebuild=rebuild, faces=faces, workers=workers, progress=progress, fpir=fpir, policy=policy,
-                           wait=self.wait)
+                           wait=self.wait, labeled=labeled)
 
     def add_embeddings(self, shards: str | os.PathLike, *, rebuild: bool = False, fpir: float | None = None,
                        index_type: str | None = None, memory_budget: int | str | None = None,

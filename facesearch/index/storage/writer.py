@@ -36,7 +36,15 @@ from facesearch.index.storage.manifest import (
     utc_now,
 )
 from facesearch.index.storage.segments import Segment, SegmentInfo, gather_vectors, write_segment
-from facesearch.index.storage.store import Exclusion, IndexStore, Photo, StoredFace, StoreWrite, metadata_name
+from facesearch.index.storage.store import (
+    Exclusion,
+    IndexStore,
+    PersonFace,
+    Photo,
+    StoredFace,
+    StoreWrite,
+    metadata_name,
+)
 
 # Merge policy (Lucene's log merge, by powers of ten of live rows): when one size level holds
 # MERGE_FACTOR segments they are merged into one of the next level, so a vector is rewritten
@@ -342,6 +350,15 @@ class IndexWriter:
         """Stage the removal of single faces by id."""
         if ids:
             self._removed.update(self._edits().remove_faces([int(i) for i in ids]))
+
+    def put_people(self, rows: Sequence[tuple[int, int, str | None, bool]]) -> None:
+        """Stage `(face id, person, name or None, fixed)` of faces of unlabelled photos (their people rows)."""
+        if rows:
+            self._edits().put_people(list(rows))
+
+    def person_faces(self) -> list[PersonFace]:
+        """The committed faces of unlabelled photos with their people (`IndexStore.person_faces`)."""
+        return self.store.person_faces()
 
     def exclude(self, rows: Sequence[Exclusion]) -> None:
         """Stage exclusions: folder photos (or faces) a folder build must not add back while unchanged."""
