@@ -13,7 +13,16 @@ from pathlib import Path
 
 from facesearch.api.images import ImageInput, faces_in, photo_bytes
 from facesearch.api.models import embedder_for
-from facesearch.api.results import Compaction, Enrolment, Removal, SearchResult
+from facesearch.api.results import (
+    Compaction,
+    Enrolment,
+    People,
+    PeopleChange,
+    Person,
+    PersonFace,
+    Removal,
+    SearchResult,
+)
 from facesearch.embedder.core.constants import DEFAULT_BATCH_SIZE
 from facesearch.embedder.core.errors import FaceSearchError
 
@@ -260,6 +269,89 @@ class Gallery:
         return Removal(removed.identity, removed.faces_removed, removed.photos_removed, tuple(removed.excluded),
                        result.generation)
 
+    # --- people: the faces of unlabelled photos ------------------------------------------------
+
+    def people(self, *, recluster: bool = False, suggestions: bool = True) -> People:
+        """Group the faces of unlabelled photos (`add(folder, labeled=False)`) into people, largest first.
+
+        Faces added since the last call join the existing people or start new ones; the others stay
+        where they are. `recluster` groups every face again, keeping the names given and the faces
+        moved. Two faces of one photo are never in one person; a face that matches no one stays
+        unclustered. A person that looks like a named identity carries it as a suggestion (with its
+        score), never merged. The grouping is written into the index (one generation).
+
+        Raises:
+            IndexFormatError: there is no index here.
+            PeopleError: the model has no pair calibration and there are too few faces to estimate
+                the linking threshold from.
+            IndexBusyError: another process is writing the index.
+        """
+        from facesearch.index.sync.people import read_people, stage_grouping
+
+        def run(w):
+            threshold, grouped = stage_grouping(w, recluster=recluster)
+            generation = w.commit().generation
+            found = read_people(w.store, w.vectors, w.manifest.model_card, suggestions=suggestions,
+                                threshold=threshold)
+            return People(tuple(_person(g) for g in found.groups), tuple(_person_face(f) for f in found.unclustered),
+                          found.threshold, grouped, generation)
+
+        return self._people_write(run)
+
+    def name(self, person: str, name: str) -> PeopleChange:
+        """Name a person (`person-0001`): its faces become the identity `name`, which `search` answers and the
+        open-set calibration counts; a person already of that name takes them in (a labelled identity
+        of that name gets them as more faces).
+
+        Raises:
+            PersonNotFoundError: no such person. IdentityNameError: `name` is empty or not allowed.
+            PeopleError: the person of that name has a face of one of this person's photos.
+        """
+        from facesearch.index.sync.people import stage_name
+
+        return self._people_change("name", lambda w: stage_name(w, person, name))
+
+    def merge(self, person: str, other: str) -> PeopleChange:
+        """Put every face of `other` into `person` (a name either has is kept).
+
+        Raises:
+            PersonNotFoundError: either does not exist. PeopleError: the same person twice, two
+            different names, or a photo with a face in each.
+        """
+        from facesearch.index.sync.people import stage_merge
+
+        return self._people_change("merge", lambda w: stage_merge(w, person, other))
+
+    def move(self, face_id: int, to: str | None = None) -> PeopleChange:
+        """Move a face (its `id` in `people()`) out of its person (it stays alone, also after a recluster),
+        or into person `to`.
+
+        Raises:
+            FaceNotFoundError: no face of an unlabelled photo has this id. PersonNotFoundError: `to`
+            does not exist. PeopleError: nothing to move it out of, or `to` has a face of its photo.
+        """
+        from facesearch.index.sync.people import stage_move
+
+        return self._people_change("move", lambda w: stage_move(w, face_id, to))
+
+    def _people_change(self, action: str, stage) -> PeopleChange:
+        def run(w):
+            change = stage(w)
+            return PeopleChange(action, change.person, change.name, change.faces, change.joined, w.commit().generation)
+
+        return self._people_write(run)
+
+    def _people_write(self, run):
+        from facesearch.embedder.core.errors import IndexFormatError
+        from facesearch.index import open_writer
+
+        if not self.exists:
+            raise IndexFormatError(f"'{self.index_dir}' is not an index yet: build one with "
+                                   f"`facesearch build-index PHOTOS --unlabeled --index {self.index_dir}`")
+        card, model_dir = self._recorded_card()
+        with open_writer(self.index_dir, card=card, model_dir=model_dir, wait=self.wait) as w:
+            return run(w)
+
     # --- reads ---------------------------------------------------------------------------------
 
     def search(self, image: ImageInput, *, k: int = 5, threshold: float | None = None, fpir: float | None = None,
@@ -325,6 +417,16 @@ def _format_of(data: bytes) -> str | None:
             return img.format
     except (UnidentifiedImageError, OSError):
         return None
+
+
+def _person_face(f) -> PersonFace:
+    return PersonFace(f.id, f.path, f.face + 1, f.box)  # numbered from 1, as `query` prints faces
+
+
+def _person(group) -> Person:
+    from facesearch.index.sync.people import person_id
+
+    return Person(person_id(group.number), group.name, tuple(_person_face(f) for f in group.faces), group.suggestion)
 
 
 def _segments(m) -> dict:
