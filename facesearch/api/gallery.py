@@ -18,8 +18,6 @@ from facesearch.api.results import (
     Enrolment,
     People,
     PeopleChange,
-    Person,
-    PersonFace,
     Removal,
     SearchResult,
 )
@@ -293,8 +291,7 @@ class Gallery:
             generation = w.commit().generation
             found = read_people(w.store, w.vectors, w.manifest.model_card, suggestions=suggestions,
                                 threshold=threshold)
-            return People(tuple(_person(g) for g in found.groups), tuple(_person_face(f) for f in found.unclustered),
-                          found.threshold, grouped, generation)
+            return People.from_view(found, grouped, generation)
 
         return self._people_write(run)
 
@@ -417,16 +414,6 @@ def _format_of(data: bytes) -> str | None:
             return img.format
     except (UnidentifiedImageError, OSError):
         return None
-
-
-def _person_face(f) -> PersonFace:
-    return PersonFace(f.id, f.path, f.face + 1, f.box)  # numbered from 1, as `query` prints faces
-
-
-def _person(group) -> Person:
-    from facesearch.index.sync.people import person_id
-
-    return Person(person_id(group.number), group.name, tuple(_person_face(f) for f in group.faces), group.suggestion)
 
 
 def _segments(m) -> dict:

@@ -257,6 +257,18 @@ class People:
     def __len__(self) -> int:
         return len(self.people)
 
+    @classmethod
+    def from_view(cls, view, grouped: int, generation: int) -> People:
+        """From `facesearch.index.sync.people.People` (stored positions numbered from 1, as `query` prints)."""
+        from facesearch.index.sync.people import person_id
+
+        def face(f) -> PersonFace:
+            return PersonFace(f.id, f.path, f.face + 1, f.box)
+
+        return cls(tuple(Person(person_id(g.number), g.name, tuple(face(f) for f in g.faces), g.suggestion)
+                         for g in view.groups), tuple(face(f) for f in view.unclustered), view.threshold, grouped,
+                   generation)
+
     def to_dict(self) -> dict:
         """`facesearch people --json`."""
         return {"people": [p.to_dict() for p in self.people], "unclustered": [f.to_dict() for f in self.unclustered]}

@@ -69,10 +69,9 @@ class People:
     """Every person, largest first (ties: lower number), and the faces that are in none."""
 
     groups: tuple[Group, ...]
-    unclustered: tuple[PersonFace, ...]
+    unclustered: tuple[PersonFace, ...]  # grouped, and in no person
     threshold: float | None  # the linking score the grouping used (None: no face to group)
-    assigned: int = 0  # faces this call grouped (new ones, or all of them on a recluster)
-    reclustered: bool = False
+    pending: int = 0  # faces not grouped yet (added since the last grouping)
 
 
 def cluster_threshold(card: ModelCard, vectors: np.ndarray) -> float:
@@ -157,7 +156,8 @@ def read_people(store: IndexStore, vectors_of: Callable[[Sequence[int]], np.ndar
     for f in faces:
         if f.person:
             members.setdefault(f.person, []).append(f)
-    unclustered = tuple(f for f in faces if not f.person)
+    unclustered = tuple(f for f in faces if f.person == 0)
+    pending = sum(f.person is None for f in faces)
     order = sorted(members, key=lambda n: (-len(members[n]), n))
     offered: dict[int, tuple[str, float]] = {}
     if faces and (suggestions or threshold is None):
@@ -167,7 +167,7 @@ def read_people(store: IndexStore, vectors_of: Callable[[Sequence[int]], np.ndar
             offered = _suggestions(store, vectors_of, faces, vectors, threshold)
     groups = tuple(Group(n, members[n][0].name, tuple(members[n]), None if members[n][0].name else offered.get(n))
                    for n in order)
-    return People(groups, unclustered, threshold)
+    return People(groups, unclustered, threshold, pending)
 
 
 def _suggestions(store: IndexStore, vectors_of, faces: list[PersonFace], vectors: np.ndarray,
