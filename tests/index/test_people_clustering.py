@@ -13,9 +13,12 @@ from facesearch.index.people.clustering import (
     ClusterParams,
     agglomerate,
     assign,
+    background_of,
     cluster,
     knn_graph,
     otsu,
+    pair_rule,
+    params_for,
     suggest,
     threshold_for,
 )
@@ -137,6 +140,65 @@ def test_agglomerate_block_survives_merges():
                         np.array([False, False, True]), 0.5)
     assert group[0] != group[2]
     assert group[1] in (group[0], group[2])
+
+
+def _at(degrees) -> np.ndarray:
+    deg = np.radians(np.asarray(degrees, np.float64))
+    return np.stack([np.cos(deg), np.sin(deg)], axis=1).astype(np.float32)
+
+
+def test_agglomerate_single_face_rule_hand_worked():
+    """threshold 0.9, single 0.96: two single faces need 0.96; a pair and a face need 0.9 + 0.06/2 = 0.93.
+
+    Faces 0 and 1 at cos = 0.99 pair; face 2 scores 0.95 and 0.94 with them: alone it would not
+    pair with either (< 0.96), but its mean 0.945 to the pair {0,1} passes 0.93. Face 3 scores
+    0.95 with face 4 only: < 0.96, so both stay single. Hand-computed angles below."""
+    ang0, ang1 = 0.0, np.degrees(np.arccos(0.99))
+    # Face 2 at angle t with cos(t - ang0) + cos(t - ang1) = 1.89 (mean 0.945): solved numerically.
+    ts = np.linspace(0, 30, 300001)
+    t2 = ts[np.argmin(np.abs(np.cos(np.radians(ts)) + np.cos(np.radians(ts - ang1)) - 1.89))]
+    x = _at([ang0, ang1, t2, 90.0, 90.0 + np.degrees(np.arccos(0.95))])
+    a, b = np.array([0, 0, 1, 3]), np.array([1, 2, 2, 4])
+    group = agglomerate(x.copy(), np.ones(5, np.int64), a, b, np.zeros(4, bool), 0.9, single=0.96)
+    np.testing.assert_array_equal(group, [0, 0, 0, 3, 4])
+    # Without the single-face rule everything that passes 0.9 merges.
+    group = agglomerate(x.copy(), np.ones(5, np.int64), a, b, np.zeros(4, bool), 0.9)
+    np.testing.assert_array_equal(group, [0, 0, 0, 3, 3])
+    # The gap rule: faces 3 and 4 stand out from a background of 0.90 by 0.05 >= gap 0.04.
+    background = np.array([np.inf, np.inf, np.inf, 0.90, 0.90])
+    group = agglomerate(x.copy(), np.ones(5, np.int64), a, b, np.zeros(4, bool), 0.9, single=0.96, gap=0.04,
+                        background=background)
+    np.testing.assert_array_equal(group, [0, 0, 0, 3, 3])
+    group = agglomerate(x.copy(), np.ones(5, np.int64), a, b, np.zeros(4, bool), 0.9, single=0.96, gap=0.06,
+                        background=background)
+    np.testing.assert_array_equal(group, [0, 0, 0, 3, 4])
+
+
+def test_background_is_the_mean_of_ranks_2_to_10():
+    scores = np.array([np.r_[0.99, np.arange(9) / 10.0, 0.0], np.r_[0.5, 0.4, np.full(9, -np.inf)]])
+    np.testing.assert_allclose(background_of(scores), [0.4, 0.4])
+    assert np.isinf(background_of(np.ones((2, 1)))).all()
+
+
+def test_pair_rule_splits_faces_with_a_mate_from_faces_alone():
+    """Half the faces' best score is ~0.97 (a mate), half ~0.92 (the nearest stranger): `single`
+    falls between; never below the base threshold."""
+    rng = np.random.default_rng(3)
+    top = np.r_[0.97 + 0.003 * rng.standard_normal(500), 0.92 + 0.003 * rng.standard_normal(500)]
+    rest = np.sort(0.85 + 0.01 * rng.standard_normal((1000, 9)), axis=1)[:, ::-1]
+    scores = np.c_[top, rest]
+    single, gap = pair_rule(scores, 0.9)
+    assert 0.93 < single < 0.96
+    assert 0.08 < gap < 0.11  # gaps ~0.12 (mates) and ~0.07 (strangers) around background ~0.85
+    assert pair_rule(scores, 0.99)[0] == 0.99
+    assert pair_rule(scores[:5], 0.9) == (0.9, float("inf"))
+
+
+def test_params_for_fills_every_parameter(rng):
+    x, _ = people(rng, [4] * 30, d=48, noise=0.4)
+    p = params_for({"far_1e-3": 0.5}, x, k=7, min_faces=3)
+    assert (p.threshold, p.k, p.min_faces) == (0.5, 7, 3)
+    assert p.single is not None and p.single >= 0.5 and p.gap is not None and p.gap >= 0
 
 
 # -- cluster: rules and known truth --------------------------------------------------------------------
@@ -322,7 +384,8 @@ def test_threshold_from_the_score_distribution(rng):
 
 
 def test_otsu_on_a_hand_worked_histogram():
-    # Two clumps at 0.1 and 0.9: any split between them maximises the between-class variance.
+    # Two clumps at 0.1 and 0.9: any split between them maximises the between-class variance, and
+    # the middle of those splits is 0.5 (bins of 0.1: edges 0.2 .. 0.8, middle 0.5).
     t = otsu(np.r_[np.full(50, 0.1), np.full(50, 0.9)], bins=8)
-    assert 0.1 < t <= 0.9
+    assert t == pytest.approx(0.5)
     assert otsu(np.full(5, 0.3)) == pytest.approx(0.3)

@@ -56,17 +56,29 @@ class ClusterParams:
         k: neighbours per face in the graph. More neighbours give big groups more edges to
             average over (better recall for people with many photos) at n * k memory.
         min_faces: a group smaller than this is left unclustered (-1); 2 = any matched pair.
+        single: the linkage two single faces need (a collection compares each face with every
+            other, so one pair's score is weaker evidence than a group's mean); groups of p and q
+            faces need `threshold + (single - threshold) / (p * q)`. None: `cluster` estimates
+            it from the collection (`pair_rule`).
+        gap: two single faces also pair when their score reaches `threshold` and stands out by
+            `gap` from both faces' typical neighbour score (ranks 2-10). None: estimated.
     """
 
     threshold: float
     k: int = 20
     min_faces: int = 2
+    single: float | None = None
+    gap: float | None = None
 
     def __post_init__(self) -> None:
         if not np.isfinite(self.threshold) or not -1.0 <= self.threshold <= 1.0:
             raise ClusterInputError(f"threshold {self.threshold!r} is not a score in [-1, 1]")
         if self.k < 1:
             raise ClusterInputError(f"k must be at least 1 (got {self.k})")
+        if self.single is not None and not (np.isfinite(self.single) and -1.0 <= self.single <= 1.0):
+            raise ClusterInputError(f"single {self.single!r} is not a score in [-1, 1]")
+        if self.gap is not None and not (np.isfinite(self.gap) and self.gap >= 0):
+            raise ClusterInputError(f"gap {self.gap!r} must be a score difference >= 0")
         if self.min_faces < 2:
             raise ClusterInputError(f"min_faces must be at least 2 (got {self.min_faces}): a group has two faces")
 
@@ -126,7 +138,8 @@ def threshold_for(card_thresholds: dict | None, vectors: np.ndarray | None = Non
 
 def otsu(scores: np.ndarray, bins: int = 512) -> float:
     """Otsu's threshold of a set of scores: the split of their histogram that maximises the
-    between-class variance (Otsu 1979). Deterministic; `(m,)` float -> float."""
+    between-class variance (Otsu 1979), the middle of the best splits where several tie.
+    Deterministic; `(m,)` float -> float."""
     s = np.asarray(scores, np.float64)
     s = s[np.isfinite(s)]
     lo, hi = float(s.min()), float(s.max())
@@ -139,8 +152,62 @@ def otsu(scores: np.ndarray, bins: int = 512) -> float:
     m0 = np.cumsum(counts * centres)
     mean0 = m0 / np.maximum(w0, 1)
     mean1 = (m0[-1] - m0) / np.maximum(w1, 1)
-    between = w0 * w1 * (mean0 - mean1) ** 2
-    return float(edges[int(np.argmax(between[:-1])) + 1])
+    between = (w0 * w1 * (mean0 - mean1) ** 2)[:-1]
+    # Splits anywhere in an empty stretch between the modes score alike: take that stretch's middle.
+    top = np.flatnonzero(between >= between.max() * (1 - 1e-12))
+    return float((edges[top[0] + 1] + edges[top[-1] + 1]) / 2)
+
+
+BACKGROUND_RANKS = slice(1, 10)  # a face's typical neighbour score: the mean of its 2nd..10th
+
+
+def background_of(scores: np.ndarray) -> np.ndarray:
+    """A face's typical neighbour score: the mean of its 2nd..10th best scores (`(n, k)` -> `(n,)`;
+    +inf where k < 2, which turns the gap rule off)."""
+    part = np.asarray(scores, np.float64)[:, BACKGROUND_RANKS]
+    finite = np.isfinite(part)
+    count = finite.sum(axis=1)
+    total = np.where(finite, part, 0.0).sum(axis=1)
+    return np.where(count > 0, total / np.maximum(count, 1), np.inf)
+
+
+def pair_rule(scores: np.ndarray, threshold: float) -> tuple[float, float]:
+    """The two-single-faces rule from a collection's own k-NN scores (`(n, k)`, best first).
+
+    A face's best score is bimodal: faces with a second photo of their person score high, faces
+    alone in the collection score what the nearest stranger reaches. Otsu's split of the best
+    scores is `single` (never below `threshold`), and Otsu's split of (best score - typical
+    neighbour score) is `gap`. No labels are involved.
+
+    Returns:
+        `(single, gap)`.
+    """
+    top = scores[:, 0][np.isfinite(scores[:, 0])]
+    if len(top) < 10:  # too few faces to see two modes: one pair's score must pass the base threshold
+        return float(threshold), float("inf")
+    gaps = scores[:, 0] - background_of(scores)
+    gaps = gaps[np.isfinite(gaps)]
+    return max(float(threshold), otsu(top)), (otsu(gaps) if len(gaps) >= 10 else float("inf"))
+
+
+def params_for(card_thresholds: dict | None, vectors: np.ndarray, *, k: int = 20, min_faces: int = 2,
+               seed: int = 0) -> ClusterParams:
+    """Every parameter for a collection: `threshold_for`'s threshold, then `pair_rule` on the
+    neighbour scores of a seeded sample of at most 5,000 faces. Store the result with the groups
+    and pass it to `assign`, so that new faces follow the rule their groups were made by.
+
+    Raises:
+        ClusterInputError: as `threshold_for`.
+    """
+    threshold = threshold_for(card_thresholds, vectors, seed=seed)
+    x = _check_vectors(vectors)
+    if len(x) < 2:
+        return ClusterParams(threshold, k=k, min_faces=min_faces)
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(len(x), min(len(x), 5_000), replace=False))
+    scores = _search(x, x[sample], min(10, len(x) - 1) + 1)[0][:, 1:]
+    single, gap = pair_rule(scores, threshold)
+    return ClusterParams(threshold, k=k, min_faces=min_faces, single=single, gap=gap)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,7 +333,8 @@ def _linkage(sums: np.ndarray, sizes: np.ndarray, a: np.ndarray, b: np.ndarray) 
 
 
 def agglomerate(sums: np.ndarray, sizes: np.ndarray, a: np.ndarray, b: np.ndarray, blocked: np.ndarray,
-                threshold: float, anchored: np.ndarray | None = None) -> np.ndarray:
+                threshold: float, anchored: np.ndarray | None = None, *, single: float | None = None,
+                gap: float | None = None, background: np.ndarray | None = None) -> np.ndarray:
     """Average linkage over the candidate pairs of a sparse graph, merging while linkage >= `threshold`.
 
     The linkage of two groups is exact (the mean score over all pairs of their faces, from the
@@ -281,6 +349,11 @@ def agglomerate(sums: np.ndarray, sizes: np.ndarray, a: np.ndarray, b: np.ndarra
         blocked: `(e,)` bool: a cannot-link (the two nodes never end in one group).
         threshold: the least linkage to merge.
         anchored: `(n,)` bool, optional: two anchored nodes never end in one group (pinned groups).
+        single: optional stricter linkage for evidence from few pairs: groups of sizes p and q
+            need `threshold + (single - threshold) / (p * q)` (two single faces: `single`).
+        gap, background: optional second way for two single faces to pair: their score reaches
+            `threshold` and exceeds both faces' `background` (`(n,)`, their typical neighbour
+            score) by at least `gap`.
 
     Returns:
         `(n,)` int64: the group of each node, named by its smallest node.
@@ -295,7 +368,13 @@ def agglomerate(sums: np.ndarray, sizes: np.ndarray, a: np.ndarray, b: np.ndarra
         a, b, blocked = a[live], b[live], blocked[live]
         # A blocked pair stays in the list (its block passes to the groups each side joins).
         link = _linkage(sums, sizes, a, b)
-        ok = (link >= threshold) & (blocked == 0)
+        pairs = sizes[a].astype(np.float64) * sizes[b]
+        need = threshold if single is None else threshold + (max(single, threshold) - threshold) / pairs
+        ok = link >= need
+        if gap is not None and background is not None:
+            # Two single faces may also pair when their match stands out from both faces' neighbourhoods.
+            ok |= (pairs == 1) & (link >= threshold) & (link - np.maximum(background[a], background[b]) >= gap)
+        ok &= blocked == 0
         if not ok.any():
             break
         x = np.concatenate([a[ok], b[ok]])
@@ -402,7 +481,15 @@ def cluster(vectors: np.ndarray, photo_ids: np.ndarray, params: ClusterParams, *
     sums = np.zeros_like(x)
     np.add.at(sums, start, x)
     sizes = np.bincount(start, minlength=n)
-    group = agglomerate(sums, sizes, a, b, blocked, params.threshold, anchored)[start]
+    single, gap = params.single, params.gap
+    if single is None or gap is None:
+        est_single, est_gap = pair_rule(s, params.threshold)
+        single = est_single if single is None else single
+        gap = est_gap if gap is None else gap
+    background = np.full(n, np.inf)
+    background[start] = background_of(s)  # only single faces use it: a pinned pair's start is not single
+    group = agglomerate(sums, sizes, a, b, blocked, params.threshold, anchored, single=single, gap=gap,
+                        background=background)[start]
     sizes = np.bincount(group, minlength=n)
     keep = sizes >= params.min_faces
     keep[group[pinned_rows]] = True
@@ -441,9 +528,12 @@ def assign(new_vectors: np.ndarray, new_photo_ids: np.ndarray, vectors: np.ndarr
         raise ClusterInputError(f"new_vectors are {q.shape[1]}-d but the existing faces are {x.shape[1]}-d")
     n_groups = int(old_labels.max()) + 1 if len(old_labels) else 0
     parts_a, parts_b, parts_w = [], [], []
+    background = np.full(m + n_groups, np.inf)
+    seen = [np.full((m, 1), -np.inf, np.float32)]  # every neighbour score of each new face
     # New faces to each other.
     if m > 1:
         s, nb = knn_graph(q, min(params.k, m - 1))
+        seen.append(s)
         rows = np.repeat(np.arange(m, dtype=np.int64), nb.shape[1])
         found = nb.ravel() >= 0
         parts_a.append(rows[found])
@@ -457,6 +547,7 @@ def assign(new_vectors: np.ndarray, new_photo_ids: np.ndarray, vectors: np.ndarr
     grouped = np.flatnonzero(old_labels >= 0)
     if len(grouped):
         s, nb = _search(x[grouped], q, params.k)
+        seen.append(np.where(nb >= 0, s, -np.inf))
         found = nb >= 0
         rows = np.repeat(np.arange(m, dtype=np.int64), nb.shape[1]).reshape(nb.shape)
         parts_a.append(rows[found])
@@ -472,13 +563,15 @@ def assign(new_vectors: np.ndarray, new_photo_ids: np.ndarray, vectors: np.ndarr
             parts_a.append(np.full(len(g), i, np.int64))
             parts_b.append(m + g)
             parts_w.append(np.ones(len(g), bool))
+    background[:m] = background_of(-np.sort(-np.concatenate(seen, axis=1), axis=1))
     anchored = np.r_[np.zeros(m, bool), np.ones(n_groups, bool)]
     sums = np.zeros((m + n_groups, q.shape[1]), np.float32)
     sums[:m] = q
     np.add.at(sums, m + old_labels[grouped], x[grouped])
     sizes = np.r_[np.ones(m, np.int64), np.bincount(old_labels[grouped], minlength=n_groups)]
     group = agglomerate(sums, sizes, np.concatenate(parts_a), np.concatenate(parts_b),
-                        np.concatenate(parts_w), params.threshold, anchored)
+                        np.concatenate(parts_w), params.threshold, anchored, single=params.single,
+                        gap=params.gap, background=background)
     out = np.full(m, -1, np.int64)
     # A new face whose group holds an old group node takes that group's label.
     old_node = np.full(m + n_groups, -1, np.int64)
