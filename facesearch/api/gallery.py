@@ -290,7 +290,7 @@ class Gallery:
             threshold, grouped = stage_grouping(w, recluster=recluster)
             generation = w.commit().generation
             found = read_people(w.store, w.vectors, w.manifest.model_card, suggestions=suggestions,
-                                threshold=threshold)
+                                threshold=threshold, recorded=w.manifest.people)
             return People.from_view(found, grouped, generation)
 
         return self._people_write(run)

@@ -253,7 +253,7 @@ class FaceService:
         """The people of the current snapshot, largest first (`facesearch people --json`), and how many
         faces wait to be grouped (`group_people`)."""
         with self.snapshots.use() as g:
-            view = read_people(g.store, g.vectors, g.card, suggestions=suggestions)
+            view = read_people(g.store, g.vectors, g.card, suggestions=suggestions, recorded=g.manifest.people)
             return People.from_view(view, grouped, g.manifest.generation).to_dict() | {
                 "pending": view.pending, "grouped": grouped, "threshold": view.threshold,
                 "generation": g.manifest.generation}

@@ -146,6 +146,8 @@ def test_people_rules_naming_and_queries(setup):
     built(setup)
     people = group(setup)
     assert people.threshold == THRESHOLD
+    with GalleryIndex.open(setup["idx"]) as g:  # new faces are assigned by the parameters recorded here
+        assert g.manifest.people["threshold"] == THRESHOLD and g.manifest.people["k"] >= 1
     # Hand-worked from the table: A = 10..13 + one of 14/15, B = 20..23, C = 30, 31; stranger 40 alone.
     sizes = [len(g.faces) for g in people.groups]
     assert sizes == sorted(sizes, reverse=True)

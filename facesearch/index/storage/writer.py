@@ -265,6 +265,12 @@ class IndexWriter:
             self._staged_manifest = new
             self._settings_changed = True
 
+    def set_people(self, params: dict | None) -> None:
+        """Record the parameters the people were grouped with (`Manifest.people`); written by the next commit."""
+        if self._target.people != params:
+            self._staged_manifest = replace(self._target, people=params)
+            self._settings_changed = True
+
     @property
     def _target(self) -> Manifest:
         return getattr(self, "_staged_manifest", None) or self.manifest

@@ -20,6 +20,8 @@ they hold and commit.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,7 +30,15 @@ import numpy as np
 
 from facesearch.embedder.core.errors import FaceNotFoundError, PeopleError, PersonNotFoundError
 from facesearch.embedder.core.model_card import ModelCard
-from facesearch.index.people.clustering import ClusterInputError, ClusterParams, assign, cluster, suggest, threshold_for
+from facesearch.index.people.clustering import (
+    ClusterInputError,
+    ClusterParams,
+    assign,
+    cluster,
+    params_for,
+    suggest,
+    threshold_for,
+)
 from facesearch.index.storage.store import IndexStore, PersonFace
 from facesearch.index.storage.writer import IndexWriter
 from facesearch.index.sync.enrolment import check_identity
@@ -86,8 +96,36 @@ def cluster_threshold(card: ModelCard, vectors: np.ndarray) -> float:
         raise PeopleError(str(e)) from e
 
 
+def grouping_params(card: ModelCard, vectors: np.ndarray) -> ClusterParams:
+    """Every parameter of a grouping from scratch (`params_for`: the model's threshold, the collection's pair rule).
+
+    Raises:
+        PeopleError: as `cluster_threshold`.
+    """
+    try:
+        return params_for(card.thresholds or None, vectors)
+    except ClusterInputError:
+        # The pair rule could not be estimated from this collection (too few faces, say): the threshold
+        # alone, and `cluster` estimates the rest as it goes (or says why nothing can be grouped).
+        return ClusterParams(cluster_threshold(card, vectors))
+
+
+def stored_params(recorded: dict | None) -> ClusterParams | None:
+    """The parameters a manifest records for its people (None: none recorded, or unreadable)."""
+    if not recorded:
+        return None
+    try:
+        fields = {f.name for f in dataclasses.fields(ClusterParams)}
+        return ClusterParams(**{k: v for k, v in recorded.items() if k in fields})
+    except (TypeError, ClusterInputError):
+        return None
+
+
 def stage_grouping(writer: IndexWriter, *, recluster: bool = False, seed: int = 0) -> tuple[float | None, int]:
     """Group the faces that clustering has not seen yet (all of them on a first run or with `recluster`).
+
+    A grouping from scratch records its parameters in the manifest (`people`); new faces are then
+    assigned by the same parameters, so they follow the rule their groups were made by.
 
     Returns:
         (the threshold used or None when there is no face, faces whose row was written).
@@ -101,14 +139,16 @@ def stage_grouping(writer: IndexWriter, *, recluster: bool = False, seed: int = 
     if not recluster and seen.all():
         return None, 0
     vectors = writer.vectors(ids)
-    threshold = cluster_threshold(writer.manifest.model_card, vectors)
-    params = ClusterParams(threshold)
-    if recluster or not seen.any():
+    params = None if recluster or not seen.any() else stored_params(writer.manifest.people)
+    if params is None:
+        params = grouping_params(writer.manifest.model_card, vectors)
+        writer.set_people({k: v for k, v in dataclasses.asdict(params).items()
+                           if not (isinstance(v, float) and not math.isfinite(v))})  # JSON has no infinity
         rows = _regroup(faces, vectors, photos, params, seed)
     else:
         rows = _assign_new(faces, vectors, photos, seen, params)
     writer.put_people(rows)
-    return threshold, len(rows)
+    return params.threshold, len(rows)
 
 
 def _regroup(faces: list[PersonFace], vectors: np.ndarray, photos: np.ndarray, params: ClusterParams,
@@ -141,7 +181,7 @@ def _assign_new(faces: list[PersonFace], vectors: np.ndarray, photos: np.ndarray
 
 
 def read_people(store: IndexStore, vectors_of: Callable[[Sequence[int]], np.ndarray], card: ModelCard, *,
-                suggestions: bool = True, threshold: float | None = None) -> People:
+                suggestions: bool = True, threshold: float | None = None, recorded: dict | None = None) -> People:
     """Every person of the faces in `store`, largest first, with suggestions for the unnamed ones.
 
     Args:
@@ -150,7 +190,10 @@ def read_people(store: IndexStore, vectors_of: Callable[[Sequence[int]], np.ndar
         card: the index's model card (the suggestion threshold is the grouping's).
         suggestions: offer each unnamed person the identity it looks like (reads every identified vector).
         threshold: the linking threshold if already known.
+        recorded: the manifest's `people` parameters (their threshold is the grouping's).
     """
+    if threshold is None and (params := stored_params(recorded)) is not None:
+        threshold = params.threshold
     faces = store.person_faces()
     members: dict[int, list[PersonFace]] = {}
     for f in faces:
