@@ -185,7 +185,7 @@ class FaceService:
         # instead of queueing for the write lock (45 such deletes behind a held lock made a bystander's
         # query wait 28.9 s). The write checks again under the lock.
         with self.snapshots.use() as g:
-            if not g.store.photos_of_identity(identity):
+            if not g.store.photos_of_identity(identity) and not g.store.ids_of_identity(identity):
                 raise IdentityNotFoundError(f"identity '{identity}' is not in the index")
         return dataclasses.asdict(self.writes.remove_identity(identity))
 

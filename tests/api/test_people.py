@@ -100,6 +100,11 @@ def test_time_to_a_named_gallery(family, default_model, tmp_path):
     other = next(f for f in people.people[1].faces if f.path.endswith("group.jpg"))
     assert {f.id for f in again.unclustered} == {lone.id, other.id}  # one face left: a group of one is no person
     assert [(p.name, len(p.faces)) for p in again] == [("Eileen Collins", 4)]
+    # Removing the identity takes the name away, not the photos: the person stays, unnamed, and unanswered.
+    removal = gallery.remove("Eileen Collins")
+    assert removal.faces_removed == 4 and removal.photos_removed == 0
+    assert gallery.search(tmp_path / "held_out.png").faces[0].identity is None
+    assert [(p.name, len(p.faces)) for p in gallery.people()] == [(None, 4)]
 
 
 def test_people_without_an_index_is_an_error(tmp_path):
