@@ -17,6 +17,7 @@ from PIL import Image
 
 import facesearch.index.storage.writer
 from facesearch.embedder.core.errors import (
+    DatasetError,
     FaceNotFoundError,
     IdentityNameError,
     PeopleError,
@@ -140,6 +141,13 @@ def test_unlabelled_photos_share_the_index_and_are_never_answered(setup):
     assert again.removed == 1 and again.unchanged == len(setup["layout"]) - 1
     with GalleryIndex.open(setup["idx"]) as g:
         assert g.manifest.faces == 10 + 14 and g.manifest.identities == 3
+    # A labelled build whose new face policy would start from an empty index refuses to drop them.
+    with GalleryIndex.open(setup["idx"]) as g:
+        generation = g.manifest.generation
+    with pytest.raises(DatasetError, match="12 unlabelled photos"):
+        build_index(setup["labelled"], setup["idx"], setup["emb"], faces="all")
+    with GalleryIndex.open(setup["idx"]) as g:
+        assert g.manifest.generation == generation and len(g.store.photos(UNLABELED)) == 12
 
 
 def test_people_rules_naming_and_queries(setup):

@@ -133,8 +133,15 @@ def build_index(source_dir: str | os.PathLike, index_dir: str | os.PathLike, emb
         scan = _unlabeled(scan)
     settings = build_settings(embedder, faces)
     # A new face policy or crop method (e.g. --aligned, or a facesearch that aligns differently)
-    # changes every photo: embed them all again.
-    rebuild = rebuild or _settings_differ(index_dir, settings)
+    # changes every photo: embed them all again. Not silently when that would drop unlabelled photos
+    # (and the people named among them): those are embedded from their own folders, by their own builds.
+    if not rebuild and _settings_differ(index_dir, settings):
+        if unlabeled := _unlabeled_photos(index_dir):
+            raise DatasetError(f"this build's settings ({settings}) differ from the index's, which means embedding "
+                               f"every photo again from an empty index, and the index holds {unlabeled} unlabelled "
+                               "photos whose people and names would go with it: build with the index's settings, "
+                               "or pass --rebuild (then build the unlabelled folders again)")
+        rebuild = True
     with IndexWriter.open(index_dir, calibrator=COMMIT_CALIBRATION, card=embedder.card, model_dir=embedder.model_dir,
                           source_dir=scan.root if labeled else None, build=settings, policy=policy, rebuild=rebuild,
                           wait=wait) as writer:
@@ -295,6 +302,17 @@ def _is_mine(path: str, root: Path, labeled: bool) -> bool:
     if labeled:
         return not path.startswith("/")
     return path.startswith(root.as_posix().rstrip("/") + "/")
+
+
+def _unlabeled_photos(index_dir: Path) -> int:
+    """Unlabelled photos in the index's current generation (0 when there is no readable index)."""
+    from facesearch.index.storage.gallery import GalleryIndex
+
+    try:
+        with GalleryIndex.open(index_dir) as g:
+            return len(g.store.photos(UNLABELED))
+    except (IndexFormatError, OSError):
+        return 0
 
 
 def _recorded_faces(index_dir: Path) -> str | None:
