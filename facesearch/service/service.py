@@ -31,6 +31,7 @@ from facesearch.index import open_writer
 from facesearch.index.query import NO_FACE_HINT, FaceSearcher
 from facesearch.index.storage.gallery import GalleryIndex
 from facesearch.index.storage.manifest import MANIFEST_FILE
+from facesearch.index.storage.store import StoredFace
 from facesearch.index.sync.enrolment import FaceToEnrol, PhotoBytes
 from facesearch.index.sync.people import read_people, stage_merge, stage_move, stage_name
 from facesearch.service.config import ServiceConfig
@@ -209,9 +210,15 @@ class FaceService:
     def identity(self, identity: str) -> dict:
         with self.snapshots.use() as g:
             photos = g.store.photos_of_identity(identity)
+            faces = g.store.faces_of([p.path for p in photos])
+            # Faces of unlabelled photos whose person was named `identity`, under their own photos.
+            mine = {f.id for stored in faces.values() for f in stored}
+            named = g.records(sorted(set(g.store.ids_of_identity(identity)) - mine))
+            for r in named:
+                faces.setdefault(r.path, []).append(StoredFace(r.id, r.face, r.box))
+            photos += sorted(g.store.photos_at({r.path for r in named}).values(), key=lambda p: p.path)
             if not photos:
                 raise HTTPException(404, f"identity '{identity}' is not in the index")
-            faces = g.store.faces_of([p.path for p in photos])
             return {"identity": identity, "generation": g.manifest.generation,
                     "faces": sum(len(v) for v in faces.values()),
                     "photos": [{"path": p.path, "source": p.source, "sha256": p.sha256, "size": p.size,

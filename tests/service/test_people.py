@@ -65,6 +65,9 @@ def test_people_endpoints(server, photos, family):
     assert named.status_code == 200 and named.json()["faces"] == 3, named.text
     answer = c.post("/v1/query", files={"photo": ("a.jpg", (photos / "astronaut_flip.jpg").read_bytes(), "image/jpeg")})
     assert answer.json()["faces"][0]["identity"] == "Eileen Collins"
+    detail = c.get("/v1/identities/Eileen Collins").json()  # a named person is an identity like any other
+    assert detail["faces"] == 3 and {p["source"] for p in detail["photos"]} == {"unlabeled"}
+    assert sorted(f["id"] for p in detail["photos"] for f in p["faces"]) == sorted(f["id"] for f in astronaut["faces"])
     # Named after the labelled identity: the cameraman's faces join it.
     joined = c.post(f"/v1/people/{cameraman['person']}/name", json={"name": "cameraman"}).json()
     assert joined["name"] == "cameraman"

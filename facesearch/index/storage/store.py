@@ -398,6 +398,19 @@ class IndexStore:
                            {"g": self.generation, "identity": identity})
         return [Photo(*r) for r in rows]
 
+    def photos_at(self, paths: Iterable[str]) -> dict[str, Photo]:
+        """The live photos at `paths` (any source), by path; paths with none are absent."""
+        out: dict[str, Photo] = {}
+        paths = list(dict.fromkeys(paths))
+        for i in range(0, len(paths), _CHUNK):
+            chunk = paths[i:i + _CHUNK]
+            params = {"g": self.generation} | {f"p{j}": p for j, p in enumerate(chunk)}
+            rows = self._query(f"SELECT path, identity, size, mtime_ns, sha256, n_faces, source FROM photos AS p WHERE "
+                               f"{_LIVE.format(t='p')} AND path IN ({','.join(f':p{j}' for j in range(len(chunk)))})",
+                               params)
+            out.update((r[0], Photo(*r)) for r in rows)
+        return out
+
     def live_sha256(self, digests: Iterable[str] | None, source: str = "api") -> set[str]:
         """Those of `digests` that a live photo of `source` still has (a photo store keeps only those);
         every live photo's with `digests=None`. A scan of the photos (there is no index by digest)."""
