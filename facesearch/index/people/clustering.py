@@ -113,7 +113,7 @@ def threshold_for(card_thresholds: dict | None, vectors: np.ndarray | None = Non
     Args:
         card_thresholds: a model card's `thresholds` (e.g. {"best_accuracy": 0.903, ...}) or None.
         vectors: `(n, d)` float32, rows L2-normalised; used only when the card has no calibration.
-        seed: picks the sample of faces whose neighbours are scored (at most 20,000).
+        seed: picks the sample of faces whose neighbours are scored (at most 2,000).
 
     Raises:
         ClusterInputError: neither a calibrated card nor at least 10 vectors to estimate from.
@@ -130,9 +130,9 @@ def threshold_for(card_thresholds: dict | None, vectors: np.ndarray | None = Non
                                 "`facesearch calibrate` on the model or add more photos")
     x = _check_vectors(vectors)
     rng = np.random.default_rng(seed)
-    sample = np.sort(rng.choice(len(x), min(len(x), 20_000), replace=False))
+    sample = np.sort(rng.choice(len(x), min(len(x), 2_000), replace=False))
     k = min(10, len(x) - 1)
-    scores = _search(x, x[sample], k + 1)[0][:, 1:]  # drop each face's match with itself
+    scores = _search(x, x[sample], k + 1, exact=True)[0][:, 1:]  # drop each face's match with itself
     return otsu(scores.ravel())
 
 
@@ -193,7 +193,7 @@ def pair_rule(scores: np.ndarray, threshold: float) -> tuple[float, float]:
 def params_for(card_thresholds: dict | None, vectors: np.ndarray, *, k: int = 20, min_faces: int = 2,
                seed: int = 0) -> ClusterParams:
     """Every parameter for a collection: `threshold_for`'s threshold, then `pair_rule` on the
-    neighbour scores of a seeded sample of at most 5,000 faces. Store the result with the groups
+    neighbour scores (exact, over all faces) of a seeded sample of at most 2,000 faces. Store the result with the groups
     and pass it to `assign`, so that new faces follow the rule their groups were made by.
 
     Raises:
@@ -204,8 +204,8 @@ def params_for(card_thresholds: dict | None, vectors: np.ndarray, *, k: int = 20
     if len(x) < 2:
         return ClusterParams(threshold, k=k, min_faces=min_faces)
     rng = np.random.default_rng(seed)
-    sample = np.sort(rng.choice(len(x), min(len(x), 5_000), replace=False))
-    scores = _search(x, x[sample], min(10, len(x) - 1) + 1)[0][:, 1:]
+    sample = np.sort(rng.choice(len(x), min(len(x), 2_000), replace=False))
+    scores = _search(x, x[sample], min(10, len(x) - 1) + 1, exact=True)[0][:, 1:]
     single, gap = pair_rule(scores, threshold)
     return ClusterParams(threshold, k=k, min_faces=min_faces, single=single, gap=gap)
 
@@ -228,8 +228,9 @@ def _check_vectors(vectors: np.ndarray, name: str = "vectors") -> np.ndarray:
     return x
 
 
-def _search(base: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k by inner product of `queries` over `base`: exact flat up to EXACT_MAX rows, else HNSW.
+def _search(base: np.ndarray, queries: np.ndarray, k: int, *, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k by inner product of `queries` over `base`: exact flat up to EXACT_MAX rows (or when
+    `exact`: few queries, where building a graph costs more than scanning), else HNSW.
 
     The HNSW graph is built on one thread: FAISS's multi-threaded insertion order is not
     reproducible, and clustering must be. Searching is read-only and uses every thread.
@@ -238,7 +239,7 @@ def _search(base: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, 
 
     faiss.cvar.distance_compute_blas_threshold = 20  # BLAS for batches (see storage/ann/blas.py)
     k = min(k, len(base))
-    if len(base) <= EXACT_MAX:
+    if exact or len(base) <= EXACT_MAX:
         index = faiss.IndexFlatIP(base.shape[1])
         index.add(base)
     else:
@@ -546,7 +547,7 @@ def assign(new_vectors: np.ndarray, new_photo_ids: np.ndarray, vectors: np.ndarr
     # New faces to the existing groups (group g is node m + g).
     grouped = np.flatnonzero(old_labels >= 0)
     if len(grouped):
-        s, nb = _search(x[grouped], q, params.k)
+        s, nb = _search(x[grouped], q, params.k, exact=True)
         seen.append(np.where(nb >= 0, s, -np.inf))
         found = nb >= 0
         rows = np.repeat(np.arange(m, dtype=np.int64), nb.shape[1]).reshape(nb.shape)
