@@ -181,3 +181,8 @@ def test_people_page_group_name_merge_and_click_a_face_out(server, browser_page,
     sync_api.expect(page.locator("#notice")).to_contain_text("moved out of person-")
     sync_api.expect(page.locator("#alone .person-faces li")).to_have_count(1)
     sync_api.expect(page.locator("#people .person").nth(1).locator(".person-faces li")).to_have_count(1)
+    # Dragged back onto the cameraman's row, the face joins him again.
+    page.locator("#alone .person-faces li").first.drag_to(page.locator("#people .person").nth(1))
+    sync_api.expect(page.locator("#notice")).to_contain_text("moved into person-")
+    sync_api.expect(page.locator("#alone")).to_be_hidden()
+    sync_api.expect(page.locator("#people .person").nth(1).locator(".person-faces li")).to_have_count(2)

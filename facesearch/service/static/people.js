@@ -1,5 +1,6 @@
 // The people page: the faces of unlabelled photos grouped into people (rows of thumbnails, largest
-// first); name a person, merge two, click a face out of its person; suggestions with their scores.
+// first); name a person, merge two, click a face out of its person or drag it into another; suggestions
+// with their scores.
 // Everything comes from this server's /v1 API; nothing is fetched from anywhere else.
 "use strict";
 
@@ -81,6 +82,16 @@ function personItem(person) {
     offered.textContent = `looks like ${person.suggestion.identity} (score ${person.suggestion.score.toFixed(3)})`;
   }
   $(".person-faces", item).replaceChildren(...person.faces.map((f) => faceItem(f, person.person)));
+  // A face dragged here from another person (or from the faces alone) moves into this person.
+  item.addEventListener("dragover", (e) => { e.preventDefault(); item.classList.add("over"); });
+  item.addEventListener("dragleave", () => item.classList.remove("over"));
+  item.addEventListener("drop", (e) => {
+    e.preventDefault();
+    item.classList.remove("over");
+    const id = e.dataTransfer.getData("text/plain");
+    if (!id || person.faces.some((f) => String(f.id) === id)) return;
+    change(`/v1/people/faces/${id}/move`, { to: person.person }, (c) => `face ${id} moved into ${c.person}`);
+  });
   const nameForm = $(".name-form", item);
   if (person.suggestion && !person.name) nameForm.elements.name.value = person.suggestion.identity;
   if (person.name) nameForm.elements.name.value = person.name;
@@ -109,6 +120,8 @@ function personItem(person) {
 function faceItem(face, person) {
   const li = document.createElement("li");
   li.dataset.face = String(face.id);
+  li.draggable = true;
+  li.addEventListener("dragstart", (e) => e.dataTransfer.setData("text/plain", String(face.id)));
   const img = document.createElement("img");
   img.alt = `face ${face.face} of ${face.path}`;
   img.title = `${face.path} · face ${face.face} · id ${face.id}`;
