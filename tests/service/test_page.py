@@ -186,3 +186,8 @@ def test_people_page_group_name_merge_and_click_a_face_out(server, browser_page,
     sync_api.expect(page.locator("#notice")).to_contain_text("moved into person-")
     sync_api.expect(page.locator("#alone")).to_be_hidden()
     sync_api.expect(page.locator("#people .person").nth(1).locator(".person-faces li")).to_have_count(2)
+    page.wait_for_function("[...document.querySelectorAll('.person-faces img')].every(i => i.complete && i.naturalWidth)")
+    shot = Path(tmp_path) / "facesearch-people.png"
+    page.screenshot(path=str(shot), full_page=True)
+    print(f"screenshot: {shot}")
+    assert shot.stat().st_size > 10_000
