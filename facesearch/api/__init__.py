@@ -19,6 +19,10 @@ from facesearch.api.results import (
     Enrolment,
     Face,
     Match,
+    People,
+    PeopleChange,
+    Person,
+    PersonFace,
     Removal,
     SearchResult,
     Verification,
@@ -26,7 +30,8 @@ from facesearch.api.results import (
 from facesearch.api.verdicts import verify_faces
 
 __all__ = [
-    "Compaction", "DetectedFace", "EmbeddedFace", "Enrolment", "Face", "Gallery", "ImageInput", "Match", "Removal", "SearchResult",
+    "Compaction", "DetectedFace", "EmbeddedFace", "Enrolment", "Face", "Gallery", "ImageInput", "Match", "People", "PeopleChange",
+    "Person", "PersonFace", "Removal", "SearchResult",
     "Verification", "detect", "embed", "open", "resolve_model", "verify", "verify_faces",
 ]
 

@@ -13,7 +13,14 @@ from pathlib import Path
 
 from facesearch.api.images import ImageInput, faces_in, photo_bytes
 from facesearch.api.models import embedder_for
-from facesearch.api.results import Compaction, Enrolment, Removal, SearchResult
+from facesearch.api.results import (
+    Compaction,
+    Enrolment,
+    People,
+    PeopleChange,
+    Removal,
+    SearchResult,
+)
 from facesearch.embedder.core.constants import DEFAULT_BATCH_SIZE
 from facesearch.embedder.core.errors import FaceSearchError
 
@@ -76,12 +83,16 @@ class Gallery:
     def add(self, folder: str | os.PathLike, *, faces: str = "largest", strict: bool = False, rebuild: bool = False,
             batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None, fpir: float | None = None,
             index_type: str | None = None, memory_budget: int | str | None = None, vector_dtype: str | None = None,
-            target_recall: float | None = None, progress=None):
+            target_recall: float | None = None, progress=None, labeled: bool = True):
         """Index a folder of `<identity>/<photo>` images (or `<identity>.jpg`); run again to add what is new
         and drop what is gone, as `facesearch build-index` does.
 
+        With `labeled=False` the folder's photos have no identity (any layout): every face of each is
+        stored without one, for `people()` to group and `name()` to name; a search answers such a face
+        only once its person is named. Labelled and unlabelled photos share one index.
+
         Args:
-            faces: the faces stored per photo: "largest" or "all".
+            faces: the faces stored per photo: "largest" or "all" (unlabelled photos keep every face).
             strict: stop at the first unreadable file instead of skipping it (and counting it).
             rebuild: replace an index built with another model.
             fpir: the false-positive identification rate its "unknown" threshold is calibrated for.
@@ -89,6 +100,7 @@ class Gallery:
                 "flat", "hnsw" or "ivf"; bytes or "8G"; "float32" or "float16"; recall@10 the
                 approximate segments are tuned to); None keeps the index's (see docs/large-galleries.md).
             progress: a callback (phase, done, total), e.g. to draw a progress bar.
+            labeled: False: the photos are unlabelled (see above).
 
         Returns:
             The `BuildReport` (`to_dict()` is what `build-index --json` prints besides the model fields).
@@ -105,7 +117,7 @@ class Gallery:
         policy = self._policy(index_type, memory_budget, vector_dtype, target_recall)
         return build_index(Path(folder), self.index_dir, self.embedder, batch_size=batch_size, strict=strict,
                            rebuild=rebuild, faces=faces, workers=workers, progress=progress, fpir=fpir, policy=policy,
-                           wait=self.wait)
+                           wait=self.wait, labeled=labeled)
 
     def add_embeddings(self, shards: str | os.PathLike, *, rebuild: bool = False, fpir: float | None = None,
                        index_type: str | None = None, memory_budget: int | str | None = None,
@@ -261,6 +273,88 @@ class Gallery:
             forget_photos(w, PhotoStore(self.index_dir), removed.forget)
         return Removal(removed.identity, removed.faces_removed, removed.photos_removed, tuple(removed.excluded),
                        result.generation)
+
+    # --- people: the faces of unlabelled photos ------------------------------------------------
+
+    def people(self, *, recluster: bool = False, suggestions: bool = True) -> People:
+        """Group the faces of unlabelled photos (`add(folder, labeled=False)`) into people, largest first.
+
+        Faces added since the last call join the existing people or start new ones; the others stay
+        where they are. `recluster` groups every face again, keeping the names given and the faces
+        moved. Two faces of one photo are never in one person; a face that matches no one stays
+        unclustered. A person that looks like a named identity carries it as a suggestion (with its
+        score), never merged. The grouping is written into the index (one generation).
+
+        Raises:
+            IndexFormatError: there is no index here.
+            PeopleError: the model has no pair calibration and there are too few faces to estimate
+                the linking threshold from.
+            IndexBusyError: another process is writing the index.
+        """
+        from facesearch.index.sync.people import read_people, stage_grouping
+
+        def run(w):
+            threshold, grouped = stage_grouping(w, recluster=recluster)
+            generation = w.commit().generation
+            found = read_people(w.store, w.vectors, w.manifest.model_card, suggestions=suggestions,
+                                threshold=threshold, recorded=w.manifest.people)
+            return People.from_view(found, grouped, generation)
+
+        return self._people_write(run)
+
+    def name(self, person: str, name: str) -> PeopleChange:
+        """Name a person (`person-0001`): its faces become the identity `name`, which `search` answers and the
+        open-set calibration counts; a person already of that name takes them in (a labelled identity
+        of that name gets them as more faces).
+
+        Raises:
+            PersonNotFoundError: no such person. IdentityNameError: `name` is empty or not allowed.
+            PeopleError: the person of that name has a face of one of this person's photos.
+        """
+        from facesearch.index.sync.people import stage_name
+
+        return self._people_change("name", lambda w: stage_name(w, person, name))
+
+    def merge(self, person: str, other: str) -> PeopleChange:
+        """Put every face of `other` into `person` (a name either has is kept).
+
+        Raises:
+            PersonNotFoundError: either does not exist. PeopleError: the same person twice, two
+            different names, or a photo with a face in each.
+        """
+        from facesearch.index.sync.people import stage_merge
+
+        return self._people_change("merge", lambda w: stage_merge(w, person, other))
+
+    def move(self, face_id: int, to: str | None = None) -> PeopleChange:
+        """Move a face (its `id` in `people()`) out of its person (it stays alone, also after a recluster),
+        or into person `to`.
+
+        Raises:
+            FaceNotFoundError: no face of an unlabelled photo has this id. PersonNotFoundError: `to`
+            does not exist. PeopleError: nothing to move it out of, or `to` has a face of its photo.
+        """
+        from facesearch.index.sync.people import stage_move
+
+        return self._people_change("move", lambda w: stage_move(w, face_id, to))
+
+    def _people_change(self, action: str, stage) -> PeopleChange:
+        def run(w):
+            change = stage(w)
+            return PeopleChange(action, change.person, change.name, change.faces, change.joined, w.commit().generation)
+
+        return self._people_write(run)
+
+    def _people_write(self, run):
+        from facesearch.embedder.core.errors import IndexFormatError
+        from facesearch.index import open_writer
+
+        if not self.exists:
+            raise IndexFormatError(f"'{self.index_dir}' is not an index yet: build one with "
+                                   f"`facesearch build-index PHOTOS --unlabeled --index {self.index_dir}`")
+        card, model_dir = self._recorded_card()
+        with open_writer(self.index_dir, card=card, model_dir=model_dir, wait=self.wait) as w:
+            return run(w)
 
     # --- reads ---------------------------------------------------------------------------------
 

@@ -205,3 +205,87 @@ class Compaction:
         return {"index_dir": self.index_dir, "upgraded": self.upgraded, "written": self.written,
                 "generation": self.generation, "faces": self.faces, "before": self.before, "after": self.after,
                 "seconds": self.seconds}
+
+
+@dataclass(frozen=True)
+class PersonFace:
+    """A face of an unlabelled photo, as `people` lists it."""
+
+    id: int  # the stored face's id (what `move` takes)
+    path: str  # the photo's absolute path
+    face: int  # its number in the photo: face N is the one `query` prints as "face N" (1 = the first)
+    box: Box | None
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "path": self.path, "face": self.face, "box": _list(self.box)}
+
+
+@dataclass(frozen=True)
+class Person:
+    """A provisional person: its faces, its name once given, else the identity it looks like (offered, never applied)."""
+
+    person: str  # person-0001, ...
+    name: str | None
+    faces: tuple[PersonFace, ...]
+    suggestion: tuple[str, float] | None = None  # (identity, score: mean score of its faces with that identity's)
+
+    def to_dict(self) -> dict:
+        offered = None if self.suggestion is None else {"identity": self.suggestion[0], "score": self.suggestion[1]}
+        return {"person": self.person, "name": self.name, "faces": [f.to_dict() for f in self.faces],
+                "suggestion": offered}
+
+
+@dataclass(frozen=True)
+class People:
+    """Every person among the unlabelled photos' faces, largest first, and the faces in none.
+
+    Attributes:
+        threshold: the linking score the grouping used (the model's; None without any face).
+        grouped: faces this call placed (new faces, or every face on a recluster).
+        generation: the index generation the answer is from.
+    """
+
+    people: tuple[Person, ...]
+    unclustered: tuple[PersonFace, ...]
+    threshold: float | None
+    grouped: int
+    generation: int
+
+    def __iter__(self) -> Iterator[Person]:
+        return iter(self.people)
+
+    def __len__(self) -> int:
+        return len(self.people)
+
+    @classmethod
+    def from_view(cls, view, grouped: int, generation: int) -> People:
+        """From `facesearch.index.sync.people.People` (stored positions numbered from 1, as `query` prints)."""
+        from facesearch.index.sync.people import person_id
+
+        def face(f) -> PersonFace:
+            return PersonFace(f.id, f.path, f.face + 1, f.box)
+
+        return cls(tuple(Person(person_id(g.number), g.name, tuple(face(f) for f in g.faces), g.suggestion)
+                         for g in view.groups), tuple(face(f) for f in view.unclustered), view.threshold, grouped,
+                   generation)
+
+    def to_dict(self) -> dict:
+        """`facesearch people --json`."""
+        return {"people": [p.to_dict() for p in self.people], "unclustered": [f.to_dict() for f in self.unclustered]}
+
+
+@dataclass(frozen=True)
+class PeopleChange:
+    """What naming, merging or moving did."""
+
+    action: str  # "name", "merge" or "move"
+    person: str | None  # the person the faces are in now; None: a face moved out (alone)
+    name: str | None  # that person's name
+    faces: int  # faces placed
+    joined: str | None  # the person merged in, the person a name joined, or the person a face left
+    generation: int
+
+    def to_dict(self) -> dict:
+        """`facesearch people name|merge|move --json`."""
+        return {"action": self.action, "person": self.person, "name": self.name, "faces": self.faces,
+                "joined": self.joined, "generation": self.generation}

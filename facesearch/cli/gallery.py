@@ -37,6 +37,7 @@ def build_index(
     strict: Annotated[bool, typer.Option(help="Stop at the first unreadable file instead of skipping it.")] = False,
     rebuild: Annotated[bool, typer.Option(help="Replace an index built with another model.")] = False,
     faces: Annotated[str, typer.Option("--faces", help="Faces stored per photo: 'largest' or 'all'.")] = "largest",
+    unlabeled: Annotated[bool, typer.Option("--unlabeled", help="The photos have no identity (any layout): store every face without one, for `facesearch people` to group and name.")] = False,
     aligned: AlignedOpt = False,
     min_face_size: MinFaceOpt = None,
     face_threshold: FaceThresholdOpt = None,
@@ -59,6 +60,8 @@ def build_index(
                                  param_hint="DIRECTORY")
     policy = {"index_type": index_type, "memory_budget": memory_budget, "vector_dtype": vector_dtype,
               "target_recall": target_recall}
+    if unlabeled and from_embeddings is not None:
+        raise typer.BadParameter("--unlabeled takes a folder of photos, not --from-embeddings", param_hint="--unlabeled")
     if from_embeddings is not None:
         from facesearch.api import Gallery
         from facesearch.cli.progress import PhaseProgress
@@ -72,7 +75,7 @@ def build_index(
     report = run_build_index(directory, model=model, index=index_dir(index), batch_size=batch_size,
                              strict=strict, rebuild=rebuild, progress=not json_out, faces=faces, aligned=aligned,
                              min_face_size=min_face_size, face_threshold=face_threshold, workers=workers, fpir=fpir,
-                             **policy)
+                             labeled=not unlabeled, **policy)
     emit(report, json_out, format_build_report)
 
 
@@ -154,7 +157,7 @@ def detect(
 def run_build_index(directory: Path, *, model: Path | None, index: Path, batch_size: int, strict: bool,
                     rebuild: bool, progress: bool, faces: str = "largest", aligned: bool = False,
                     min_face_size: int | None = None, face_threshold: float | None = None,
-                    workers: int | None = None, fpir: float | None = None, **policy) -> dict:
+                    workers: int | None = None, fpir: float | None = None, labeled: bool = True, **policy) -> dict:
     """Build or update the index at `index` from `directory` (`Gallery.add`); returns the build report."""
     from facesearch.api import Gallery
     from facesearch.cli.progress import PhaseProgress
@@ -162,10 +165,10 @@ def run_build_index(directory: Path, *, model: Path | None, index: Path, batch_s
     gallery = Gallery(index, model=model, aligned=aligned, min_face_size=min_face_size, face_threshold=face_threshold)
     with PhaseProgress(enabled=progress) as bar:
         report = gallery.add(directory, batch_size=batch_size, strict=strict, rebuild=rebuild, faces=faces,
-                             workers=workers, progress=bar, fpir=fpir, **policy)
+                             workers=workers, progress=bar, fpir=fpir, labeled=labeled, **policy)
     embedder = gallery.embedder
     return report.to_dict() | {"model": embedder.card.name, "model_dir": str(embedder.model_dir),
-                               "faces_policy": faces, "aligned": embedder.aligned}
+                               "faces_policy": faces if labeled else "all", "aligned": embedder.aligned}
 
 
 def run_query(image: Path, *, index: Path, model: Path | None, k: int, threshold: float | None,

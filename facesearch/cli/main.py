@@ -20,6 +20,7 @@ from facesearch.cli import (
     gallery,
     identities,
     models,
+    people,
     serve,
     training,
 )
@@ -46,6 +47,7 @@ app.command()(demo.demo)
 app.command()(serve.serve)
 app.add_typer(evaluate.eval_app, name="eval")
 app.add_typer(models.models_app, name="models")
+app.add_typer(people.people_app, name="people")
 
 
 def main() -> None:

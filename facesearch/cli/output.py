@@ -309,3 +309,33 @@ def format_identify_decision(result: dict) -> list[str]:
                      f"{r['target_fpir']:g}): FPIR {a['fpir']:.4f}, DIR {a['dir']:.4f}"
                      + (f"; oracle DIR {o['dir']:.4f}" if o else ""))
     return lines
+
+
+def format_people(d: dict, threshold: float | None, grouped: int) -> str:
+    """Render `facesearch people`: one line per person (name or suggestion), its faces, then the rest."""
+    people, alone = d["people"], d["unclustered"]
+    if not people and not alone:
+        return "no faces of unlabelled photos in this index (build-index PHOTOS --unlabeled adds some)"
+    lines = [f"{len(people)} people, {sum(len(p['faces']) for p in people)} faces grouped, {len(alone)} alone"
+             + (f" (linking threshold {threshold:.3f}" + (f"; {grouped} faces placed now)" if grouped else ")")
+                if threshold is not None else "")]
+    for p in people:
+        label = f" {p['name']!r}" if p["name"] else ""
+        offer = p["suggestion"]
+        hint = f" - looks like {offer['identity']!r} ({offer['score']:.3f})" if offer else ""
+        lines.append(f"{p['person']}{label}: {len(p['faces'])} faces{hint}")
+        lines += [f"  {f['id']:>6}  {f['path']}  face {f['face']}" for f in p["faces"][:20]]
+        if len(p["faces"]) > 20:
+            lines.append(f"  ... {len(p['faces']) - 20} more (--json lists them all)")
+    if alone:
+        lines.append(f"alone: {len(alone)} faces")
+        lines += [f"  {f['id']:>6}  {f['path']}  face {f['face']}" for f in alone[:20]]
+    return "\n".join(lines)
+
+
+def format_people_change(d: dict) -> str:
+    """Render `facesearch people name|merge|move`."""
+    where = f"{d['person']}" + (f" ({d['name']!r})" if d["name"] else "") if d["person"] else "no person (alone)"
+    what = {"name": "named", "merge": "merged", "move": "moved"}[d["action"]]
+    extra = f"; {d['joined']} " + ("joined" if d["action"] != "move" else "left") if d["joined"] else ""
+    return f"{what}: {d['faces']} face(s) now in {where}{extra} (generation {d['generation']})"

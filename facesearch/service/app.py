@@ -30,12 +30,13 @@ from facesearch.embedder.core.errors import (
     IndexMismatchError,
     NoFaceFoundError,
     NotFoundError,
+    PeopleError,
 )
 from facesearch.index.openset.calibration import CalibrationError
 from facesearch.service.config import ServiceConfig
 from facesearch.service.guard import Guard
 from facesearch.service.limits import Admission
-from facesearch.service.routes import identities, page, search, system
+from facesearch.service.routes import identities, page, people, search, system
 from facesearch.service.routes.page import STATIC_DIR
 from facesearch.service.service import FaceService
 
@@ -43,7 +44,7 @@ log = logging.getLogger("facesearch.service")
 
 # FaceSearchError subclasses that reach the HTTP layer, and the status each answers with.
 STATUS = ((ImageReadError, 422), (NoFaceFoundError, 422), (DatasetError, 422), (CalibrationError, 422),
-          (IdentityNameError, 422), (NotFoundError, 404), (IndexMismatchError, 409), (IndexBusyError, 503), (IndexFormatError, 503))
+          (IdentityNameError, 422), (PeopleError, 422), (NotFoundError, 404), (IndexMismatchError, 409), (IndexBusyError, 503), (IndexFormatError, 503))
 RETRY_AFTER = {IndexBusyError: "10"}  # seconds a client should wait before it tries again
 
 DESCRIPTION = """Face search over a facesearch index: who is in a photo (`/v1/query`), are two photos the same
@@ -71,6 +72,7 @@ def create_app(config: ServiceConfig, service: FaceService | None = None) -> Fas
     app = _fastapi(lifespan)
     app.include_router(search.router)
     app.include_router(identities.router)
+    app.include_router(people.router)
     app.include_router(system.router)
     app.include_router(page.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -119,8 +119,9 @@ class StoredFace(BaseModel):
 
 class IdentityPhoto(BaseModel):
     path: str
-    source: Literal["folder", "api"] = Field(description="'folder': mirrors the gallery folder (build-index DIR); "
-                                                         "'api': enrolled through this API")
+    source: Literal["folder", "api", "unlabeled"] = Field(description="'folder': mirrors the gallery folder "
+                                                                      "(build-index DIR); 'api': enrolled through this "
+                                                                      "API; 'unlabeled': build-index DIR --unlabeled")
     sha256: str
     size: int
     faces_found: int
@@ -174,3 +175,59 @@ class Stats(BaseModel):
     auth: bool
     problem: str | None
     uptime_s: float
+
+
+PERSON_ID = "a person as GET /v1/people lists it: person-0001, ..."
+
+
+class PersonFace(BaseModel):
+    id: int = Field(description="the stored face's id (GET /v1/faces/{id}/thumbnail, POST /v1/people/faces/{id}/move)")
+    path: str = Field(description="the unlabelled photo's absolute path")
+    face: int = Field(description="its number in the photo: face N is the one /v1/query lists N-th (1 = the first)")
+    box: Box
+
+
+class Suggestion(BaseModel):
+    identity: str = Field(description="a named identity this person looks like (offered, never applied)")
+    score: float = Field(description="mean score of the person's faces with that identity's faces")
+
+
+class Person(BaseModel):
+    person: str = Field(description=PERSON_ID)
+    name: str | None = Field(description="the identity it was named (query answers it); null until named")
+    faces: list[PersonFace]
+    suggestion: Suggestion | None
+
+
+class PeopleAnswer(BaseModel):
+    people: list[Person] = Field(description="largest first")
+    unclustered: list[PersonFace] = Field(description="grouped faces that match no one (or were moved out)")
+    pending: int = Field(description="faces of unlabelled photos not grouped yet (POST /v1/people/group)")
+    grouped: int = Field(description="faces this request placed")
+    threshold: float | None = Field(description="the linking score of the grouping (the model's); null: no face")
+    generation: int
+
+
+class GroupRequest(BaseModel):
+    recluster: bool = Field(False, description="group every face again (names and moved faces are kept)")
+
+
+class NameRequest(BaseModel):
+    name: str = Field(description="the identity the person becomes (one of that name takes the faces in)")
+
+
+class MergeRequest(BaseModel):
+    other: str = Field(description="the person whose faces join this one: " + PERSON_ID)
+
+
+class MoveRequest(BaseModel):
+    to: str | None = Field(None, description="the person the face goes into; null: out of its person (alone)")
+
+
+class PeopleChange(BaseModel):
+    action: Literal["name", "merge", "move"]
+    person: str | None = Field(description="the person the faces are in now; null: the face is alone")
+    name: str | None
+    faces: int = Field(description="faces placed")
+    joined: str | None = Field(description="the person merged in, the one a name joined, or the one a face left")
+    generation: int = Field(description="the committed generation holding the change (durable)")

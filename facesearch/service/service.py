@@ -18,6 +18,7 @@ import numpy as np
 from fastapi import HTTPException
 from PIL import Image
 
+from facesearch.api.results import People, PeopleChange
 from facesearch.api.verdicts import verify_faces
 from facesearch.embedder.core.boxes import box_list
 from facesearch.embedder.core.errors import (
@@ -36,7 +37,9 @@ from facesearch.index import open_writer
 from facesearch.index.query import NO_FACE_HINT, FaceSearcher
 from facesearch.index.storage.gallery import GalleryIndex
 from facesearch.index.storage.manifest import MANIFEST_FILE
+from facesearch.index.storage.store import StoredFace
 from facesearch.index.sync.enrolment import FaceToEnrol, PhotoBytes
+from facesearch.index.sync.people import read_people, stage_merge, stage_move, stage_name
 from facesearch.service.config import ServiceConfig
 from facesearch.service.snapshots import Snapshots
 from facesearch.service.uploads import Upload
@@ -198,7 +201,7 @@ class FaceService:
         # instead of queueing for the write lock (45 such deletes behind a held lock made a bystander's
         # query wait 28.9 s). The write checks again under the lock.
         with self.snapshots.use() as g:
-            if not g.store.photos_of_identity(identity):
+            if not g.store.photos_of_identity(identity) and not g.store.ids_of_identity(identity):
                 raise IdentityNotFoundError(f"identity '{identity}' is not in the index")
         return dataclasses.asdict(self.writes.remove_identity(identity))
 
@@ -222,9 +225,15 @@ class FaceService:
     def identity(self, identity: str) -> dict:
         with self.snapshots.use() as g:
             photos = g.store.photos_of_identity(identity)
+            faces = g.store.faces_of([p.path for p in photos])
+            # Faces of unlabelled photos whose person was named `identity`, under their own photos.
+            mine = {f.id for stored in faces.values() for f in stored}
+            named = g.records(sorted(set(g.store.ids_of_identity(identity)) - mine))
+            for r in named:
+                faces.setdefault(r.path, []).append(StoredFace(r.id, r.face, r.box))
+            photos += sorted(g.store.photos_at({r.path for r in named}).values(), key=lambda p: p.path)
             if not photos:
                 raise HTTPException(404, f"identity '{identity}' is not in the index")
-            faces = g.store.faces_of([p.path for p in photos])
             return {"identity": identity, "generation": g.manifest.generation,
                     "faces": sum(len(v) for v in faces.values()),
                     "photos": [{"path": p.path, "source": p.source, "sha256": p.sha256, "size": p.size,
@@ -247,6 +256,8 @@ class FaceService:
         stored = self.writes.photos.path_of(record.path)
         if stored is not None:
             file = stored
+        elif record.path.startswith("/"):  # an unlabelled photo: indexed by its absolute path (a build's)
+            file = Path(record.path)
         else:  # a gallery-folder photo: only ever inside the gallery folder
             root = Path(source_dir).resolve() if source_dir else None
             file = (root / record.path).resolve() if root is not None else None
@@ -257,6 +268,34 @@ class FaceService:
         except ImageReadError as e:
             raise HTTPException(404, f"the photo of face {face_id} cannot be read any more: {e.reason}") from None
         return _thumbnail(image, record.box, size)
+
+    # --- people ----------------------------------------------------------------------------------
+
+    def people(self, suggestions: bool = True, grouped: int = 0) -> dict:
+        """The people of the current snapshot, largest first (`facesearch people --json`), and how many
+        faces wait to be grouped (`group_people`)."""
+        with self.snapshots.use() as g:
+            view = read_people(g.store, g.vectors, g.card, suggestions=suggestions, recorded=g.manifest.people)
+            return People.from_view(view, grouped, g.manifest.generation).to_dict() | {
+                "pending": view.pending, "grouped": grouped, "threshold": view.threshold,
+                "generation": g.manifest.generation}
+
+    def group_people(self, recluster: bool) -> dict:
+        grouped, _ = self.writes.group_people(recluster)
+        return self.people(grouped=grouped)
+
+    def name_person(self, person: str, name: str) -> dict:
+        return self._people_change("name", lambda w: stage_name(w, person, name))
+
+    def merge_people(self, person: str, other: str) -> dict:
+        return self._people_change("merge", lambda w: stage_merge(w, person, other))
+
+    def move_face(self, face_id: int, to: str | None) -> dict:
+        return self._people_change("move", lambda w: stage_move(w, face_id, to))
+
+    def _people_change(self, action: str, stage) -> dict:
+        change, generation = self.writes.change_people(stage)
+        return PeopleChange(action, change.person, change.name, change.faces, change.joined, generation).to_dict()
 
     def health(self) -> dict:
         g = self.snapshots.current

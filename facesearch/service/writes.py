@@ -40,6 +40,7 @@ from facesearch.index.sync.enrolment import (
     stage_face_removal,
     stage_identity_removal,
 )
+from facesearch.index.sync.people import stage_grouping
 from facesearch.service.snapshots import Snapshots
 
 log = logging.getLogger("facesearch.service")
@@ -139,6 +140,22 @@ class Writes:
             forget_photos(w, self.photos, removed.forget)
         return Removal(removed.identity, removed.faces_removed, removed.photos_removed, removed.excluded,
                        result.generation)
+
+    # --- people ----------------------------------------------------------------------------
+
+    def group_people(self, recluster: bool = False) -> tuple[int, int]:
+        """Group the faces of unlabelled photos not grouped yet (all with `recluster`); (faces placed, generation)."""
+        with self._writer() as w:
+            _, grouped = stage_grouping(w, recluster=recluster)
+            generation = self._committed(w).generation if grouped else w.manifest.generation
+        return grouped, generation
+
+    def change_people(self, stage) -> tuple[object, int]:
+        """A name, merge or move (`facesearch.index.sync.people.stage_*`) in one commit; (its change, generation)."""
+        with self._writer() as w:
+            change = stage(w)
+            generation = self._committed(w).generation
+        return change, generation
 
     # --- housekeeping ----------------------------------------------------------------------
 

@@ -245,7 +245,8 @@ def test_openapi_docs_and_page_are_served_from_here(server):
     spec = server.client.get("/openapi.json").json()
     assert set(spec["paths"]) == {"/v1/query", "/v1/verify", "/v1/identities/{identity}/faces", "/v1/identities",
                                   "/v1/identities/{identity}", "/v1/faces/{face_id}", "/v1/faces/{face_id}/thumbnail",
-                                  "/v1/health", "/v1/stats"}
+                                  "/v1/health", "/v1/stats", "/v1/people", "/v1/people/group", "/v1/people/{person}/name",
+                                  "/v1/people/{person}/merge", "/v1/people/faces/{face_id}/move"}
     docs = server.client.get("/docs").text
     assert "/static-docs/swagger-ui-bundle.js" in docs and "cdn" not in docs.lower()
     assert server.client.get("/static-docs/swagger-ui-bundle.js").status_code == 200
@@ -253,6 +254,10 @@ def test_openapi_docs_and_page_are_served_from_here(server):
     links = re.findall(r'(?:src|href)="([^"]*)"', page)
     assert "/static/app.js" in links and all(link.startswith("/") for link in links)  # nothing from elsewhere
     assert server.client.get("/static/app.js").status_code == 200
+    people = server.client.get("/people").text
+    links = re.findall(r'(?:src|href)="([^"]*)"', people)
+    assert "/static/people.js" in links and all(link.startswith("/") for link in links)
+    assert server.client.get("/static/people.js").status_code == 200
 
 
 def test_ids_and_offsets_beyond_64_bits_are_a_422_not_a_500(server):

@@ -97,3 +97,12 @@ class FaceNotFoundError(NotFoundError):
 
 class PhotoNotFoundError(NotFoundError):
     """No live face was stored from a photo at this path."""
+
+
+class PersonNotFoundError(NotFoundError):
+    """No provisional person (`person-0001`, ...) has this id."""
+
+
+class PeopleError(FaceSearchError):
+    """A change to the people of unlabelled photos that cannot be made (merging a person with itself,
+    putting two faces of one photo in one person, a face that has no person to leave)."""

@@ -38,7 +38,11 @@ class GalleryIndex:
         self.segments = segments
         self.tombstones = tombstones
         self.store = store
-        self._live = [s.live_filter(tombstones) for s in segments]
+        # Faces without an identity (unlabelled photos' faces whose person has no name) are stored
+        # but never searched: a query must not answer one as an identity, nor calibration count it.
+        self.unidentified = np.asarray(store.unidentified_ids(), np.int64)
+        hidden = np.union1d(tombstones, self.unidentified) if len(self.unidentified) else tombstones
+        self._live = [s.live_filter(hidden) for s in segments]
 
     @classmethod
     def open(cls, index_dir: str | os.PathLike, card: ModelCard | None = None,
@@ -135,7 +139,8 @@ class GalleryIndex:
     # --- search --------------------------------------------------------------------------
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The `k` most similar live vectors of each query, over every segment.
+        """The `k` most similar live vectors with an identity of each query, over every segment
+        (faces of unlabelled photos are searched only once their person is named).
 
         Args:
             vectors: `(m, d)` float32 queries, rows L2-normalised.

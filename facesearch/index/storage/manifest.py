@@ -118,6 +118,7 @@ class Manifest:
     build: dict = field(default_factory=dict)  # settings every vector depends on, e.g. {"faces": "largest"}
     policy: IndexPolicy = field(default_factory=IndexPolicy)
     calibration: dict | None = None  # the open-set threshold estimate (facesearch.index.openset.calibration)
+    people: dict | None = None  # the parameters the people of unlabelled photos were grouped with (sync/people.py)
     created: str = field(default_factory=utc_now)
     updated: str = field(default_factory=utc_now)
     format_version: int = FORMAT_VERSION
@@ -153,6 +154,7 @@ class Manifest:
             "next_segment": self.next_segment,
             "index": self.policy.to_dict(),
             "calibration": self.calibration,
+            "people": self.people,
             "model_card": self.model_card.to_dict(),
             "model_dir": self.model_dir,
             "source_dir": self.source_dir,
@@ -185,7 +187,7 @@ class Manifest:
                     next_segment=int(d["next_segment"]), model_card=ModelCard.from_dict(d["model_card"], source=where),
                     model_dir=str(d["model_dir"]), source_dir=str(d["source_dir"]), build=dict(d.get("build", {})),
                     policy=IndexPolicy.from_dict(d.get("index", {})), calibration=d.get("calibration"),
-                    metadata_file=_plain_name(d["metadata"]), created=str(d["created"]), updated=str(d["updated"]))
+                    people=d.get("people"), metadata_file=_plain_name(d["metadata"]), created=str(d["created"]), updated=str(d["updated"]))
         except (KeyError, TypeError, ValueError, FaceSearchError) as e:
             raise IndexFormatError(f"{where} is damaged ({type(e).__name__}: {e}) - {hint}") from e
         if d.get("metric") != "inner_product":

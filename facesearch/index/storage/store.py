@@ -28,17 +28,18 @@ def metadata_name(generation: int) -> str:
     """The metadata file an index creates at `generation` (its first build, a rebuild, an upgrade)."""
     return f"meta-{generation:06d}.sqlite"
 
-SOURCES = ("folder", "api")  # where a photo came from: the mirrored gallery folder, or an enrolment
+SOURCES = ("folder", "api", "unlabeled")  # the mirrored gallery folder, an enrolment, an unlabelled folder
 
 _SCHEMA = """
 CREATE TABLE photos (
-    path     TEXT NOT NULL,     -- relative to the gallery folder ('/'-separated), or a photo-store key
-    identity TEXT NOT NULL,
+    path     TEXT NOT NULL,     -- relative to the gallery folder ('/'-separated), a photo-store key, or
+                                -- absolute for an unlabelled photo
+    identity TEXT NOT NULL,     -- '' for an unlabelled photo (its faces' identities are in people)
     size     INTEGER NOT NULL,  -- bytes
     mtime_ns INTEGER NOT NULL,
     sha256   TEXT NOT NULL,
     n_faces  INTEGER NOT NULL,  -- faces found in the photo; 0 = no face, nothing stored
-    source   TEXT NOT NULL,     -- 'folder' (mirrors the gallery folder) or 'api' (enrolled)
+    source   TEXT NOT NULL,     -- 'folder' (mirrors the gallery folder), 'api' (enrolled), 'unlabeled'
     added    INTEGER NOT NULL,  -- generation that added this version of the row
     removed  INTEGER            -- generation that removed it; NULL while live
 );
@@ -82,8 +83,29 @@ CREATE TABLE IF NOT EXISTS exclusions (
 );
 CREATE INDEX IF NOT EXISTS exclusions_path ON exclusions(path);
 """
-_SCHEMA += _EXCLUSIONS_SCHEMA
-_VERSIONED = ("photos", "faces", "exclusions")  # tables whose rows carry added/removed generations
+# Provisional people among the faces of unlabelled photos (source 'unlabeled', identity ''): one row
+# per face that clustering has seen (`facesearch.index.sync.people`). A face with a `name` belongs to
+# that identity (queries find it, calibration counts it); a face of an unlabelled photo without
+# a name has no identity and is never searched. Created by the first writer of an older file.
+_PEOPLE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS people (
+    id      INTEGER NOT NULL,  -- a face of an unlabelled photo
+    person  INTEGER NOT NULL,  -- its provisional person (person-0001 is 1); 0: alone (unclustered)
+    name    TEXT,              -- the identity the user named that person; NULL until named
+    fixed   INTEGER NOT NULL,  -- 1: placed by the user (named, moved in or out); clustering keeps it
+    added   INTEGER NOT NULL,
+    removed INTEGER
+);
+CREATE UNIQUE INDEX IF NOT EXISTS people_live_id ON people(id) WHERE removed IS NULL;
+CREATE INDEX IF NOT EXISTS people_id ON people(id, added);
+CREATE INDEX IF NOT EXISTS people_name ON people(name) WHERE name IS NOT NULL;
+CREATE INDEX IF NOT EXISTS people_removed ON people(removed) WHERE removed IS NOT NULL;
+"""
+_SCHEMA += _EXCLUSIONS_SCHEMA + _PEOPLE_SCHEMA
+_VERSIONED = ("photos", "faces", "exclusions", "people")  # tables whose rows carry added/removed generations
+UNLABELED = "unlabeled"  # the source of photos stored without an identity (their identity is '')
+# What a reader of a file made before the people table existed joins instead (no rows).
+_NO_PEOPLE = "(SELECT 0 AS id, 0 AS person, NULL AS name, 0 AS fixed, 0 AS added, NULL AS removed WHERE 0)"
 
 # Rows visible at generation :g.
 _LIVE = "{t}.added <= :g AND ({t}.removed IS NULL OR {t}.removed > :g)"
@@ -144,6 +166,19 @@ class Exclusion:
 
 
 @dataclass(frozen=True)
+class PersonFace:
+    """A face of an unlabelled photo and where clustering (or the user) put it."""
+
+    id: int
+    path: str
+    face: int
+    box: Box | None
+    person: int | None  # None: not seen by clustering yet; 0: alone; else person-NNNN
+    name: str | None  # the identity its person was named
+    fixed: bool  # placed by the user: clustering keeps it
+
+
+@dataclass(frozen=True)
 class Counts:
     """Live faces, photos and identities (identities: those with at least one photo)."""
 
@@ -168,6 +203,7 @@ class IndexStore:
         self._lock = threading.Lock()
         self.path = path
         self.generation = generation  # readers: the generation they see; writers: the one they write
+        self._people = "people"  # the people table, or an empty stand-in in a file made before it
 
     # --- opening ---------------------------------------------------------------------------
 
@@ -185,6 +221,8 @@ class IndexStore:
         uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
         store = cls(_connect(uri, uri=True), path, generation)
         store._check_schema()
+        if not store._query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'people'"):
+            store._people = _NO_PEOPLE
         return store
 
     @classmethod
@@ -223,7 +261,7 @@ class IndexStore:
             raise IndexFormatError(f"metadata file '{path}' is damaged: {e}") from e
         store = cls(conn, path, committed + 1)
         store._check_schema()
-        conn.executescript(_EXCLUSIONS_SCHEMA)
+        conn.executescript(_EXCLUSIONS_SCHEMA + _PEOPLE_SCHEMA)
         store.rollback(committed)
         return store
 
@@ -297,8 +335,9 @@ class IndexStore:
             chunk = unique[i:i + _CHUNK]
             params = {"g": self.generation} | {f"i{j}": v for j, v in enumerate(chunk)}
             rows = self._query(
-                "SELECT f.id, f.path, p.identity, f.face, f.x1, f.y1, f.x2, f.y2, p.size, p.mtime_ns, p.sha256"
-                f" FROM faces AS f JOIN photos AS p ON p.path = f.path AND {_LIVE.format(t='p')}"
+                "SELECT f.id, f.path, COALESCE(n.name, p.identity), f.face, f.x1, f.y1, f.x2, f.y2, p.size,"
+                f" p.mtime_ns, p.sha256 FROM faces AS f JOIN photos AS p ON p.path = f.path AND {_LIVE.format(t='p')}"
+                f" LEFT JOIN {self._people} AS n ON n.id = f.id AND {_LIVE.format(t='n')}"
                 f" WHERE {_LIVE.format(t='f')} AND f.id IN ({','.join(f':i{j}' for j in range(len(chunk)))})",
                 params)
             for id_, path, identity, face, x1, y1, x2, y2, size, mtime_ns, sha in rows:
@@ -309,20 +348,48 @@ class IndexStore:
         return [found[i] for i in ids]
 
     def identities(self, offset: int = 0, limit: int | None = None) -> list[tuple[str, int, int]]:
-        """(identity, photos, faces) of live identities, sorted by name, paged."""
+        """(identity, photos, faces) of live identities, sorted by name, paged: the identities of labelled
+        photos and the names given to people (unlabelled photos have none)."""
         rows = self._query(
-            "SELECT p.identity, count(DISTINCT p.path), count(f.id) FROM photos AS p"
+            "SELECT identity, count(DISTINCT path), count(id) FROM ("
+            " SELECT p.identity AS identity, p.path AS path, f.id AS id FROM photos AS p"
             f" LEFT JOIN faces AS f ON f.path = p.path AND {_LIVE.format(t='f')}"
-            f" WHERE {_LIVE.format(t='p')} GROUP BY p.identity ORDER BY p.identity LIMIT :limit OFFSET :offset",
+            f" WHERE {_LIVE.format(t='p')} AND p.identity != ''"
+            f" UNION ALL SELECT n.name, f.path, f.id FROM {self._people} AS n"
+            f" JOIN faces AS f ON f.id = n.id AND {_LIVE.format(t='f')}"
+            f" WHERE {_LIVE.format(t='n')} AND n.name IS NOT NULL)"
+            " GROUP BY identity ORDER BY identity LIMIT :limit OFFSET :offset",
             {"g": self.generation, "limit": -1 if limit is None else int(limit), "offset": int(offset)})
         return [(r[0], r[1], r[2]) for r in rows]
 
     def ids_of_identity(self, identity: str) -> list[int]:
-        """Live face ids of `identity`."""
+        """Live face ids of `identity` (its labelled photos' faces and the faces of people given its name)."""
+        if not identity:
+            return []
         rows = self._query(f"SELECT f.id FROM faces AS f JOIN photos AS p ON p.path = f.path AND {_LIVE.format(t='p')}"
-                           f" WHERE {_LIVE.format(t='f')} AND p.identity = :identity ORDER BY f.id",
-                           {"g": self.generation, "identity": identity})
+                           f" WHERE {_LIVE.format(t='f')} AND p.identity = :identity"
+                           f" UNION SELECT n.id FROM {self._people} AS n JOIN faces AS f ON f.id = n.id AND"
+                           f" {_LIVE.format(t='f')} WHERE {_LIVE.format(t='n')} AND n.name = :identity ORDER BY 1", {"g": self.generation, "identity": identity})
         return [r[0] for r in rows]
+
+    def unidentified_ids(self) -> list[int]:
+        """Live faces with no identity (of unlabelled photos, their person not named), by id: a search
+        never returns them."""
+        rows = self._query(f"SELECT f.id FROM photos AS p JOIN faces AS f ON f.path = p.path AND {_LIVE.format(t='f')}"
+                           f" LEFT JOIN {self._people} AS n ON n.id = f.id AND {_LIVE.format(t='n')}"
+                           f" WHERE {_LIVE.format(t='p')} AND p.identity = '' AND n.name IS NULL ORDER BY f.id",
+                           {"g": self.generation})
+        return [r[0] for r in rows]
+
+    def person_faces(self) -> list[PersonFace]:
+        """Every live face of an unlabelled photo with its person (None where clustering has not seen it), by id."""
+        rows = self._query(
+            f"SELECT f.id, f.path, f.face, f.x1, f.y1, f.x2, f.y2, n.person, n.name, n.fixed FROM photos AS p"
+            f" JOIN faces AS f ON f.path = p.path AND {_LIVE.format(t='f')}"
+            f" LEFT JOIN {self._people} AS n ON n.id = f.id AND {_LIVE.format(t='n')}"
+            f" WHERE {_LIVE.format(t='p')} AND p.identity = '' ORDER BY f.id", {"g": self.generation})
+        return [PersonFace(id_, path, face, _box(x1, y1, x2, y2), person, name, bool(fixed))
+                for id_, path, face, x1, y1, x2, y2, person, name, fixed in rows]
 
     def photos_of_identity(self, identity: str) -> list[Photo]:
         """Live photos of `identity` (any source), by path."""
@@ -330,6 +397,19 @@ class IndexStore:
                            f"WHERE {_LIVE.format(t='p')} AND p.identity = :identity ORDER BY path",
                            {"g": self.generation, "identity": identity})
         return [Photo(*r) for r in rows]
+
+    def photos_at(self, paths: Iterable[str]) -> dict[str, Photo]:
+        """The live photos at `paths` (any source), by path; paths with none are absent."""
+        out: dict[str, Photo] = {}
+        paths = list(dict.fromkeys(paths))
+        for i in range(0, len(paths), _CHUNK):
+            chunk = paths[i:i + _CHUNK]
+            params = {"g": self.generation} | {f"p{j}": p for j, p in enumerate(chunk)}
+            rows = self._query(f"SELECT path, identity, size, mtime_ns, sha256, n_faces, source FROM photos AS p WHERE "
+                               f"{_LIVE.format(t='p')} AND path IN ({','.join(f':p{j}' for j in range(len(chunk)))})",
+                               params)
+            out.update((r[0], Photo(*r)) for r in rows)
+        return out
 
     def live_sha256(self, digests: Iterable[str] | None, source: str = "api") -> set[str]:
         """Those of `digests` that a live photo of `source` still has (a photo store keeps only those);
@@ -355,9 +435,11 @@ class IndexStore:
         return [Exclusion(path, size, mtime, sha, face, _box(*box)) for path, size, mtime, sha, face, *box in rows]
 
     def face_identities(self) -> Iterator[tuple[int, str]]:
-        """(id, identity) of every live face, by id (for calibration and exports)."""
-        rows = self._query(f"SELECT f.id, p.identity FROM faces AS f JOIN photos AS p ON p.path = f.path AND "
-                           f"{_LIVE.format(t='p')} WHERE {_LIVE.format(t='f')} ORDER BY f.id", {"g": self.generation})
+        """(id, identity) of every live face with an identity, by id (for calibration and exports)."""
+        rows = self._query(f"SELECT f.id, COALESCE(n.name, p.identity) AS identity FROM faces AS f JOIN photos AS p"
+                           f" ON p.path = f.path AND {_LIVE.format(t='p')}"
+                           f" LEFT JOIN {self._people} AS n ON n.id = f.id AND {_LIVE.format(t='n')}"
+                           f" WHERE {_LIVE.format(t='f')} AND identity != '' ORDER BY f.id", {"g": self.generation})
         yield from rows
 
     # --- writing (generation self.generation, in one transaction) --------------------------
@@ -410,6 +492,7 @@ class StoreWrite:
             raise IndexFormatError(f"metadata file '{self._store.path}' has no record of generation {self.g - 1}")
         self._faces, self._photos = previous.faces, previous.photos
         self._identity_delta: dict[str, int] = {}
+        self._names: set[str] = set()  # names of people whose faces changed
         self._identities = previous.identities
         self._conn.execute("BEGIN IMMEDIATE")
         return self
@@ -428,16 +511,47 @@ class StoreWrite:
             raise
 
     def _count_identities(self) -> int:
-        # Only identities whose photo count changed can appear or vanish: look those up.
+        # Only identities whose photo count changed, or people names whose faces changed, can appear or
+        # vanish: look those up. An identity exists while a photo has it or a person's face is named it.
         n = self._identities
-        for identity, delta in self._identity_delta.items():
-            if delta == 0:
+        for identity in {x for x, d in self._identity_delta.items() if d} | self._names:
+            if not identity:  # unlabelled photos: no identity
                 continue
             now = self._conn.execute("SELECT count(*) FROM photos WHERE identity = ? AND removed IS NULL",
                                      (identity,)).fetchone()[0]
-            before = now - delta
-            n += (now > 0) - (before > 0)
+            before = now - self._identity_delta.get(identity, 0)
+            named_now = self._named(identity, None)
+            named_before = self._named(identity, self.g - 1) if identity in self._names else named_now
+            n += (now > 0 or named_now) - (before > 0 or named_before)
         return n
+
+    def _named(self, name: str, generation: int | None) -> bool:
+        """Whether a live person face carries `name` now (None) or at committed `generation`."""
+        live = "removed IS NULL" if generation is None else _LIVE.format(t="people").replace(":g", str(int(generation)))
+        return self._conn.execute(f"SELECT 1 FROM people WHERE name = ? AND {live} LIMIT 1", (name,)).fetchone() \
+            is not None
+
+    def put_people(self, rows: Iterable[tuple[int, int, str | None, bool]]) -> None:
+        """Set `(face id, person, name or None, fixed)` of faces of unlabelled photos (replacing their rows)."""
+        for id_, person, name, fixed in rows:
+            old = self._conn.execute("SELECT name FROM people WHERE id = ? AND removed IS NULL", (int(id_),)).fetchone()
+            if old is not None:
+                if old[0] is not None:
+                    self._names.add(old[0])
+                self._retire("people", "id = ?", (int(id_),))
+            if name is not None:
+                self._names.add(name)
+            self._conn.execute("INSERT INTO people (id, person, name, fixed, added) VALUES (?, ?, ?, ?, ?)",
+                               (int(id_), int(person), name, int(bool(fixed)), self.g))
+
+    def _forget_people(self, ids: Sequence[int]) -> None:
+        """Retire the people rows of removed faces."""
+        for i in ids:
+            old = self._conn.execute("SELECT name FROM people WHERE id = ? AND removed IS NULL", (int(i),)).fetchone()
+            if old is not None:
+                if old[0] is not None:
+                    self._names.add(old[0])
+                self._retire("people", "id = ?", (int(i),))
 
     def remove_photos(self, paths: Iterable[str]) -> list[int]:
         """Remove live photos and their faces; returns the ids of the faces removed."""
@@ -456,6 +570,8 @@ class StoreWrite:
             self._identity_delta[identity] = self._identity_delta.get(identity, 0) - 1
             self._retire("faces", "path = ?", (path,))
             self._retire("photos", "path = ?", (path,))
+            if not identity:
+                self._forget_people(ids)
         return removed_ids
 
     def remove_faces(self, ids: Iterable[int]) -> list[int]:
@@ -465,6 +581,7 @@ class StoreWrite:
             if self._conn.execute("SELECT 1 FROM faces WHERE id = ? AND removed IS NULL", (int(i),)).fetchone():
                 self._retire("faces", "id = ?", (int(i),))
                 removed.append(int(i))
+        self._forget_people(removed)
         self._faces -= len(removed)
         return removed
 
@@ -490,6 +607,14 @@ class StoreWrite:
         self._conn.executemany("INSERT INTO faces (id, path, face, x1, y1, x2, y2, added) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                                rows)
         self._faces += len(rows)
+        # A face that keeps its id (a moved photo) keeps the person its removal in this write retired.
+        if not self._conn.execute("SELECT 1 FROM people WHERE removed = ? LIMIT 1", (self.g,)).fetchone():
+            return
+        for id_, *_ in rows:
+            if self._conn.execute("SELECT 1 FROM people WHERE id = ? AND removed IS NULL", (id_,)).fetchone():
+                continue
+            self._conn.execute("INSERT INTO people (id, person, name, fixed, added) SELECT id, person, name, fixed, ?"
+                               " FROM people WHERE id = ? AND removed = ? LIMIT 1", (self.g, id_, self.g))
 
     def exclude(self, rows: Iterable[Exclusion]) -> None:
         """Record exclusions (a folder build honours them; see `facesearch.index.sync.build`)."""

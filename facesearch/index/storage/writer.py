@@ -48,7 +48,15 @@ from facesearch.index.storage.merging import (
     write_ids,
 )
 from facesearch.index.storage.segments import Segment, SegmentInfo, Spool, gather_vectors, write_segment
-from facesearch.index.storage.store import Exclusion, IndexStore, Photo, StoredFace, StoreWrite, metadata_name
+from facesearch.index.storage.store import (
+    Exclusion,
+    IndexStore,
+    PersonFace,
+    Photo,
+    StoredFace,
+    StoreWrite,
+    metadata_name,
+)
 
 __all__ = ["DEAD_SHARE", "MERGE_FACTOR", "MIN_APPROXIMATE", "CommitResult", "IndexWriter", "plan_merge"]
 
@@ -232,6 +240,12 @@ class IndexWriter:
             self._staged_manifest = new
             self._settings_changed = True
 
+    def set_people(self, params: dict | None) -> None:
+        """Record the parameters the people were grouped with (`Manifest.people`); written by the next commit."""
+        if self._target.people != params:
+            self._staged_manifest = replace(self._target, people=params)
+            self._settings_changed = True
+
     @property
     def _target(self) -> Manifest:
         return getattr(self, "_staged_manifest", None) or self.manifest
@@ -317,6 +331,15 @@ class IndexWriter:
         """Stage the removal of single faces by id."""
         if ids:
             self._removed.update(self._edits().remove_faces([int(i) for i in ids]))
+
+    def put_people(self, rows: Sequence[tuple[int, int, str | None, bool]]) -> None:
+        """Stage `(face id, person, name or None, fixed)` of faces of unlabelled photos (their people rows)."""
+        if rows:
+            self._edits().put_people(list(rows))
+
+    def person_faces(self) -> list[PersonFace]:
+        """The committed faces of unlabelled photos with their people (`IndexStore.person_faces`)."""
+        return self.store.person_faces()
 
     def exclude(self, rows: Sequence[Exclusion]) -> None:
         """Stage exclusions: folder photos (or faces) a folder build must not add back while unchanged."""

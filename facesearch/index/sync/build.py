@@ -24,10 +24,10 @@ from facesearch.index.openset.open_set import unchanged_calibration
 from facesearch.index.protocols import EmbedderLike, Progress
 from facesearch.index.storage.manifest import MANIFEST_FILE, IndexPolicy, read_manifest, read_manifest_data
 from facesearch.index.storage.merging import SWAP_WAIT, merge_segments
-from facesearch.index.storage.store import Photo, StoredFace
+from facesearch.index.storage.store import UNLABELED, Photo, StoredFace
 from facesearch.index.storage.writer import IndexWriter
 from facesearch.index.sync.enrolled import ExclusionPlan, carry_enrolled, plan_exclusions
-from facesearch.index.sync.scan import ScannedFile, plan_update, scan_folder
+from facesearch.index.sync.scan import Scan, ScannedFile, plan_update, scan_folder
 
 
 @dataclass
@@ -81,8 +81,15 @@ class BuildReport:
 def build_index(source_dir: str | os.PathLike, index_dir: str | os.PathLike, embedder: EmbedderLike, *,
                 batch_size: int = DEFAULT_BATCH_SIZE, strict: bool = False, rebuild: bool = False, faces: str = "largest",
                 workers: int | None = None, progress: Progress | None = None,
-                policy: IndexPolicy | None = None, fpir: float | None = None, wait: float = 0.0) -> BuildReport:
+                policy: IndexPolicy | None = None, fpir: float | None = None, wait: float = 0.0,
+                labeled: bool = True) -> BuildReport:
     """Create or update the index in `index_dir` from the photos in `source_dir`.
+
+    With `labeled=False` the photos have no identity (any layout, photos anywhere below the folder):
+    every face of each is stored without one, under the photo's absolute path, for `facesearch people`
+    to group; queries never answer such a face until its person is named. Such a build mirrors the
+    unlabelled photos below `source_dir` only: the labelled gallery folder, enrolled photos and other
+    unlabelled folders in the index are left as they are (README "Unlabelled photos").
 
     Args:
         source_dir: folder of `<identity>/<photo>` images (identity rule: `facesearch.index.sync.scan`).
@@ -91,7 +98,8 @@ def build_index(source_dir: str | os.PathLike, index_dir: str | os.PathLike, emb
         batch_size: photos read and embedded per batch.
         strict: raise on the first unreadable photo instead of skipping it.
         rebuild: discard the existing index (even one built by another model or damaged).
-        faces: "largest" keeps the largest face of each photo, "all" keeps every face.
+        faces: "largest" keeps the largest face of each photo, "all" keeps every face (unlabelled
+            photos always keep every face; `faces` is then the policy recorded for labelled ones).
         workers: threads reading photos; default `embedder.core.constants.reader_threads()`.
         progress: optional callback, see `facesearch.index.protocols.Progress`.
         policy: index type, memory budget, raw vector dtype; None keeps the index's (or the defaults).
@@ -99,6 +107,7 @@ def build_index(source_dir: str | os.PathLike, index_dir: str | os.PathLike, emb
         fpir: the false-positive identification rate the stored open-set threshold is for (None:
             the stored calibration's, else 1%); see `facesearch.index.openset.open_set`.
         wait: seconds to wait for another writer (a service's merge, another build) before giving up.
+        labeled: False stores the photos as unlabelled (see above).
 
     Returns:
         A `BuildReport`.
@@ -119,23 +128,40 @@ def build_index(source_dir: str | os.PathLike, index_dir: str | os.PathLike, emb
     index_dir = Path(index_dir).expanduser().resolve()
     scan = scan_folder(source_dir)
     report = BuildReport(str(scan.root), str(index_dir), total_files=len(scan.files), ignored=scan.ignored)
-    settings = build_settings(embedder, faces)
     existed = (index_dir / MANIFEST_FILE).exists()
+    if not labeled:
+        # The index's face policy (for its labelled photos) stays; only a new crop method rebuilds.
+        faces = _recorded_faces(index_dir) or faces
+        scan = _unlabeled(scan)
+    settings = build_settings(embedder, faces)
     # A new face policy or crop method (e.g. --aligned, or a facesearch that aligns differently)
-    # changes every photo: embed them all again.
-    rebuild = rebuild or _settings_differ(index_dir, settings)
-    with IndexWriter.open(index_dir, calibrator=COMMIT_CALIBRATION, card=embedder.card, model_dir=embedder.model_dir, source_dir=scan.root,
-                          build=settings, policy=policy, rebuild=rebuild, wait=wait) as writer:
+    # changes every photo: embed them all again. Not silently when that would drop unlabelled photos
+    # (and the people named among them): those are embedded from their own folders, by their own builds.
+    if not rebuild and _settings_differ(index_dir, settings):
+        if unlabeled := _unlabeled_photos(index_dir):
+            raise DatasetError(f"this build's settings ({settings}) differ from the index's, which means embedding "
+                               f"every photo again from an empty index, and the index holds {unlabeled} unlabelled "
+                               "photos whose people and names would go with it: build with the index's settings, "
+                               "or pass --rebuild (then build the unlabelled folders again)")
+        rebuild = True
+    with IndexWriter.open(index_dir, calibrator=COMMIT_CALIBRATION, card=embedder.card, model_dir=embedder.model_dir,
+                          source_dir=scan.root if labeled else None, build=settings, policy=policy, rebuild=rebuild,
+                          wait=wait) as writer:
         report.rebuilt = existed and writer.fresh
         retype = (policy is not None and not writer.fresh and policy.index_type != writer.manifest.policy.index_type)
         # What the service changed survives: a rebuild embeds the enrolled photos again (facesearch.index.sync.enrolled).
         carried = carry_enrolled(index_dir, writer, embedder, workers=workers, batch_size=batch_size) \
             if report.rebuilt else None
-        exclusions = plan_exclusions(scan.root, scan.files, carried.exclusions if carried else writer.exclusions())
+        # Exclusions of this build's own photos only: labelled ones are relative, unlabelled ones absolute
+        # below their folder (another folder's are not this build's to lapse).
+        mine = [e for e in (carried.exclusions if carried else writer.exclusions())
+                if _is_mine(e.path, scan.root, labeled)]
+        exclusions = plan_exclusions(scan.root, scan.files, mine)
         if carried is not None:
             report.enrolled, report.skipped = carried.photos, report.skipped + carried.lost
         _update(scan.root, exclusions, writer, embedder, report, start, batch_size=batch_size, strict=strict,
-                faces=faces, workers=workers, progress=progress, carried=carried.faces if carried else 0)
+                faces=faces if labeled else "all", workers=workers, progress=progress,
+                carried=carried.faces if carried else 0, source="folder" if labeled else UNLABELED)
         writer.request_calibration(fpir)
         t = time.perf_counter()
         result = writer.commit()
@@ -159,22 +185,25 @@ def build_index(source_dir: str | os.PathLike, index_dir: str | os.PathLike, emb
 
 def _update(root: Path, exclusions: ExclusionPlan, writer: IndexWriter, embedder: EmbedderLike, report: BuildReport,
             start: float, *, batch_size: int, strict: bool, faces: str, workers: int | None,
-            progress: Progress | None, carried: int = 0) -> None:
-    """Stage in `writer` what makes the index mirror `exclusions.files`."""
+            progress: Progress | None, carried: int = 0, source: str = "folder") -> None:
+    """Stage in `writer` what makes the index mirror `exclusions.files` (photos of `source`)."""
     files = exclusions.files
     report.excluded = len(exclusions.excluded)
     writer.lapse_exclusions(exclusions.lapsed)
-    indexed = {} if writer.fresh else writer.photos("folder")
+    indexed = {} if writer.fresh else writer.photos(source)
+    if source == UNLABELED:  # this folder's unlabelled photos, not other folders'
+        prefix = root.as_posix().rstrip("/") + "/"
+        indexed = {p: photo for p, photo in indexed.items() if p.startswith(prefix)}
     plan = plan_update(files, indexed)
     for f in plan.unchanged:
         if indexed[f.path].identity != f.identity:  # the identity rule changed
-            writer.put_photo(_photo(f, indexed[f.path].sha256, indexed[f.path].n_faces))
+            writer.put_photo(_photo(f, indexed[f.path].sha256, indexed[f.path].n_faces, source))
     to_embed = list(plan.new)
     digests = _hash_files(plan.touched, root, workers, progress)
     for f in plan.touched:
         old = indexed[f.path]
         if digests[f.path] == old.sha256:  # touched, same bytes: keep the vectors
-            writer.put_photo(_photo(f, old.sha256, old.n_faces))
+            writer.put_photo(_photo(f, old.sha256, old.n_faces, source))
         else:
             to_embed.append(f)
     to_embed.sort(key=lambda f: f.path)
@@ -190,7 +219,8 @@ def _update(root: Path, exclusions: ExclusionPlan, writer: IndexWriter, embedder
     t = time.perf_counter()
     live = writer.manifest.faces - sum(len(v) for v in old_faces.values()) + carried
     live += _embed(root, to_embed, writer, embedder, report, indexed, old_faces, reusable, exclusions,
-                   batch_size=batch_size, strict=strict, faces=faces, workers=workers, progress=progress)
+                   batch_size=batch_size, strict=strict, faces=faces, workers=workers, progress=progress,
+                   source=source)
     report.seconds["embed"] = time.perf_counter() - t
     report.images_per_second = len(to_embed) / report.seconds["embed"] if to_embed else 0.0
     if live == 0:
@@ -200,7 +230,7 @@ def _update(root: Path, exclusions: ExclusionPlan, writer: IndexWriter, embedder
 def _embed(root: Path, to_embed: list[ScannedFile], writer: IndexWriter, embedder: EmbedderLike,
            report: BuildReport, indexed: dict[str, Photo], old_faces: dict[str, list[StoredFace]],
            reusable: dict[str, str], exclusions: ExclusionPlan, *, batch_size: int, strict: bool, faces: str,
-           workers: int | None, progress: Progress | None) -> int:
+           workers: int | None, progress: Progress | None, source: str = "folder") -> int:
     """Read and embed `to_embed` into `writer`; returns the faces staged."""
     staged = done = 0
     if progress is not None and to_embed:
@@ -226,15 +256,15 @@ def _embed(root: Path, to_embed: list[ScannedFile], writer: IndexWriter, embedde
             else:
                 report.added += 1
             if r.reuse:
-                source = reusable[r.sha256]
-                kept = old_faces.get(source, [])
-                writer.keep_faces(_photo(file, r.sha256, indexed[source].n_faces), kept)
-                del old_faces[source]  # its ids now belong to this photo
+                old = reusable[r.sha256]
+                kept = old_faces.get(old, [])
+                writer.keep_faces(_photo(file, r.sha256, indexed[old].n_faces, source), kept)
+                del old_faces[old]  # its ids now belong to this photo
                 report.reused += 1
-                n_faces, staged = indexed[source].n_faces, staged + len(kept)
+                n_faces, staged = indexed[old].n_faces, staged + len(kept)
             else:
                 kept, vectors = exclusions.drop_faces(file.path, r.sha256, r.kept, r.vectors)
-                writer.add_photo(_photo(file, r.sha256, r.n_faces), kept, vectors)
+                writer.add_photo(_photo(file, r.sha256, r.n_faces, source), kept, vectors)
                 n_faces, staged = r.n_faces, staged + len(kept)
             report.no_face += n_faces == 0
             report.multi_face += n_faces > 1
@@ -263,8 +293,42 @@ def _hash_files(files: list[ScannedFile], root: Path, workers: int | None,
     return out
 
 
-def _photo(f: ScannedFile, sha256: str, n_faces: int) -> Photo:
-    return Photo(f.path, f.identity, f.size, f.mtime_ns, sha256, n_faces)
+def _photo(f: ScannedFile, sha256: str, n_faces: int, source: str = "folder") -> Photo:
+    return Photo(f.path, f.identity, f.size, f.mtime_ns, sha256, n_faces, source)
+
+
+def _unlabeled(scan: Scan) -> Scan:
+    """The scan's files as unlabelled photos: absolute paths (they share the index with the gallery
+    folder's relative ones without colliding), no identity."""
+    files = [ScannedFile((scan.root / f.path).as_posix(), "", f.size, f.mtime_ns) for f in scan.files]
+    return Scan(scan.root, files, scan.ignored)
+
+
+def _is_mine(path: str, root: Path, labeled: bool) -> bool:
+    """Whether an exclusion's photo belongs to this build (labelled: relative; else absolute below `root`)."""
+    if labeled:
+        return not path.startswith("/")
+    return path.startswith(root.as_posix().rstrip("/") + "/")
+
+
+def _unlabeled_photos(index_dir: Path) -> int:
+    """Unlabelled photos in the index's current generation (0 when there is no readable index)."""
+    from facesearch.index.storage.gallery import GalleryIndex
+
+    try:
+        with GalleryIndex.open(index_dir) as g:
+            return len(g.store.photos(UNLABELED))
+    except (IndexFormatError, OSError):
+        return 0
+
+
+def _recorded_faces(index_dir: Path) -> str | None:
+    """The face policy the index records for its labelled photos (None: no index yet)."""
+    try:
+        data = read_manifest_data(index_dir)
+    except IndexFormatError:
+        return None
+    return dict(data.get("build") or {}).get("faces", "largest") if isinstance(data, dict) else None
 
 
 def _settings_differ(index_dir: Path, settings: dict) -> bool:

@@ -112,15 +112,19 @@ def stage_enrolment(writer: IndexWriter, identity: str, faces: list[FaceToEnrol]
 
 def stage_identity_removal(writer: IndexWriter, identity: str) -> Removed:
     """Stage the removal of every photo of `identity`; folder photos are also excluded from later folder builds.
+    Faces of unlabelled photos whose person was given this name lose the name: they stay in the
+    collection, as an unnamed person (`facesearch.index.sync.people`), counted in `faces_removed`.
 
     Raises:
-        IdentityNotFoundError: the index has no photo of `identity`.
+        IdentityNotFoundError: the index has no photo (and no person) of `identity`.
     """
     photos = writer.photos_of_identity(identity)
-    if not photos:
+    named = [f for f in writer.person_faces() if f.name == identity]
+    if not photos and not named:
         raise IdentityNotFoundError(f"identity '{identity}' is not in the index")
+    writer.put_people([(f.id, f.person, None, f.fixed) for f in named])
     paths = [p.path for p in photos]
-    faces = sum(len(v) for v in writer.faces_of(paths).values())
+    faces = sum(len(v) for v in writer.faces_of(paths).values()) + len(named)
     writer.remove_photos(paths)
     folder = [p for p in photos if p.source != "api"]
     writer.exclude([exclusion_of(p) for p in folder])

@@ -77,7 +77,9 @@ function render() {
 function drawBoxes(answer) {
   const img = $("#photo");
   const scale = img.clientWidth / (img.naturalWidth || 1);
-  $("#boxes").replaceChildren(...answer.faces.filter((f) => f.box).map((face) => {
+  // Each box carries the face's number in the list beside the photo ("Face 2:"), then its verdict.
+  const numbered = answer.faces.map((face, i) => [face, i + 1]).filter(([face]) => face.box);
+  $("#boxes").replaceChildren(...numbered.map(([face, number]) => {
     const [x1, y1, x2, y2] = face.box;
     const box = document.createElement("div");
     box.className = "box" + (face.known ? " known" : "");
@@ -85,7 +87,13 @@ function drawBoxes(answer) {
                                width: (x2 - x1) * scale + "px", height: (y2 - y1) * scale + "px" });
     const label = document.createElement("span");
     label.className = "label";
-    label.textContent = face.verdict;
+    const num = document.createElement("b");
+    num.className = "number";
+    num.textContent = String(number);
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = face.verdict;
+    label.append(num, " ", name);
     box.append(label);
     return box;
   }));
@@ -115,6 +123,7 @@ function matchItem(match, threshold) {
   const name = document.createElement("div");
   name.className = "name";
   name.textContent = match.identity;
+  name.title = match.identity;
   const score = document.createElement("div");
   score.className = "score";
   score.textContent = match.score.toFixed(3);

@@ -1,0 +1,1 @@
+"""People: faces without an identity grouped into provisional people (see clustering.py)."""
