@@ -201,6 +201,47 @@ def test_params_for_fills_every_parameter(rng):
     assert p.single is not None and p.single >= 0.5 and p.gap is not None and p.gap >= 0
 
 
+def test_single_for_scales_the_single_face_rule_by_the_strangers_a_face_meets():
+    """Hand-worked: threshold 0.9, single 0.96, far 1e-3: a face meets n * 1e-3 strangers above 0.9."""
+    p = ClusterParams(0.9, single=0.96, far=1e-3)
+    assert p.single_for(100) == pytest.approx(0.906)  # 0.9 + 0.06 * 0.1
+    assert p.single_for(1000) == pytest.approx(0.96) and p.single_for(13_000) == pytest.approx(0.96)
+    assert ClusterParams(0.9, single=0.96).single_for(10) == 0.96  # rate unknown: in full at any size
+    assert ClusterParams(0.9, far=1e-3).single_for(10) is None
+    assert params_for({"far_1e-3": 0.5}, unit(np.eye(12)[:11] + 0.1)).far == 1e-3
+    assert params_for({"best_accuracy": 0.5}, unit(np.eye(12)[:11] + 0.1)).far is None
+    with pytest.raises(ClusterInputError):
+        ClusterParams(0.9, far=0.0)
+
+
+def album(scores: list[float], faces: int, d: int = 128) -> np.ndarray:
+    """People whose faces score exactly `scores[p]` with one another and exactly 0 with anyone else:
+    face i of person p is sqrt(c) e_p + sqrt(1 - c) e_(P + i) for orthonormal e."""
+    basis = np.eye(d, dtype=np.float64)
+    rows = [np.sqrt(c) * basis[p] + np.sqrt(1 - c) * basis[len(scores) + p * faces + i]
+            for p, c in enumerate(scores) for i in range(faces)]
+    return np.asarray(rows, np.float32)
+
+
+def test_a_small_album_groups_a_person_whose_photos_match_less_well():
+    """24 photos, 4 people of 6: three match at 0.975, one at 0.94, above the card's 0.926 but below
+    the collection's Otsu split of best scores (between 0.94 and 0.975). In full, that rule left the
+    fourth person's six photos alone (checked below); a face among 24 meets 0.024 strangers above
+    0.926, so the rule applies at 2.4% of its strength and the fourth person is grouped too."""
+    x = album([0.975, 0.975, 0.975, 0.94], 6)
+    truth = np.repeat(np.arange(4), 6)
+    p = params_for({"far_1e-3": 0.926, "best_accuracy": 0.903}, x)
+    assert p.far == 1e-3 and 0.94 < p.single < 0.975
+    in_full = cluster(x, np.arange(24), ClusterParams(p.threshold, single=p.single, gap=p.gap))
+    assert (in_full[truth == 3] == -1).all()  # the rule this replaces, in full
+    labels = cluster(x, np.arange(24), p)
+    check_rules(labels, np.arange(24))
+    assert same_partition(labels, truth)
+    # New photos follow the same size rule: a seventh photo of the fourth person joins its group.
+    extra = album([0.975, 0.975, 0.975, 0.94], 7)[[27]]
+    assert assign(extra, np.array([24]), x, np.arange(24), labels, p)[0] == labels[18]
+
+
 # -- cluster: rules and known truth --------------------------------------------------------------------
 
 

@@ -62,6 +62,10 @@ class ClusterParams:
             it from the collection (`pair_rule`).
         gap: two single faces also pair when their score reaches `threshold` and stands out by
             `gap` from both faces' typical neighbour score (ranks 2-10). None: estimated.
+        far: the share of stranger pairs that reach `threshold` (1e-3 for the card's `far_1e-3`), when
+            known. A face meets about n * far strangers above `threshold` among n faces, so `single`
+            applies in full from n * far = 1 and in proportion below (`single_for`): a collection of
+            a few dozen faces does not need it. None: `single` applies in full at any size.
     """
 
     threshold: float
@@ -69,6 +73,7 @@ class ClusterParams:
     min_faces: int = 2
     single: float | None = None
     gap: float | None = None
+    far: float | None = None
 
     def __post_init__(self) -> None:
         if not np.isfinite(self.threshold) or not -1.0 <= self.threshold <= 1.0:
@@ -81,6 +86,16 @@ class ClusterParams:
             raise ClusterInputError(f"gap {self.gap!r} must be a score difference >= 0")
         if self.min_faces < 2:
             raise ClusterInputError(f"min_faces must be at least 2 (got {self.min_faces}): a group has two faces")
+        if self.far is not None and not (np.isfinite(self.far) and 0 < self.far <= 1):
+            raise ClusterInputError(f"far {self.far!r} must be a rate in (0, 1]")
+
+    def single_for(self, faces: int, single: float | None = None) -> float | None:
+        """The two-single-faces linkage in a collection of `faces` faces (`single`, or the one given,
+        scaled by the strangers a face meets above `threshold` there: see `far`)."""
+        single = self.single if single is None else single
+        if single is None or self.far is None:
+            return single
+        return self.threshold + (max(single, self.threshold) - self.threshold) * min(1.0, faces * self.far)
 
 
 @dataclass(frozen=True)
@@ -134,6 +149,18 @@ def threshold_for(card_thresholds: dict | None, vectors: np.ndarray | None = Non
     k = min(10, len(x) - 1)
     scores = _search(x, x[sample], k + 1, exact=True)[0][:, 1:]  # drop each face's match with itself
     return otsu(scores.ravel())
+
+
+def card_far(card_thresholds: dict | None) -> float | None:
+    """The stranger-pair rate of the threshold `threshold_for` takes from a card: 1e-3 for `far_1e-3`;
+    None when the threshold is not a false-accept point (`best_accuracy`, or none)."""
+    for name in CARD_KEYS:
+        if card_thresholds and name in card_thresholds:
+            try:
+                return float(name[len("far_"):]) if name.startswith("far_") else None
+            except ValueError:
+                return None
+    return None
 
 
 def otsu(scores: np.ndarray, bins: int = 512) -> float:
@@ -200,14 +227,15 @@ def params_for(card_thresholds: dict | None, vectors: np.ndarray, *, k: int = 20
         ClusterInputError: as `threshold_for`.
     """
     threshold = threshold_for(card_thresholds, vectors, seed=seed)
+    far = card_far(card_thresholds)
     x = _check_vectors(vectors)
     if len(x) < 2:
-        return ClusterParams(threshold, k=k, min_faces=min_faces)
+        return ClusterParams(threshold, k=k, min_faces=min_faces, far=far)
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(len(x), min(len(x), 2_000), replace=False))
     scores = _search(x, x[sample], min(10, len(x) - 1) + 1, exact=True)[0][:, 1:]
     single, gap = pair_rule(scores, threshold)
-    return ClusterParams(threshold, k=k, min_faces=min_faces, single=single, gap=gap)
+    return ClusterParams(threshold, k=k, min_faces=min_faces, single=single, gap=gap, far=far)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -487,6 +515,7 @@ def cluster(vectors: np.ndarray, photo_ids: np.ndarray, params: ClusterParams, *
         est_single, est_gap = pair_rule(s, params.threshold)
         single = est_single if single is None else single
         gap = est_gap if gap is None else gap
+    single = params.single_for(n, single)
     background = np.full(n, np.inf)
     background[start] = background_of(s)  # only single faces use it: a pinned pair's start is not single
     group = agglomerate(sums, sizes, a, b, blocked, params.threshold, anchored, single=single, gap=gap,
@@ -571,7 +600,7 @@ def assign(new_vectors: np.ndarray, new_photo_ids: np.ndarray, vectors: np.ndarr
     np.add.at(sums, m + old_labels[grouped], x[grouped])
     sizes = np.r_[np.ones(m, np.int64), np.bincount(old_labels[grouped], minlength=n_groups)]
     group = agglomerate(sums, sizes, np.concatenate(parts_a), np.concatenate(parts_b),
-                        np.concatenate(parts_w), params.threshold, anchored, single=params.single,
+                        np.concatenate(parts_w), params.threshold, anchored, single=params.single_for(len(x) + m),
                         gap=params.gap, background=background)
     out = np.full(m, -1, np.int64)
     # A new face whose group holds an old group node takes that group's label.
