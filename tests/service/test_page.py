@@ -6,6 +6,7 @@ Every request the page makes is checked to stay on the server: anything else fai
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -19,6 +20,17 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromiu
 # The machine has no network: nothing in the background may try to reach one. As root, no sandbox.
 ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync",
         "--no-first-run", "--disable-default-apps", "--disable-extensions"]
+
+
+def images_loaded(page, selector: str, timeout: float = 15.0) -> None:
+    """Wait until every image under `selector` has loaded. Polled from here: Playwright's
+    wait_for_function re-evaluates a string predicate with eval, which the page's CSP refuses
+    (it passed only when the images were there at the first look)."""
+    script = f"() => [...document.querySelectorAll({selector!r})].every(i => i.complete && i.naturalWidth > 0)"
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(script):
+        assert time.monotonic() < deadline, f"the images of {selector} did not load within {timeout} s"
+        page.wait_for_timeout(50)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +75,7 @@ def test_upload_see_boxes_and_names_then_enrol(server, browser_page, photos, tmp
     face = page.locator("#faces .face")
     sync_api.expect(face.locator(".verdict")).to_have_text("eileen")
     sync_api.expect(face.locator(".matches li")).to_have_count(2)  # eileen and cameraman, each with a thumbnail
-    page.wait_for_function("[...document.querySelectorAll('.matches img')].every(i => i.complete && i.naturalWidth)")
+    images_loaded(page, ".matches img")
 
     # A group photo: two boxes; the cameraman is removed, so his face is unknown until enrolled here.
     assert server.client.delete("/v1/identities/cameraman").status_code == 200
@@ -159,7 +171,7 @@ def test_people_page_group_name_merge_and_click_a_face_out(server, browser_page,
     sync_api.expect(second.locator(".person-faces li")).to_have_count(2)
     sync_api.expect(first.locator(".suggestion")).to_contain_text("looks like eileen (score 0.")
     sync_api.expect(second.locator(".suggestion")).to_contain_text("looks like cameraman (score 0.")
-    page.wait_for_function("[...document.querySelectorAll('.person-faces img')].every(i => i.complete && i.naturalWidth)")
+    images_loaded(page, ".person-faces img")
 
     # The two share the group photo: merging them is refused, with the server's reason, and nothing changes.
     first.locator(".merge-form button").click()
@@ -186,7 +198,7 @@ def test_people_page_group_name_merge_and_click_a_face_out(server, browser_page,
     sync_api.expect(page.locator("#notice")).to_contain_text("moved into person-")
     sync_api.expect(page.locator("#alone")).to_be_hidden()
     sync_api.expect(page.locator("#people .person").nth(1).locator(".person-faces li")).to_have_count(2)
-    page.wait_for_function("[...document.querySelectorAll('.person-faces img')].every(i => i.complete && i.naturalWidth)")
+    images_loaded(page, ".person-faces img")
     shot = Path(tmp_path) / "facesearch-people.png"
     page.screenshot(path=str(shot), full_page=True)
     print(f"screenshot: {shot}")
