@@ -95,7 +95,7 @@ def test_knn_graph_hnsw_path_finds_the_true_neighbours(monkeypatch, rng):
     full = x @ x.T
     np.fill_diagonal(full, -np.inf)
     ref = np.argsort(-full, axis=1)[:, :3]
-    # Exact search would give 1.0; HNSW (M=32, ef=128) on 400 points misses essentially nothing.
+    # Exact search would give 1.0; HNSW (M=32, efSearch 48) on 400 points misses essentially nothing.
     recall = np.mean([len(set(a) & set(b)) / 3 for a, b in zip(ids.tolist(), ref.tolist())])
     assert recall >= 0.99
 

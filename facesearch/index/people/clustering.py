@@ -12,7 +12,7 @@ Interface (stable; the people plumbing calls these):
 The algorithm (docs/people.md, "How faces are grouped"):
 
 1. Each face's `k` nearest faces by inner product (exact FAISS flat search up to `EXACT_MAX` faces,
-   HNSW above), made symmetric: the edge set of a sparse graph, every edge with its score.
+   HNSW above, `_hnsw_knn`), made symmetric: the edge set of a sparse graph, every edge with its score.
 2. Two faces of one photo (and any pair in `apart`) get a cannot-link edge of score -inf.
 3. Average linkage on that graph: the linkage of two groups is the mean score of the graph's edges
    between them (edges absent from the graph are unknown, not counted). Groups merge while their
@@ -39,7 +39,7 @@ from facesearch.embedder.core.errors import FaceSearchError
 
 EXACT_MAX = 20_000  # up to this many faces the k-NN graph comes from an exact flat search
 CARD_KEYS = ("far_1e-3", "best_accuracy")  # the card's calibrated thresholds, in the order threshold_for takes them
-HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 80, 128
+HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 40, 48  # above EXACT_MAX (`_hnsw_knn`)
 
 
 class ClusterInputError(FaceSearchError, ValueError):
@@ -147,7 +147,7 @@ def threshold_for(card_thresholds: dict | None, vectors: np.ndarray | None = Non
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(len(x), min(len(x), 2_000), replace=False))
     k = min(10, len(x) - 1)
-    scores = _search(x, x[sample], k + 1, exact=True)[0][:, 1:]  # drop each face's match with itself
+    scores = _search(x, x[sample], k + 1)[0][:, 1:]  # drop each face's match with itself
     return otsu(scores.ravel())
 
 
@@ -233,7 +233,7 @@ def params_for(card_thresholds: dict | None, vectors: np.ndarray, *, k: int = 20
         return ClusterParams(threshold, k=k, min_faces=min_faces, far=far)
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(len(x), min(len(x), 2_000), replace=False))
-    scores = _search(x, x[sample], min(10, len(x) - 1) + 1, exact=True)[0][:, 1:]
+    scores = _search(x, x[sample], min(10, len(x) - 1) + 1)[0][:, 1:]
     single, gap = pair_rule(scores, threshold)
     return ClusterParams(threshold, k=k, min_faces=min_faces, single=single, gap=gap, far=far)
 
@@ -256,31 +256,35 @@ def _check_vectors(vectors: np.ndarray, name: str = "vectors") -> np.ndarray:
     return x
 
 
-def _search(base: np.ndarray, queries: np.ndarray, k: int, *, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k by inner product of `queries` over `base`: exact flat up to EXACT_MAX rows (or when
-    `exact`: few queries, where building a graph costs more than scanning), else HNSW.
-
-    The HNSW graph is built on one thread: FAISS's multi-threaded insertion order is not
-    reproducible, and clustering must be. Searching is read-only and uses every thread.
-    """
+def _search(base: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k by inner product of `queries` over `base` (FAISS flat: BLAS for batches)."""
     import faiss
 
     faiss.cvar.distance_compute_blas_threshold = 20  # BLAS for batches (see storage/ann/blas.py)
     k = min(k, len(base))
-    if exact or len(base) <= EXACT_MAX:
-        index = faiss.IndexFlatIP(base.shape[1])
-        index.add(base)
-    else:
-        index = faiss.IndexHNSWFlat(base.shape[1], HNSW_M, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        before = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(1)
-        try:
-            index.add(base)
-        finally:
-            faiss.omp_set_num_threads(before)
-        index.hnsw.efSearch = max(HNSW_EF_SEARCH, 2 * k)
+    index = faiss.IndexFlatIP(base.shape[1])
+    index.add(base)
     scores, ids = index.search(queries, k)
+    return scores, ids.astype(np.int64)
+
+
+def _hnsw_knn(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Approximate top-k of every row of `x` over `x` itself (its own row included): FAISS HNSW.
+
+    Built and searched on every thread. FAISS's parallel insertion may in principle order
+    inserts differently from run to run; three 2-thread builds of 50,000 faces here gave the same
+    graph. The settings are the cheapest that lose nothing the grouping uses: on 100,000
+    synthetic faces (benchmarks/scale.py) efConstruction 40 / efSearch 48 find the same 95.9% of
+    each face's same-person faces as 80 / 128 did, in 18 s instead of 37 s on 2 cores (and 66 s
+    with the build on one thread).
+    """
+    import faiss
+
+    index = faiss.IndexHNSWFlat(x.shape[1], HNSW_M, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+    index.add(x)
+    index.hnsw.efSearch = max(HNSW_EF_SEARCH, 2 * k)
+    scores, ids = index.search(x, k)
     return scores, ids.astype(np.int64)
 
 
@@ -297,7 +301,7 @@ def knn_graph(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """
     x = _check_vectors(vectors)
     n = len(x)
-    scores, ids = _search(x, x, k + 1)
+    scores, ids = _search(x, x, k + 1) if n <= EXACT_MAX else _hnsw_knn(x, min(k + 1, n))
     # Drop the face itself (normally the first hit; with duplicate vectors it may be anywhere,
     # or pushed out of the list by its twins, in which case the last hit goes).
     own = ids == np.arange(n)[:, None]
@@ -392,11 +396,11 @@ def agglomerate(sums: np.ndarray, sizes: np.ndarray, a: np.ndarray, b: np.ndarra
     group = np.arange(n, dtype=np.int64)
     pinned = np.zeros(n, bool) if anchored is None else np.asarray(anchored, bool).copy()
     a, b, blocked = _aggregate(np.asarray(a, np.int64), np.asarray(b, np.int64), np.asarray(blocked, np.int8), n)
+    link = _linkage(sums, sizes, a, b)
     while len(a):
         live = ~(pinned[a] & pinned[b])  # two pinned groups never merge: their edges can go
-        a, b, blocked = a[live], b[live], blocked[live]
+        a, b, blocked, link = a[live], b[live], blocked[live], link[live]
         # A blocked pair stays in the list (its block passes to the groups each side joins).
-        link = _linkage(sums, sizes, a, b)
         pairs = sizes[a].astype(np.float64) * sizes[b]
         need = threshold if single is None else threshold + (max(single, threshold) - threshold) / pairs
         ok = link >= need
@@ -425,7 +429,15 @@ def agglomerate(sums: np.ndarray, sizes: np.ndarray, a: np.ndarray, b: np.ndarra
         sums[mutual] += sums[other]
         sizes[mutual] += sizes[other]
         group = into[group]
-        a, b, blocked = _aggregate(into[a], into[b], blocked, n)
+        # Only edges with an end in a merged pair change: they are renamed, deduplicated and scored again;
+        # the others keep their linkage (their keys cannot meet a renamed edge's: those hold a merged node).
+        changed = np.zeros(n, bool)
+        changed[mutual] = changed[other] = True
+        touched = changed[a] | changed[b]
+        ta, tb, tblocked = _aggregate(into[a[touched]], into[b[touched]], blocked[touched], n)
+        still = ~touched
+        a, b = np.r_[a[still], ta], np.r_[b[still], tb]
+        blocked, link = np.r_[blocked[still], tblocked], np.r_[link[still], _linkage(sums, sizes, ta, tb)]
     return group
 
 
@@ -576,7 +588,7 @@ def assign(new_vectors: np.ndarray, new_photo_ids: np.ndarray, vectors: np.ndarr
     # New faces to the existing groups (group g is node m + g).
     grouped = np.flatnonzero(old_labels >= 0)
     if len(grouped):
-        s, nb = _search(x[grouped], q, params.k, exact=True)
+        s, nb = _search(x[grouped], q, params.k)
         seen.append(np.where(nb >= 0, s, -np.inf))
         found = nb >= 0
         rows = np.repeat(np.arange(m, dtype=np.int64), nb.shape[1]).reshape(nb.shape)
