@@ -38,14 +38,14 @@ LOCUST = shutil.which("locust", path=os.path.dirname(sys.executable)) or "locust
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 
 
-def synthetic_index(workdir: Path, faces: int) -> Path:
+def synthetic_index(workdir: Path, faces: int, model_dir: Path | None = None) -> Path:
     """A copy of the cached synthetic index of `faces` faces (built once per work folder)."""
     from serve import build_synthetic
 
     base = workdir / f"synthetic-{faces}"
     if not (base / "manifest.json").is_file():
         shutil.rmtree(base, ignore_errors=True)
-        print(f"building a synthetic index of {faces} faces: {build_synthetic(base, faces)}", file=sys.stderr)
+        print(f"building a synthetic index of {faces} faces: {build_synthetic(base, faces, model_dir=model_dir)}", file=sys.stderr)
     run = workdir / "run-index"
     shutil.rmtree(run, ignore_errors=True)
     shutil.copytree(base, run, ignore=shutil.ignore_patterns(".lock", ".merge.lock"))
@@ -94,9 +94,9 @@ def read_ledger(out: Path) -> Ledger:
 
 def run_load(workdir: Path, *, faces: int, duration: float, users: int = 8, workers: int = 2,
              index_type: str | None = "hnsw", compact_at: float = 0.5, people: int = 50, lfw: Path = DEFAULT_LFW,
-             threads: int = 1, compact_nice: int = 0) -> dict:
-    """One load run; the report and the audit."""
-    index = synthetic_index(workdir, faces)
+             threads: int = 1, compact_nice: int = 0, model_dir: Path | None = None) -> dict:
+    """One load run; the report and the audit (`model_dir`: the default model's folder, if not the installed one)."""
+    index = synthetic_index(workdir, faces, model_dir)
     out = workdir / "locust"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)

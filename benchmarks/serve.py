@@ -185,7 +185,7 @@ def warm_vs_cold(server: Server, photo: Path, index: Path, warm_runs: int = 20, 
 # ------------------------------------------------------------------ enrolment on a 1M-face index
 
 
-def build_synthetic(index: Path, faces: int, seed: int = 0) -> dict:
+def build_synthetic(index: Path, faces: int, seed: int = 0, model_dir: Path | None = None) -> dict:
     """`faces` random unit vectors, 5 per identity, as a folder build of the default model would write them.
 
     A build calibrates the index's open-set threshold in its commit (`facesearch.index.openset.open_set`); on 1M faces
@@ -200,7 +200,9 @@ def build_synthetic(index: Path, faces: int, seed: int = 0) -> dict:
     from facesearch.index.openset.calibration import calibrate_gallery
     from facesearch.index.storage.store import Photo
 
-    model_dir = installed_model_dir()
+    model_dir = model_dir or installed_model_dir()
+    if model_dir is None:
+        raise SystemExit("the default model is not installed: run `facesearch models install dlib-resnet` first")
     card = ModelCard.load(model_dir)
     rng = np.random.default_rng(seed)
     started = time.perf_counter()

@@ -44,7 +44,8 @@ def test_a_short_locust_run_with_a_compaction_in_the_middle_loses_no_acknowledge
     sys.path.insert(0, str(BENCHMARKS))
     from load import run_load
 
-    result = run_load(tmp_path, faces=3000, duration=15, users=4, workers=2, index_type="hnsw", people=20, lfw=LFW)
+    result = run_load(tmp_path, faces=3000, duration=15, users=4, workers=2, index_type="hnsw", people=20, lfw=LFW,
+                      model_dir=default_model)
     print({k: result[k] for k in ("compaction", "requests_per_s", "ledger", "audit")})
     assert not result["audit_failed"], result["audit"]
     assert result["compaction"]["exit"] == 0, result["compaction"]
