@@ -215,6 +215,10 @@ class MilvusIndex:
                 scores[row, :n] = [h["distance"] for h in found]
         return scores, ids
 
+    def ids(self) -> np.ndarray:
+        """Every live id, sorted, `(len(self),)` int64 (a full scan)."""
+        return np.sort(np.fromiter((int(r["id"]) for r in self.store.scan(["id"])), np.int64))
+
     def records(self, ids: Sequence[int] | np.ndarray) -> list[FaceRecord]:
         return self.store.records(np.asarray(ids, np.int64).reshape(-1).tolist())
 
