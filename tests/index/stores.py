@@ -83,11 +83,11 @@ class MilvusStore:
     def close(self) -> None:
         if self.address.lite:
             return  # the tmp folder goes with the test
-        from facesearch.index.milvus.engine import connect, drop_collections
+        from facesearch.index.milvus.engine import connect, disconnect, drop_collections
 
         client = connect(self.address, os.environ.get("FACESEARCH_MILVUS_TOKEN"))
         drop_collections(client, self.address)
-        client.close()
+        disconnect(client, self.address)
 
 
 def unique_collection(prefix: str = "t") -> str:

@@ -28,6 +28,7 @@ from facesearch.index.milvus.engine import (
     choose_index,
     connect,
     create_collections,
+    disconnect,
     drop_collections,
     is_lite_server,
     translated,
@@ -171,7 +172,7 @@ def build_from_photos(source_dir: str | os.PathLike, address: MilvusAddress, tok
         finally:
             writer.release()
     finally:
-        client.close()
+        disconnect(client, address)
 
 
 def _refresh_stat(writer: MilvusWriter, f) -> None:
@@ -280,7 +281,7 @@ def build_from_embeddings(shards_dir: str | os.PathLike, address: MilvusAddress,
         finally:
             writer.release()
     finally:
-        client.close()
+        disconnect(client, address)
 
 
 def _same(writer: MilvusWriter, p, old: Photo, atol: float) -> bool:

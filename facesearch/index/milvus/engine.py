@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -26,6 +27,8 @@ from facesearch.embedder.core.errors import (
 )
 from facesearch.index.milvus.address import MilvusAddress
 
+_LITE_LOCK = threading.Lock()
+_LITE_USERS: dict[str, int] = {}  # open clients per Milvus Lite data path in this process
 TIMEOUT = 10.0  # seconds a call may take before the server counts as unavailable
 ALIVE = 1 << 62  # `removed` of a live row: no generation removes it
 MAX_TOP_K = 16_384  # Milvus's limit on `limit` (topk) and on queries per search
@@ -147,11 +150,31 @@ def connect(address: MilvusAddress, token: str | None):
     if address.lite:
         _check_lite_free(address)
         with translated(address, "opening Milvus Lite"):
-            return MilvusClient(address.uri)
+            client = MilvusClient(address.uri)
+        with _LITE_LOCK:
+            _LITE_USERS[address.uri] = _LITE_USERS.get(address.uri, 0) + 1
+        return client
     with translated(address, "connecting"):
         client = MilvusClient(uri=address.uri, token=token or "", db_name=address.db_name or "", timeout=TIMEOUT)
         client.list_collections(timeout=TIMEOUT)  # a call the server must answer: proves the token too
         return client
+
+
+def disconnect(client, address: MilvusAddress) -> None:
+    """Close a client of `connect`; the last one of a Milvus Lite path in this process stops Lite, so
+    that another process may open the path."""
+    client.close()
+    if not address.lite:
+        return
+    with _LITE_LOCK:
+        left = _LITE_USERS.get(address.uri, 1) - 1
+        if left > 0:
+            _LITE_USERS[address.uri] = left
+            return
+        _LITE_USERS.pop(address.uri, None)
+        from milvus_lite.server_manager import server_manager_instance
+
+        server_manager_instance.release_server(address.uri)
 
 
 def _check_lite_free(address: MilvusAddress) -> None:
@@ -162,10 +185,9 @@ def _check_lite_free(address: MilvusAddress) -> None:
     lock = os.path.join(address.uri, "LOCK")
     if not os.path.exists(lock):
         return
-    from milvus_lite.server_manager import server_manager_instance
-
-    if os.path.abspath(address.uri) in server_manager_instance._servers:  # this process holds it
-        return
+    with _LITE_LOCK:
+        if address.uri in _LITE_USERS:  # this process has it open
+            return
     fd = os.open(lock, os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -15,7 +15,7 @@ from facesearch.embedder.core.errors import FaceNotFoundError, IdentityNotFoundE
 from facesearch.embedder.core.model_card import ModelCard
 from facesearch.index.milvus.address import MilvusAddress
 from facesearch.index.milvus.build import commit_write, prepare_gallery
-from facesearch.index.milvus.engine import connect
+from facesearch.index.milvus.engine import connect, disconnect
 from facesearch.index.milvus.gallery import _quoted
 from facesearch.index.milvus.writer import MilvusWriter, open_milvus_writer
 from facesearch.index.storage.store import Box, Photo
@@ -55,7 +55,7 @@ def enrol_face(address: MilvusAddress, token: str | None, card: ModelCard, model
         finally:
             writer.release()
     finally:
-        client.close()
+        disconnect(client, address)
 
 
 def remove(address: MilvusAddress, token: str | None, *, identity: str | None = None, face_id: int | None = None,
@@ -76,7 +76,7 @@ def remove(address: MilvusAddress, token: str | None, *, identity: str | None = 
         finally:
             writer.release()
     finally:
-        client.close()
+        disconnect(client, address)
 
 
 def _targets(writer: MilvusWriter, identity: str | None, face_id: int | None, path: str | None):

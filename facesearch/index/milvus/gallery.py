@@ -17,7 +17,7 @@ import numpy as np
 from facesearch.embedder.core.errors import IndexMismatchError
 from facesearch.embedder.core.model_card import ModelCard
 from facesearch.index.milvus.address import MilvusAddress
-from facesearch.index.milvus.engine import MAX_TOP_K, connect, translated
+from facesearch.index.milvus.engine import MAX_TOP_K, connect, disconnect, translated
 from facesearch.index.milvus.meta import MilvusManifest, read_manifest
 from facesearch.index.storage.store import FaceRecord, Photo
 
@@ -130,13 +130,11 @@ class MilvusIndex:
         manifest = read_manifest(client, address)
         if card is not None:
             manifest.check_model(card)
-        with translated(address, "loading the gallery"):
-            client.load_collection(address.collection)
         return cls(client, address, manifest, owns)
 
     def refresh(self) -> MilvusIndex:
         """This index moved to the gallery's latest commit (one small read: the commit document)."""
-        latest = read_manifest(self.client, self.address)
+        latest = read_manifest(self.client, self.address, first=False)
         if latest.generation != self.manifest.generation:
             self.manifest = latest
             self.store = FaceRows(self.client, self.address, latest.generation)
@@ -233,7 +231,7 @@ class MilvusIndex:
 
     def close(self) -> None:
         if self._owns:
-            self.client.close()
+            disconnect(self.client, self.address)
 
     def __enter__(self) -> MilvusIndex:
         return self

@@ -86,17 +86,25 @@ def write_doc(client, address: MilvusAddress, key: str, doc: dict) -> None:
         client.upsert(address.meta_collection, [{"key": key, "doc": text, "unused": [0.0, 0.0]}])
 
 
-def read_manifest(client, address: MilvusAddress) -> MilvusManifest:
+def read_manifest(client, address: MilvusAddress, *, first: bool = True) -> MilvusManifest:
     """The committed state of the gallery at `address`.
+
+    `first`: this client's first look: check that both collections exist and load them (a Milvus
+    Lite data path reopened by a new process starts with its collections released); later reads
+    (each query's refresh) read the commit document alone.
 
     Raises:
         IndexFormatError: no facesearch gallery there (yet), or an unreadable commit point.
     """
-    with translated(address, "looking for the gallery"):
-        present = client.has_collection(address.meta_collection) and client.has_collection(address.collection)
-    if not present:
-        raise IndexFormatError(f"there is no facesearch gallery at {address} yet: build one with "
-                               f"`facesearch build-index PHOTOS --index {address}` (or --from-embeddings SHARDS)")
+    if first:
+        with translated(address, "looking for the gallery"):
+            present = client.has_collection(address.meta_collection) and client.has_collection(address.collection)
+            if present:
+                client.load_collection(address.meta_collection)
+                client.load_collection(address.collection)
+        if not present:
+            raise IndexFormatError(f"there is no facesearch gallery at {address} yet: build one with "
+                                   f"`facesearch build-index PHOTOS --index {address}` (or --from-embeddings SHARDS)")
     doc = read_doc(client, address, COMMIT_KEY)
     if doc is None:
         raise IndexFormatError(f"the gallery at {address} has no commit yet (its first build did not finish): "

@@ -146,7 +146,7 @@ class MilvusWriter:
         assert manifest.generation == self.generation, "commit the pending generation"
         with translated(self.address, "flushing the gallery"):
             self.client.flush(self.address.collection)
-        if read_manifest(self.client, self.address).generation != self.manifest.generation:
+        if read_manifest(self.client, self.address, first=False).generation != self.manifest.generation:
             rollback(self.client, self.address, self.manifest.generation)
             raise IndexBusyError(f"another writer committed to {self.address} while this one wrote; nothing of this "
                                  "write was kept - run it again")
@@ -177,7 +177,7 @@ def open_milvus_writer(client, address: MilvusAddress, wait: float = 0.0) -> Mil
     manifest = read_manifest(client, address)
     token = take_lease(client, address, wait)
     try:
-        manifest = read_manifest(client, address)
+        manifest = read_manifest(client, address, first=False)
         rollback(client, address, manifest.generation)
         return MilvusWriter(client, address, manifest, token)
     except BaseException:
