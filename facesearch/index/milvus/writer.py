@@ -39,7 +39,8 @@ from facesearch.index.storage.store import Box, Photo
 
 LEASE_SECONDS = 60.0  # a lease not renewed for this long is stale (its writer hung or its host died)
 LEASE_SETTLE = 0.05  # seconds between writing the lease and reading it back
-INSERT_BATCH = 2_000  # rows per insert call (Milvus takes up to 64 MB a request)
+INSERT_BATCH = 2_000
+RECOUNT_ABOVE = 5_000  # photos touched by a write beyond which its counts come from one pass over the rows  # rows per insert call (Milvus takes up to 64 MB a request)
 
 
 class MilvusWriter:
@@ -123,15 +124,23 @@ class MilvusWriter:
         return MilvusIndex(self.client, self.address, manifest, owns_client=False)
 
     def pending_manifest(self, **changes) -> MilvusManifest:
-        """The next generation's manifest: counts moved by what was staged (only touched identities and
-        photos are read back, before and after)."""
-        before = FaceRows(self.client, self.address, self.manifest.generation)
+        """The next generation's manifest: the counts moved by what was staged. Only the touched identities
+        and photos are read back (before and after), unless so many were touched that one pass over the
+        pending rows costs less (a first build)."""
         after = FaceRows(self.client, self.address, self.generation)
-        counts = {}
-        for field, total in (("identity", self.manifest.identities), ("path", self.manifest.photos)):
-            values = sorted(self.touched[field])
-            counts[field] = total + len(_present(after, field, values)) - len(_present(before, field, values))
         faces = self.manifest.faces + self.added - self.removed
+        if len(self.touched["path"]) > RECOUNT_ABOVE or self.manifest.faces == 0:
+            identities, photos = set(), set()
+            for r in after.scan(["identity", "path"]):
+                identities.add(r["identity"])
+                photos.add(r["path"])
+            counts = {"identity": len(identities), "path": len(photos)}
+        else:
+            before = FaceRows(self.client, self.address, self.manifest.generation)
+            counts = {}
+            for field, total in (("identity", self.manifest.identities), ("path", self.manifest.photos)):
+                values = sorted(self.touched[field])
+                counts[field] = total + len(_present(after, field, values)) - len(_present(before, field, values))
         return self.manifest.next(faces=faces, photos=counts["path"], identities=counts["identity"],
                                   next_id=self.next_id, **changes)
 
