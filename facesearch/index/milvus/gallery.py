@@ -28,6 +28,8 @@ SCAN_BATCH = 10_000  # rows per page of a full scan
 # Identity lookups one filter query each before reading every face's identity once: a filtered query costs
 # Milvus Lite a pass over the rows (40 ms at 2,000 faces on 2 busy cores), calibration asks for ~1,000 identities.
 LOOKUPS_BEFORE_SCAN = 16
+KNOWN_RECORDS = 200_000  # records kept from search hits: each query's matches then need no second round trip
+HIT_FIELDS = [f for f in RECORD_FIELDS if f != "id"]
 
 
 def live_filter(generation: int) -> str:
@@ -48,6 +50,7 @@ class FaceRows:
         self.client, self.address, self.generation = client, address, generation
         self.where = live_filter(generation)
         self._lookups = 0
+        self.known: dict[int, FaceRecord] = {}  # records that came back with search hits (see MilvusIndex.search)
         self._ids_of: dict[str, list[int]] | None = None  # identity -> live ids, once read (a generation never changes)
 
     def scan(self, fields: list[str], where: str | None = None) -> Iterator[dict]:
@@ -77,8 +80,16 @@ class FaceRows:
 
     def records(self, ids: Sequence[int]) -> list[FaceRecord]:
         """Records of `ids`, in order (KeyError for an id that is not live, e.g. -1 padding)."""
-        found = self.by_ids(ids, RECORD_FIELDS)
-        return [record_of(found[int(i)]) for i in ids]
+        missing = [int(i) for i in ids if int(i) not in self.known]
+        found = {i: record_of(r) for i, r in self.by_ids(missing, RECORD_FIELDS).items()} if missing else {}
+        return [self.known.get(int(i)) or found[int(i)] for i in ids]
+
+    def remember(self, hits) -> None:
+        """Keep the records a search returned with its hits (bounded: a long-lived reader forgets them all at once)."""
+        if len(self.known) > KNOWN_RECORDS:
+            self.known.clear()
+        for h in hits:
+            self.known[int(h["id"])] = record_of(h["entity"] | {"id": h["id"]})
 
     def face_identities(self) -> Iterator[tuple[int, str]]:
         """(id, identity) of every live face, by id."""
@@ -218,9 +229,10 @@ class MilvusIndex:
         for lo in range(0, m, QUERY_BATCH):
             with translated(self.address, "searching the gallery"):
                 hits = self.client.search(self.address.collection, data=vectors[lo:lo + QUERY_BATCH].tolist(),
-                                          limit=k, filter=self.store.where, search_params=params, output_fields=[],
-                                          anns_field="vector")
+                                          limit=k, filter=self.store.where, search_params=params,
+                                          output_fields=HIT_FIELDS, anns_field="vector")
             for row, found in enumerate(hits, start=lo):
+                self.store.remember(found)
                 n = len(found)
                 ids[row, :n] = [h["id"] for h in found]
                 scores[row, :n] = [h["distance"] for h in found]
