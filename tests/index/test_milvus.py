@@ -411,3 +411,24 @@ def test_a_writer_killed_mid_write_leaves_no_face_half_written(milvus_store, tmp
             assert client.query(collection, filter=f"removed < {ALIVE}", output_fields=["count(*)"])[0]["count(*)"] == 0
     done = milvus_store.ingest(grown)
     assert (done.generation, done.vectors, done.identities) == (2, len(paths) + len(more_paths), 80)
+
+
+def test_an_enrolment_is_found_and_enrolling_it_again_changes_nothing(milvus_store, tmp_path, rng):
+    from facesearch.index.milvus.enrolment import enrol_face
+    from facesearch.index.storage.store import Photo
+
+    paths, v = people(rng, 5, 2)
+    milvus_store.ingest(write_shards(tmp_path / "shards", paths, v))  # the shards record no face policy
+    ada = unit(rng.standard_normal(DIM))
+    photo = Photo(".enrolled/ada/" + "ab" * 32 + ".jpg", "ada", 10, 0, "ab" * 32, 2, "api")
+    args = (milvus_store.address, None, CARD, "model", "ada", photo, 1, (1.0, 2.0, 30.0, 40.0), ada)
+    first = enrol_face(*args, build={"faces": "largest", "crops": "x"})
+    again = enrol_face(*args, build={"faces": "all", "crops": "y"})  # an enrolment checks the model only
+    assert (first.new, again.new, again.id, again.generation) == (True, False, first.id, first.generation)
+    with milvus_store.open() as g:
+        (record,) = g.records(g.search(ada[None], 1)[1][0])
+        assert (record.identity, record.face, record.box, len(g), g.manifest.identities) == \
+               ("ada", 1, (1.0, 2.0, 30.0, 40.0), 11, 6)
+    other = ModelCard(name="other", input_height=8, input_width=8, embedding_size=DIM, alignment_template="none")
+    with pytest.raises(IndexMismatchError, match="'other'"):
+        enrol_face(milvus_store.address, None, other, "model", "bob", photo, 0, None, ada, build={})

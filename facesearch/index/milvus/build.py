@@ -44,8 +44,11 @@ from facesearch.index.sync.scan import plan_update, scan_folder
 
 def prepare_gallery(client, address: MilvusAddress, card: ModelCard, *, model_dir: str, source_dir: str,
                     build: dict, index_type: str | None = None, target_recall: float | None = None,
-                    rebuild: bool = False) -> MilvusManifest:
+                    rebuild: bool = False, check_build: bool = True) -> MilvusManifest:
     """The gallery's committed state, after creating it (generation 0, empty) if it is not there.
+
+    `build` (face policy, crop method) is recorded by a new gallery and, with `check_build`, must be
+    an existing one's (an enrolment picks its face itself and checks only the model).
 
     Raises:
         IndexMismatchError: the gallery holds another model's vectors, or vectors of another
@@ -65,7 +68,7 @@ def prepare_gallery(client, address: MilvusAddress, card: ModelCard, *, model_di
             if m.dim != card.embedding_size:
                 raise IndexMismatchError(f"the Milvus gallery {address} holds {m.dim}-d vectors; the model "
                                          f"{card.describe()} makes {card.embedding_size}-d ones - pass --rebuild")
-            if m.build and build and m.build != build:
+            if check_build and m.build and build and m.build != build:
                 raise IndexMismatchError(f"the Milvus gallery {address} was built with {m.build}, this build uses "
                                          f"{build} - pass --rebuild to embed every photo again")
             if index_type is None and target_recall is None:

@@ -43,7 +43,7 @@ def enrol_face(address: MilvusAddress, token: str | None, card: ModelCard, model
     """Store `vector` `(d,)` float32 as face `face` of `photo` under `identity` (creating the gallery if needed)."""
     client = connect(address, token)
     try:
-        prepare_gallery(client, address, card, model_dir=model_dir, source_dir="", build=build)
+        prepare_gallery(client, address, card, model_dir=model_dir, source_dir="", build=build, check_build=False)
         writer = open_milvus_writer(client, address, wait)
         try:
             same = writer.store.query(f"path == {_quoted(photo.path)} and face == {int(face)}", ["id"])

@@ -16,8 +16,10 @@ it safe (Lucene's `segments_N`): nothing a reader sees changes until one atomic 
 One writer at a time: a `lease` document names the holder (host, pid, a random token) and is
 renewed as it writes; another writer is refused with `IndexBusyError` while the lease is fresh
 and its process alive. Milvus offers no compare-and-swap, so two writers starting within the same
-instant could both take it: the lease is read back after a pause, and `commit()` refuses a commit
-whose base generation moved meanwhile. Route writes to one process where that matters (docs/milvus.md).
+instant could both take it: the lease is read back after a pause (which narrows that window to a few
+milliseconds), and `commit()` refuses a commit whose base generation moved meanwhile, but the two
+writes' rows share a generation number and may mix. Route writes to one process where writers could
+start together (docs/milvus.md).
 """
 
 from __future__ import annotations
@@ -155,10 +157,13 @@ class MilvusWriter:
         assert manifest.generation == self.generation, "commit the pending generation"
         with translated(self.address, "flushing the gallery"):
             self.client.flush(self.address.collection)
-        if read_manifest(self.client, self.address, first=False).generation != self.manifest.generation:
-            rollback(self.client, self.address, self.manifest.generation)
-            raise IndexBusyError(f"another writer committed to {self.address} while this one wrote; nothing of this "
-                                 "write was kept - run it again")
+        if (now := read_manifest(self.client, self.address, first=False).generation) != self.manifest.generation:
+            # Two writers took the lease in the same instant (see the module docstring). Their rows carry the
+            # same generation and cannot be told apart, so none are deleted here.
+            raise IndexBusyError(f"another writer committed generation {now} to {self.address} while this one "
+                                 f"wrote from {self.manifest.generation}: this write is not committed, but its rows "
+                                 "may show in that generation - run the build again (it mirrors its source), and "
+                                 "send writes through one process")
         write_doc(self.client, self.address, COMMIT_KEY, manifest.to_dict())
         self.committed = True
         self.manifest = manifest
