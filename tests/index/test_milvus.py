@@ -432,3 +432,19 @@ def test_an_enrolment_is_found_and_enrolling_it_again_changes_nothing(milvus_sto
     other = ModelCard(name="other", input_height=8, input_width=8, embedding_size=DIM, alignment_template="none")
     with pytest.raises(IndexMismatchError, match="'other'"):
         enrol_face(milvus_store.address, None, other, "model", "bob", photo, 0, None, ada, build={})
+
+
+def test_a_second_writer_is_refused_while_the_first_holds_the_lease(milvus_store, tmp_path, rng):
+    from facesearch.embedder.core.errors import IndexBusyError
+    from facesearch.index.milvus.engine import connect, disconnect
+    from facesearch.index.milvus.writer import open_milvus_writer
+
+    paths, v = people(rng, 3, 2)
+    milvus_store.ingest(write_shards(tmp_path / "shards", paths, v))
+    client = connect(milvus_store.address, None)
+    first = open_milvus_writer(client, milvus_store.address)
+    with pytest.raises(IndexBusyError, match=f"process {os.getpid()}"):
+        open_milvus_writer(client, milvus_store.address, wait=0.3)
+    first.release()
+    open_milvus_writer(client, milvus_store.address).release()
+    disconnect(client, milvus_store.address)

@@ -84,18 +84,22 @@ def prepare_gallery(client, address: MilvusAddress, card: ModelCard, *, model_di
 
 
 def _reindex(client, address: MilvusAddress, m: MilvusManifest, choice) -> MilvusManifest:
-    """The gallery with another vector index (built by the engine from the stored vectors)."""
+    """The gallery with another vector index, built by the engine from the stored vectors, under the lease.
+
+    Milvus drops and builds an index on a released collection: queries of other processes fail with a
+    `MilvusError` until it is loaded again (seconds to minutes, by size).
+    """
     if choice == m.index:
         return m
-    with translated(address, "changing the gallery's index type"):
-        client.release_collection(address.collection)
-        client.drop_index(address.collection, "vector")
-        params = client.prepare_index_params()
-        params.add_index("vector", index_type=choice.index_type, metric_type="IP", params=choice.build_params)
-        client.create_index(address.collection, params)
-        client.load_collection(address.collection)
     writer = open_milvus_writer(client, address)
     try:
+        with translated(address, "changing the gallery's index type"):
+            client.release_collection(address.collection)
+            client.drop_index(address.collection, "vector")
+            params = client.prepare_index_params()
+            params.add_index("vector", index_type=choice.index_type, metric_type="IP", params=choice.build_params)
+            client.create_index(address.collection, params)
+            client.load_collection(address.collection)
         return writer.commit(writer.pending_manifest(index=choice))
     finally:
         writer.release()

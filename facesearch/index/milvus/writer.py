@@ -41,15 +41,15 @@ from facesearch.index.storage.store import Box, Photo
 
 LEASE_SECONDS = 60.0  # a lease not renewed for this long is stale (its writer hung or its host died)
 LEASE_SETTLE = 0.05  # seconds between writing the lease and reading it back
-INSERT_BATCH = 2_000
-RECOUNT_ABOVE = 5_000  # photos touched by a write beyond which its counts come from one pass over the rows  # rows per insert call (Milvus takes up to 64 MB a request)
+INSERT_BATCH = 2_000  # rows per insert call (Milvus takes up to 64 MB a request)
+RECOUNT_ABOVE = 5_000  # photos touched by a write beyond which its counts come from one pass over the rows
 
 
 class MilvusWriter:
     """The one write path of a Milvus gallery: stage faces and removals, then `commit()` one generation.
 
-    Use `open_milvus_writer`. `manifest` is the committed state the write starts from; `pending`
-    counts what is staged.
+    Use `open_milvus_writer`. `manifest` is the committed state the write starts from (`store` its rows);
+    `added` and `removed` count what is staged.
     """
 
     def __init__(self, client, address: MilvusAddress, manifest: MilvusManifest, lease: str):
@@ -60,7 +60,6 @@ class MilvusWriter:
         self.added = 0
         self.removed = 0
         self.touched: dict[str, set[str]] = {"identity": set(), "path": set()}  # for the counts at commit
-        self.committed = False
         self._renewed = time.monotonic()
         self.store = FaceRows(client, address, manifest.generation)  # the committed rows
 
@@ -152,7 +151,7 @@ class MilvusWriter:
         """Make the staged rows generation `manifest.generation` for every process (see the module docstring).
 
         Raises:
-            IndexBusyError: another writer committed since this one started (its rows are rolled back).
+            IndexBusyError: another writer committed since this one started (the lease race above).
         """
         assert manifest.generation == self.generation, "commit the pending generation"
         with translated(self.address, "flushing the gallery"):
@@ -165,7 +164,6 @@ class MilvusWriter:
                                  "may show in that generation - run the build again (it mirrors its source), and "
                                  "send writes through one process")
         write_doc(self.client, self.address, COMMIT_KEY, manifest.to_dict())
-        self.committed = True
         self.manifest = manifest
         return manifest
 
