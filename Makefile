@@ -8,7 +8,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PHOTOS ?= $(wildcard ../shared/lfw/images_deepfunneled)
 
-.PHONY: demo test test-all lint clean
+.PHONY: demo test test-all test-milvus lint clean
 
 demo: $(VENV)/.installed
 	$(BIN)/facesearch demo --workdir .demo $(if $(PHOTOS),--photos "$(PHOTOS)")
@@ -19,6 +19,12 @@ test: lint
 
 test-all: lint
 	$(BIN)/pytest -m ""
+
+# The Milvus gallery's tests also against a real server: make test-milvus MILVUS=milvus://host:19530/facesearch_test
+# (token from $$FACESEARCH_MILVUS_TOKEN or $$FACESEARCH_MILVUS_TOKEN_FILE; each test makes and drops its own collections).
+test-milvus: $(VENV)/.installed
+	@test -n "$(MILVUS)" || { echo "usage: make test-milvus MILVUS=milvus://HOST[:PORT]/[DB/]COLLECTION"; exit 2; }
+	FACESEARCH_TEST_MILVUS="$(MILVUS)" $(BIN)/pytest tests/index/test_milvus.py tests/index/test_search.py tests/cli/test_milvus_cli.py
 
 lint: $(VENV)/.installed
 	$(BIN)/lint-imports

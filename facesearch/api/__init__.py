@@ -39,7 +39,20 @@ __all__ = [
 def open(index: str | os.PathLike, *, model: str | os.PathLike | None = None, aligned: bool = False,  # noqa: A001
          min_face_size: int | None = None, face_threshold: float | None = None,
          fpir: float | None = None) -> Gallery:
-    """The gallery index at `index` (a folder; the first `add` or `enrol` creates it). See `Gallery`."""
+    """The gallery at `index`: an index folder (the first `add` or `enrol` creates it; see `Gallery`), or a
+    Milvus gallery, `milvus://HOST[:PORT]/[DB/]COLLECTION`, `milvus+tls://...` or
+    `milvus-lite:PATH.db[#COLLECTION]` (`facesearch.api.milvus.MilvusGallery`: the same calls; docs/milvus.md).
+
+    Raises:
+        MilvusError: a malformed Milvus address.
+    """
+    from facesearch.index.milvus.address import is_milvus_address
+
+    if is_milvus_address(index):
+        from facesearch.api.milvus import MilvusGallery
+
+        return MilvusGallery(index, model=model, aligned=aligned, min_face_size=min_face_size,
+                             face_threshold=face_threshold, fpir=fpir)
     return Gallery(index, model=model, aligned=aligned, min_face_size=min_face_size, face_threshold=face_threshold,
                    fpir=fpir)
 

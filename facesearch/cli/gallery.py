@@ -63,16 +63,16 @@ def build_index(
     if unlabeled and from_embeddings is not None:
         raise typer.BadParameter("--unlabeled takes a folder of photos, not --from-embeddings", param_hint="--unlabeled")
     if from_embeddings is not None:
-        from facesearch.api import Gallery
+        from facesearch.api import open as open_gallery
         from facesearch.cli.progress import PhaseProgress
 
         with PhaseProgress(enabled=not json_out) as bar:
-            report = Gallery(index_dir(index), model=model).add_embeddings(
+            report = open_gallery(index_dir(index, milvus=True), model=model).add_embeddings(
                 from_embeddings, rebuild=rebuild, fpir=fpir, progress=bar, **policy).to_dict()
         emit(report | {"model": None, "model_dir": None, "faces_policy": None, "aligned": None}, json_out,
              format_build_report)
         return
-    report = run_build_index(directory, model=model, index=index_dir(index), batch_size=batch_size,
+    report = run_build_index(directory, model=model, index=index_dir(index, milvus=True), batch_size=batch_size,
                              strict=strict, rebuild=rebuild, progress=not json_out, faces=faces, aligned=aligned,
                              min_face_size=min_face_size, face_threshold=face_threshold, workers=workers, fpir=fpir,
                              labeled=not unlabeled, **policy)
@@ -108,7 +108,7 @@ def query(
         raise typer.BadParameter("pass a photo, several photos or folders, or --embeddings FILE", param_hint="IMAGES")
     if jsonl and json_out:
         raise typer.BadParameter("--json prints one object, --jsonl one per line: pass one of them", param_hint="--jsonl")
-    options = {"index": index_dir(index), "model": model, "k": k, "threshold": threshold, "aligned": aligned,
+    options = {"index": index_dir(index, milvus=True), "model": model, "k": k, "threshold": threshold, "aligned": aligned,
                "min_face_size": min_face_size, "face_threshold": face_threshold, "fpir": fpir}
     if embeddings is None and len(images) == 1 and not images[0].is_dir() and not jsonl:
         emit(run_query(images[0], **options), json_out, format_query)  # one photo: as it always was
@@ -154,15 +154,16 @@ def detect(
     emit(answer, json_out, format_detect)
 
 
-def run_build_index(directory: Path, *, model: Path | None, index: Path, batch_size: int, strict: bool,
+def run_build_index(directory: Path, *, model: Path | None, index: Path | str, batch_size: int, strict: bool,
                     rebuild: bool, progress: bool, faces: str = "largest", aligned: bool = False,
                     min_face_size: int | None = None, face_threshold: float | None = None,
                     workers: int | None = None, fpir: float | None = None, labeled: bool = True, **policy) -> dict:
     """Build or update the index at `index` from `directory` (`Gallery.add`); returns the build report."""
-    from facesearch.api import Gallery
+    from facesearch.api import open as open_gallery
     from facesearch.cli.progress import PhaseProgress
 
-    gallery = Gallery(index, model=model, aligned=aligned, min_face_size=min_face_size, face_threshold=face_threshold)
+    gallery = open_gallery(index, model=model, aligned=aligned, min_face_size=min_face_size,
+                           face_threshold=face_threshold)
     with PhaseProgress(enabled=progress) as bar:
         report = gallery.add(directory, batch_size=batch_size, strict=strict, rebuild=rebuild, faces=faces,
                              workers=workers, progress=bar, fpir=fpir, labeled=labeled, **policy)
@@ -171,7 +172,7 @@ def run_build_index(directory: Path, *, model: Path | None, index: Path, batch_s
                                "faces_policy": faces if labeled else "all", "aligned": embedder.aligned}
 
 
-def run_query(image: Path, *, index: Path, model: Path | None, k: int, threshold: float | None,
+def run_query(image: Path, *, index: Path | str, model: Path | None, k: int, threshold: float | None,
               aligned: bool = False, min_face_size: int | None = None, face_threshold: float | None = None,
               fpir: float | None = None) -> dict:
     """Answer every face in `image` with its top-k identities and a verdict (`Gallery.search`).
@@ -179,14 +180,14 @@ def run_query(image: Path, *, index: Path, model: Path | None, k: int, threshold
     Raises:
         NoFaceFoundError: the detector finds no face in `image`.
     """
-    from facesearch.api import Gallery
+    from facesearch.api import open as open_gallery
 
-    with Gallery(index, model=model, aligned=aligned, min_face_size=min_face_size, face_threshold=face_threshold,
-                 fpir=fpir) as gallery:
+    with open_gallery(index, model=model, aligned=aligned, min_face_size=min_face_size, face_threshold=face_threshold,
+                      fpir=fpir) as gallery:
         return gallery.search(image, k=k, threshold=threshold).to_dict()
 
 
-def run_query_batch(images: list[Path], *, embeddings: Path | None, index: Path, model: Path | None, k: int,
+def run_query_batch(images: list[Path], *, embeddings: Path | None, index: Path | str, model: Path | None, k: int,
                     threshold: float | None, aligned: bool = False, min_face_size: int | None = None,
                     face_threshold: float | None = None, fpir: float | None = None) -> Iterator[dict]:
     """Answers for many photos (folders expanded, sorted) or for each row of `embeddings`, in input order.
@@ -198,12 +199,12 @@ def run_query_batch(images: list[Path], *, embeddings: Path | None, index: Path,
     Raises:
         EmbeddingShardError, IndexMismatchError: `embeddings` is refused (before any answer).
     """
+    from facesearch.api.milvus import open_index
     from facesearch.api.models import card_for_vectors
     from facesearch.cli.models import embedder_for
-    from facesearch.index import GalleryIndex
     from facesearch.index.query import FaceSearcher, photo_paths
 
-    with GalleryIndex.open(index) as gallery:
+    with open_index(index) as gallery:
         if embeddings is not None:
             searcher = FaceSearcher(gallery, card=card_for_vectors(model, gallery), fpir=fpir)
             yield from searcher.answer_file(embeddings, k=k, threshold=threshold)

@@ -43,7 +43,7 @@ def remove(
 
     if sum(x is not None for x in (identity, face, photo)) != 1:
         raise typer.BadParameter("pass one of IDENTITY, --face ID or --photo PATH", param_hint="IDENTITY")
-    gallery = facesearch.open(index_dir(index))
+    gallery = facesearch.open(index_dir(index, milvus=True))
     removal = (gallery.remove(identity) if identity is not None else gallery.remove_face(face) if face is not None
                else gallery.remove_photo(photo))
     emit(removal.to_dict(), json_out, format_remove)

@@ -16,7 +16,7 @@ import typer
 from facesearch.embedder.core.errors import FaceSearchError
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of text.")]
-IndexOpt = Annotated[Optional[Path], typer.Option("--index", help="Index folder (default $FACESEARCH_INDEX or ./facesearch-index).")]
+IndexOpt = Annotated[Optional[str], typer.Option("--index", help="Index folder (default $FACESEARCH_INDEX or ./facesearch-index); build-index, query and remove also take a Milvus gallery: milvus://HOST[:PORT]/[DB/]COLLECTION, milvus+tls://... or milvus-lite:PATH.db[#COLLECTION] (docs/milvus.md).")]
 ModelOpt = Annotated[Optional[Path], typer.Option("--model", help="Model folder made by `facesearch export` (default $FACESEARCH_MODEL, else the index's model, else dlib-resnet-v1).")]
 AlignedOpt = Annotated[bool, typer.Option("--aligned", help="Photos are already aligned face crops: skip detection, resize each whole photo.")]
 MinFaceOpt = Annotated[Optional[int], typer.Option("--min-face-size", min=4, help="Smallest face side to look for, in pixels (default 20).")]
@@ -42,11 +42,27 @@ def emit(result: dict, json_out: bool, text: Callable[[dict], str]) -> None:
     typer.echo(json.dumps(result, indent=2, sort_keys=True) if json_out else text(result))
 
 
-def index_dir(index: Path | None) -> Path:
-    """--index, else $FACESEARCH_INDEX, else ./facesearch-index (read now, not at import)."""
-    from facesearch.embedder.core.environment import default_index_dir
+def index_dir(index: str | None, *, milvus: bool = False) -> Path | str:
+    """--index, else $FACESEARCH_INDEX, else ./facesearch-index (read now, not at import): a folder's Path,
+    or with `milvus` a Milvus address as given (a str: a Path would fold its `//`).
 
-    return index if index is not None else default_index_dir()
+    Raises:
+        MilvusError: a Milvus address given to a command that works on folder indexes only.
+    """
+    import os
+
+    from facesearch.embedder.core.environment import default_index_dir
+    from facesearch.index.milvus.address import is_milvus_address
+
+    chosen = index if index is not None else os.environ.get("FACESEARCH_INDEX") or None
+    if chosen is not None and is_milvus_address(chosen):
+        if not milvus:
+            from facesearch.embedder.core.errors import MilvusError
+
+            raise MilvusError(f"'{chosen}' is a Milvus gallery; this command works on index folders only "
+                              "(build-index, query and remove take Milvus galleries: docs/milvus.md)")
+        return chosen
+    return Path(chosen) if chosen is not None else default_index_dir()
 
 
 def _check_fpir(value: float | None) -> float | None:

@@ -39,14 +39,15 @@ def faiss_ids(g: GalleryIndex) -> np.ndarray:
     return g.ids()
 
 
-def test_search_matches_numpy_brute_force_before_and_after_removals(tmp_path, model_dir, rng):
+def test_search_matches_numpy_brute_force_before_and_after_removals(tmp_path, model_dir, rng, store):
+    # `store`: an index folder, then each kind of Milvus gallery (conftest.py): the same assertions on each.
     root = tmp_path / "photos"
     rels = make_gallery(root, {f"p{i:02d}": 10 for i in range(20)}, rng)
     emb = PixelEmbedder(model_dir)
-    build_index(root, tmp_path / "idx", emb)
+    store.build(root, emb)
     queries = np.concatenate([_unit(rng.standard_normal((8, 16))),
                               emb.reference([root / rels[5], root / rels[77]])])
-    with GalleryIndex.open(tmp_path / "idx") as g:
+    with store.open() as g:
         assert len(g) == 200
         ids_before = {r.path: r.id for r in g.records(faiss_ids(g))}
         _check_against_brute_force(g, root, emb, queries, k=10)
@@ -55,9 +56,9 @@ def test_search_matches_numpy_brute_force_before_and_after_removals(tmp_path, mo
 
     for rel in rng.choice(rels, size=30, replace=False):
         (root / rel).unlink()
-    report = build_index(root, tmp_path / "idx", emb)
+    report = store.build(root, emb)
     assert (report.removed, report.added, report.unchanged) == (30, 0, 170)
-    with GalleryIndex.open(tmp_path / "idx") as g:
+    with store.open() as g:
         assert len(g) == 170
         # ids of the photos that stayed are stable across updates
         assert all(ids_before[r.path] == r.id for r in g.records(faiss_ids(g)))
@@ -152,7 +153,7 @@ def test_rank_identities_hand_worked_example(hand_index):
         assert rank_identities(g, q, k=3).verdict == "carol"
 
 
-def test_rank_identities_widens_until_k_identities(tmp_path, model_dir, rng):
+def test_rank_identities_widens_until_k_identities(tmp_path, model_dir, rng, store):
     dave = [_unit([1.0, 0.01 * i, 0.0]) for i in range(1, 31)]  # 30 faces, all scoring > 0.95
     others = {"erin": _unit([0.9, 0.0, np.sqrt(0.19)]), "frank": _unit([0.5, 0.0, np.sqrt(0.75)]),
               "gina": _unit([0.0, 1.0, 0.0])}
@@ -162,8 +163,8 @@ def test_rank_identities_widens_until_k_identities(tmp_path, model_dir, rng):
         write_photo(root / "dave" / f"{key:02d}.png", rng, key=key)
     for key, name in enumerate(others, start=30):
         write_photo(root / name / "0.png", rng, key=key)
-    build_index(root, tmp_path / "wide-idx", TableEmbedder(model_dir, table))
-    with GalleryIndex.open(tmp_path / "wide-idx") as g:
+    store.build(root, TableEmbedder(model_dir, table))
+    with store.open() as g:
         r = rank_identities(g, np.array([1, 0, 0], np.float32), k=3, threshold=0.5)
         assert [m.identity for m in r.matches] == ["dave", "erin", "frank"]
         np.testing.assert_allclose([m.score for m in r.matches], [dave[0][0], 0.9, 0.5], rtol=1e-6)
@@ -172,7 +173,7 @@ def test_rank_identities_widens_until_k_identities(tmp_path, model_dir, rng):
         assert [m.identity for m in rank_identities(g, np.array([1, 0, 0], np.float32), k=1).matches] == ["dave"]
 
 
-def test_rank_identities_matches_numpy_reference(tmp_path, model_dir, rng):
+def test_rank_identities_matches_numpy_reference(tmp_path, model_dir, rng, store):
     n, d = 300, 8
     table = _unit(rng.standard_normal((n, d)))
     # skewed identity sizes: a few large identities, many small ones
@@ -180,8 +181,8 @@ def test_rank_identities_matches_numpy_reference(tmp_path, model_dir, rng):
     root = tmp_path / "rand"
     for key in range(n):
         write_photo(root / who[key] / f"{key:03d}.png", rng, key=key)
-    build_index(root, tmp_path / "rand-idx", TableEmbedder(model_dir, table))
-    with GalleryIndex.open(tmp_path / "rand-idx") as g:
+    store.build(root, TableEmbedder(model_dir, table))
+    with store.open() as g:
         for q in _unit(rng.standard_normal((10, d))):
             s = table @ q
             best: dict[str, tuple[float, int]] = {}

@@ -106,3 +106,16 @@ class PersonNotFoundError(NotFoundError):
 class PeopleError(FaceSearchError):
     """A change to the people of unlabelled photos that cannot be made (merging a person with itself,
     putting two faces of one photo in one person, a face that has no person to leave)."""
+
+
+class MilvusError(FaceSearchError):
+    """A Milvus gallery (`--index milvus://...` / `milvus-lite:...`) cannot be used as asked: a malformed
+    address, a collection facesearch did not make, an index type the engine would not really build."""
+
+
+class MilvusUnavailableError(MilvusError):
+    """The Milvus server named by the address cannot be reached (down, wrong host or port, timed out)."""
+
+
+class MilvusAuthError(MilvusError):
+    """The Milvus server refused the credentials ($FACESEARCH_MILVUS_TOKEN or the file it names)."""
