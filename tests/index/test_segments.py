@@ -290,17 +290,24 @@ def test_approximate_segments_through_the_writer(tmp_path, writer_args, kind):
         (segment,) = g.segments
         assert segment.info.kind == kind and not g.exact
         spec = segment.info.spec
-        assert spec["recall"] >= 0.99 and spec["target_met"] and spec["tune_sample"] > 0  # tuned at build
+        assert spec["target_met"] and spec["tune_sample"] > 0  # tuned at build, for the verdicts' inputs:
+        assert spec["objective"] == "decisions" and spec["agreement"] >= spec["target_agreement"] == 0.999
+        assert spec["floor_recall"] >= spec["target_recall"] == 0.99
+        assert spec["floor_source"] == "strangers"  # the writer passed the photos' identities
     removed = set(keys[::7])
     with open_writer(idx, **writer_args) as w:
         w.remove_photos([f"{key}.jpg" for key in sorted(removed)])
         w.commit(merge=False)
     live = {key: v for key, v in zip(keys, vectors) if key not in removed}
-    queries = clustered(np.random.default_rng(11), 600, 1)[::6]  # new photos of enrolled identities
+    centres = unit(np.random.default_rng(10), 600)  # the gallery's identities (drawn first by `clustered`)
+    queries = centres[::6] + 0.09 * np.random.default_rng(11).standard_normal((100, D)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)  # new photos of enrolled identities
     got, want = answers(idx, queries, 10), brute_force(live, queries, 10)
     assert not {path for row in got for path, _ in row} & {f"{key}.jpg" for key in removed}
-    recall = np.mean([len({p for p, _ in a} & {p for p, _ in b}) / 10 for a, b in zip(got, want)])
-    assert recall >= 0.95, recall
+    # Tuned for the verdicts' inputs, not recall@10 over faces: the top identity agrees with exact search
+    # (held-out rows reached 0.999; fresh queries, 100 of them, are allowed a miss or two).
+    top = np.mean([a[0][0].split("-")[0] == b[0][0].split("-")[0] for a, b in zip(got, want)])
+    assert top >= 0.98, top
     for row in got:  # every returned score is the exact inner product
         for path, score in row:
             assert score == pytest.approx(float(live[path[:-4]] @ queries[got.index(row)]), abs=1e-4)

@@ -301,7 +301,7 @@ class IndexWriter:
         ids = np.arange(self._next_id, self._next_id + len(faces), dtype=np.int64)
         self._next_id += len(faces)
         if len(ids):
-            self._spool.append(ids, vectors)
+            self._spool.append(ids, vectors, photo.identity)
         self._stage_faces(photo, [StoredFace(int(i), pos, box) for i, (pos, box) in zip(ids, faces)])
         return ids.tolist()
 
@@ -380,7 +380,8 @@ class IndexWriter:
             ids, vectors = self._spool.arrays()
             kind, spec = self._choose(len(ids))
             new_segment = write_segment(self.index_dir, number, vectors, ids, dtype=target.policy.vector_dtype,
-                                        kind=kind, spec=spec)
+                                        kind=kind, spec=spec, labels=self._spool.labels(),
+                                        threshold=cosine_threshold(target.calibration))
             segments.append(new_segment)
             number += 1
         seconds["segment"] = time.perf_counter() - t
@@ -546,6 +547,18 @@ class IndexWriter:
             return CommitResult(self.manifest.generation, False, self.manifest.faces, self.manifest.photos,
                                 self.manifest.identities)
         return self.merge([s.number for s in self.manifest.segments])
+
+
+def cosine_threshold(calibration: dict | None) -> float | None:
+    """The calibrated threshold of the manifest's record when it is a cosine (the score rule), for tuning's floor.
+
+    The margin rule's threshold is on the scale s1 + w (s1 - s2), not a face score: tuning then
+    estimates its floor from the segment's own scores instead.
+    """
+    if not calibration or calibration.get("rule") != "score":
+        return None
+    threshold = calibration.get("threshold")
+    return float(threshold) if isinstance(threshold, (int, float)) else None
 
 
 def _counters_on_disk(index_dir: Path) -> dict[str, int]:

@@ -1,15 +1,16 @@
-"""Tuning a segment's search parameter on held-out rows: recall@k against exact search, doubling ladder
-then bisection."""
+"""Tuning a segment's search parameter on held-out rows: the verdict's inputs (or recall@k) against exact
+search, doubling ladder then bisection."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import faiss
 import numpy as np
 
 from facesearch.embedder.core.errors import AnnInputError
+from facesearch.index.storage.ann import decisions
 from facesearch.index.storage.ann.checks import (
     CHUNK_ROWS,
     check_positions,
@@ -105,34 +106,69 @@ def ladder(spec: IndexSpec) -> list[int]:
     return values + [stop]
 
 
-def tune(index: faiss.Index, spec: IndexSpec, vectors: np.ndarray, holdout: np.ndarray, *,
-         target_recall: float | None = None, k: int = 10, progress=None) -> IndexSpec:
-    """Raise efSearch / nprobe along a doubling ladder until recall@k reaches the target, then bisect.
+@dataclass(frozen=True)
+class Measurement:
+    """What one setting of the search parameter gave on the held-out queries (see `tune`)."""
 
-    Once a rung meets the target after the one below it missed, `REFINE_STEPS` bisections between
+    recall: float  # recall@k over faces
+    recall_at_1: float
+    agreement: float  # top and runner-up identities where they score at or above the floor
+    strict_agreement: float  # top and runner-up identities wherever they score
+    floor_recall: float  # faces at or above the floor that were found
+
+    def meets(self, objective: str, target_recall: float, target_agreement: float) -> bool:
+        if objective == "recall":
+            return self.recall >= target_recall
+        return self.agreement >= target_agreement and self.floor_recall >= target_recall
+
+    def gain_measure(self, objective: str) -> float:
+        """The figure whose stalling says more candidates (re-ranking) are needed, not more lists."""
+        return self.recall if objective == "recall" else min(self.floor_recall, self.agreement)
+
+
+def tune(index: faiss.Index, spec: IndexSpec, vectors: np.ndarray, holdout: np.ndarray, *,
+         target_recall: float | None = None, k: int = 10, labels: np.ndarray | None = None,
+         threshold: float | None = None, progress=None) -> IndexSpec:
+    """Raise efSearch / nprobe along a doubling ladder until the spec's objective is met, then bisect.
+
+    Objective "decisions" (the default): the verdict's inputs agree with exact search on at least
+    `spec.target_agreement` of the held-out queries (`decisions.agreement`: top and runner-up
+    identities where they score at or above the floor; with labels each row counts twice, as
+    itself and as a stranger with its own identity left out) and at least `target_recall` of the faces
+    scoring at or above the floor are found (`decisions.floor_recall`). The floor is the
+    threshold minus a margin (`decisions.estimate_floor`): the index's calibrated threshold when
+    given, else one estimated from the held-out rows' best other-identity scores (their k-th
+    neighbours' without labels), which the spec records in `floor_source`. Objective "recall":
+    recall@k over faces reaches `target_recall`, as before objectives existed. Recall@k and
+    recall@1 are reported under either.
+
+    Once a rung meets the objective after the one below it missed, `REFINE_STEPS` bisections between
     the two keep the smallest value that still meets it. For lossy codes (sq8, pq) the re-ranking
     factor doubles too (up to `RERANK_MAX`) when the ladder stalls (a doubling gains less than
     `PLATEAU`) or ends below the target.
 
     The queries are the held-out rows `holdout` of the segment's own vectors, which the index
     must not contain (build it with `build_segment_index(..., exclude=holdout)`; a query that is
-    itself in the index finds itself trivially, which would overstate recall). Recall is
-    measured on the full search path (filter-free, with re-ranking for lossy codes) against
-    exact search over the indexed rows. If even the last rung misses the target, the spec says
-    so (`target_met=False`, recall as measured there) and a warning is logged.
+    itself in the index finds itself trivially, which would overstate recall). They are measured on
+    the full search path (filter-free, with re-ranking for lossy codes; `decisions.DEPTH` neighbours
+    for "decisions", k for "recall") against exact search over the indexed rows. If even the last
+    rung misses, the spec says so (`target_met=False`, `note`, figures as measured there) and a
+    warning is logged.
 
     Args:
         index: an HNSW or IVF index over every row except `holdout`.
         spec: its spec.
         vectors: the segment's `(n, d)` vectors (memmap fine).
         holdout: positions of the query rows.
-        target_recall: recall@k to reach; None: `spec.target_recall`.
+        target_recall: floor recall ("decisions") or recall@k ("recall") to reach; None:
+            `spec.target_recall`.
         k: the k of the recall.
+        labels: `(n,)` int identity code per position (-1: no identity); None: none known.
+        threshold: the index's calibrated threshold as a cosine (score rule); None: estimate it.
         progress: called as `progress("tune", rung, rungs)`.
 
     Returns:
-        `spec` with `ef_search`/`nprobe` (and `rerank`), `recall`, `recall_at_1`, `recall_k`,
-        `tune_sample`, `target_recall` and `target_met` set.
+        `spec` with `ef_search`/`nprobe` (and `rerank`) and every measured field set.
 
     Raises:
         AnnInputError: a flat spec, or an index that holds held-out rows or lacks others.
@@ -152,55 +188,91 @@ def tune(index: faiss.Index, spec: IndexSpec, vectors: np.ndarray, holdout: np.n
     if held.size == 0:  # too few rows to hold any out: search exhaustively rather than guess
         log.warning("segment of %d rows too small to tune %s; using %s", n, spec.factory, rungs[-1])
         return replace(spec.with_search(rungs[-1]), target_recall=target, recall_k=k, tune_sample=0,
-                       recall=None, recall_at_1=None, target_met=None)
+                       recall=None, recall_at_1=None, target_met=None,
+                       note=f"too few rows to hold any out: {spec.search_parameter[0]} {rungs[-1]}, the largest")
     queries = float32_rows(vectors, held)
     order = insertion_order(n, held) if spec.kind == "hnsw" else None
-    truth, _ = exact_knn(vectors, queries, k, exclude=held)
+    codes = decisions.position_labels(labels, n)
+    depth = max(k, decisions.DEPTH) if spec.objective == "decisions" else k
+    exact_scores, exact_positions = exact_knn(vectors, queries, max(k, decisions.DEPTH), exclude=held)
+    strangers = decisions.stranger_scores(exact_scores, exact_positions, codes,
+                                          codes[held] if labels is not None else None)
+    floor, _ = decisions.estimate_floor(strangers, threshold)
+    source = "calibration" if threshold is not None else "strangers" if labels is not None else "neighbours"
+    # Each held-out row is searched as itself and, with its own identity left out, as a stranger.
+    views = [None] if labels is None else [None, codes[held]]
+    exact_tops = [decisions.top_two(exact_scores, exact_positions, codes, own) for own in views]
+    truth = exact_scores[:, :k]
 
-    def measure(trial: IndexSpec) -> tuple[float, np.ndarray]:
-        _, found = search(index, trial, queries, k, raw=vectors)
+    def measure(trial: IndexSpec) -> Measurement:
+        scores, found = search(index, trial, queries, depth, raw=vectors)
         if order is not None:  # HNSW ids are insertion order until the held-out rows are added
             found = np.where(found >= 0, order[np.maximum(found, 0)], -1)
-        return recall_at(found, queries, vectors, truth, k), found
+        agreements = np.array([decisions.agreement(decisions.top_two(scores, found, codes, own), exact, floor)
+                               for own, exact in zip(views, exact_tops)])
+        found_agreement, strict = agreements.mean(axis=0)
+        return Measurement(recall_at(found, queries, vectors, truth, k), recall_at(found, queries, vectors, truth, 1),
+                           float(found_agreement), float(strict), decisions.floor_recall(scores, exact_scores, floor))
+
+    def meets(m: Measurement) -> bool:
+        return m.meets(spec.objective, target, spec.target_agreement)
 
     step, trial, previous, missed = 0, spec, None, None
     while True:
         if progress:
             progress("tune", step, len(rungs))
         trial = trial.with_search(rungs[step])
-        recall, found = measure(trial)
-        if recall >= target:
+        measured = measure(trial)
+        if meets(measured):
             break
         # Lossy codes plateau below the target when too few candidates are re-ranked: more
         # lists do not help then, more candidates do (PQ16, 100k rows: recall@10 0.84 with 8x
         # candidates, 0.93 with 32x, at any nprobe from 128).
-        stalled = step == len(rungs) - 1 or (previous is not None and recall - previous < PLATEAU)
+        gain = measured.gain_measure(spec.objective)
+        stalled = step == len(rungs) - 1 or (previous is not None and gain - previous < PLATEAU)
         if spec.lossy and stalled and trial.rerank < RERANK_MAX:
             trial, previous, missed = replace(trial, rerank=trial.rerank * 2), None, None
             continue
         if step == len(rungs) - 1:
             break
-        step, previous, missed = step + 1, recall, rungs[step]
-    met = recall >= target
+        step, previous, missed = step + 1, gain, rungs[step]
+    met = meets(measured)
     if met and missed is not None:
-        trial, recall, found = _bisect_down(measure, trial, recall, found, missed, target)
-    if not met:
-        log.warning("%s reached recall@%d %.4f < %.4f at %s=%d (rerank %d), the largest values tried",
-                    spec.factory, k, recall, target, spec.search_parameter[0], trial.search_parameter[1],
-                    trial.rerank)
+        trial, measured = _bisect_down(measure, meets, trial, measured, missed)
+    note = None if met else _shortfall(spec, trial, measured, target)
+    if note:
+        log.warning("%s: %s", spec.factory, note)
     if progress:
         progress("tune", len(rungs), len(rungs))
-    return replace(trial, target_recall=target, recall=round(recall, 6),
-                   recall_at_1=round(recall_at(found, queries, vectors, truth, 1), 6),
-                   recall_k=k, tune_sample=int(held.size), target_met=met)
+    return replace(trial, target_recall=target, recall=round(measured.recall, 6),
+                   recall_at_1=round(measured.recall_at_1, 6), recall_k=k, tune_sample=int(held.size),
+                   target_met=met, agreement=round(measured.agreement, 6),
+                   strict_agreement=round(measured.strict_agreement, 6), floor=round(floor, 6),
+                   floor_recall=round(measured.floor_recall, 6), floor_source=source, note=note)
 
 
-def _bisect_down(measure, trial: IndexSpec, recall: float, found: np.ndarray, missed: int,
-                 target: float) -> tuple[IndexSpec, float, np.ndarray]:
-    """The smallest value in (`missed`, trial's value] meeting the target, by `REFINE_STEPS` bisections.
+def _shortfall(spec: IndexSpec, trial: IndexSpec, m: Measurement, target: float) -> str:
+    """Why the objective was missed, and what was kept instead (for the spec's `note` and the log)."""
+    name, value = trial.search_parameter
+    if spec.objective == "recall":
+        missed = f"recall@{spec.recall_k} {m.recall:.4f} < {target:g}"
+    else:
+        parts = []
+        if m.agreement < spec.target_agreement:
+            parts.append(f"identity agreement {m.agreement:.4f} < {spec.target_agreement:g}")
+        if m.floor_recall < target:
+            parts.append(f"floor recall {m.floor_recall:.4f} < {target:g}")
+        missed = " and ".join(parts)
+    rerank = f" (re-rank x{trial.rerank})" if spec.lossy else ""
+    return f"{missed} at {name} {value}{rerank}, the largest tried: kept it"
 
-    `missed` is a value that was measured below the target at trial's re-ranking; recall is taken
-    to rise with the search parameter, as it does for both HNSW and IVF.
+
+def _bisect_down(measure, meets, trial: IndexSpec, measured: Measurement,
+                 missed: int) -> tuple[IndexSpec, Measurement]:
+    """The smallest value in (`missed`, trial's value] meeting the objective, by `REFINE_STEPS` bisections.
+
+    `missed` is a value that was measured below the objective at trial's re-ranking; what is
+    measured is taken to rise with the search parameter, as it does for both HNSW and IVF.
     """
     low, high = missed, trial.search_parameter[1]
     for _ in range(REFINE_STEPS):
@@ -208,9 +280,9 @@ def _bisect_down(measure, trial: IndexSpec, recall: float, found: np.ndarray, mi
         if middle in (low, high):
             break
         candidate = trial.with_search(middle)
-        candidate_recall, candidate_found = measure(candidate)
-        if candidate_recall >= target:
-            high, trial, recall, found = middle, candidate, candidate_recall, candidate_found
+        candidate_measured = measure(candidate)
+        if meets(candidate_measured):
+            high, trial, measured = middle, candidate, candidate_measured
         else:
             low = middle
-    return trial, recall, found
+    return trial, measured
