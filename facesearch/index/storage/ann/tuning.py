@@ -95,15 +95,23 @@ def recall_at(found: np.ndarray, queries: np.ndarray, vectors: np.ndarray, truth
     return float(hits.sum() / max(1, wanted.sum()))
 
 
-def ladder(spec: IndexSpec) -> list[int]:
-    """Values of the search parameter that tuning tries, doubling: efSearch 16..4096, nprobe 1..nlist."""
+def ladder(spec: IndexSpec, depth: int = 1) -> list[int]:
+    """Values of the search parameter that tuning tries, doubling: efSearch 16..4096, nprobe 1..nlist.
+
+    HNSW returns at most efSearch neighbours, so a search for `depth` of them runs at efSearch >=
+    depth whatever is set: the rungs below it are raised to it (and the value recorded is the one
+    searched with).
+    """
     start, stop = (EF_SEARCH_START, EF_SEARCH_MAX) if spec.kind == "hnsw" else (1, spec.nlist)
     values = []
     value = start
     while value < stop:
         values.append(value)
         value *= 2
-    return values + [stop]
+    values.append(stop)
+    if spec.kind == "hnsw":
+        values = sorted({max(v, min(depth, stop)) for v in values})
+    return values
 
 
 @dataclass(frozen=True)
@@ -184,7 +192,8 @@ def tune(index: faiss.Index, spec: IndexSpec, vectors: np.ndarray, holdout: np.n
     if index.ntotal != n - held.size:
         raise AnnInputError(f"the index holds {index.ntotal} rows; tuning needs the {n - held.size} rows "
                             "outside the held-out sample: build with exclude=holdout")
-    rungs = ladder(spec)
+    depth = max(k, decisions.DEPTH) if spec.objective == "decisions" else k
+    rungs = ladder(spec, depth)
     if held.size == 0:  # too few rows to hold any out: search exhaustively rather than guess
         log.warning("segment of %d rows too small to tune %s; using %s", n, spec.factory, rungs[-1])
         return replace(spec.with_search(rungs[-1]), target_recall=target, recall_k=k, tune_sample=0,
@@ -193,7 +202,6 @@ def tune(index: faiss.Index, spec: IndexSpec, vectors: np.ndarray, holdout: np.n
     queries = float32_rows(vectors, held)
     order = insertion_order(n, held) if spec.kind == "hnsw" else None
     codes = decisions.position_labels(labels, n)
-    depth = max(k, decisions.DEPTH) if spec.objective == "decisions" else k
     exact_scores, exact_positions = exact_knn(vectors, queries, max(k, decisions.DEPTH), exclude=held)
     strangers = decisions.stranger_scores(exact_scores, exact_positions, codes,
                                           codes[held] if labels is not None else None)
