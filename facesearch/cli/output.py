@@ -77,7 +77,8 @@ FLOOR_SOURCES = {"calibration": "the calibrated threshold", "strangers": "an est
 def format_tuning(t: dict) -> str:
     """One line per tuned segment: what was chosen, what it reached against exact search, and any shortfall."""
     rerank = f", re-rank x{t['rerank']}" if t["rerank"] > 1 else ""
-    head = f"segment {t['segment']} ({t['faces']} faces): {t['factory']}, {t['parameter']} {t['value']}{rerank}"
+    parameter = {"ef_search": "efSearch"}.get(t["parameter"], t["parameter"])
+    head = f"segment {t['segment']} ({t['faces']} faces): {t['factory']}, {parameter} {t['value']}{rerank}"
     if t["tune_sample"] == 0:
         return f"{head}; not tuned: {t['note']}"
     recall = f"recall@{t['recall_k']} {t['recall']:.3f}, recall@1 {t['recall_at_1']:.3f}"

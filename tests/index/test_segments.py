@@ -277,7 +277,9 @@ def clustered(rng: np.random.Generator, identities: int, per: int) -> np.ndarray
 
 @pytest.mark.parametrize("kind", ["hnsw", "ivf"])
 def test_approximate_segments_through_the_writer(tmp_path, writer_args, kind):
+    from facesearch.cli.output import format_tuning
     from facesearch.index.storage.manifest import IndexPolicy
+    from facesearch.index.sync.build import tuned_segments
 
     rng = np.random.default_rng(10)
     vectors = clustered(rng, 600, 5)
@@ -294,6 +296,15 @@ def test_approximate_segments_through_the_writer(tmp_path, writer_args, kind):
         assert spec["objective"] == "decisions" and spec["agreement"] >= spec["target_agreement"] == 0.999
         assert spec["floor_recall"] >= spec["target_recall"] == 0.99
         assert spec["floor_source"] == "strangers"  # the writer passed the photos' identities
+        # The build report's line for the segment: what was chosen and what it reached.
+        (tuning,) = tuned_segments(g.manifest, 0)
+        assert (tuning["segment"], tuning["faces"], tuning["agreement"]) == (segment.info.number, 3000, spec["agreement"])
+        parameter = {"hnsw": "efSearch", "ivf": "nprobe"}[kind]
+        line = format_tuning(tuning)
+        assert line.startswith(f"segment {segment.info.number} (3000 faces): {tuning['factory']}, {parameter} "
+                               f"{spec['ef_search'] or spec['nprobe']}")
+        assert f"identity agreement {spec['agreement']:.4f} (target 0.999)" in line
+        assert "above" in line and "an estimated stranger threshold - margin" in line and "missed" not in line
     removed = set(keys[::7])
     with open_writer(idx, **writer_args) as w:
         w.remove_photos([f"{key}.jpg" for key in sorted(removed)])
