@@ -184,28 +184,33 @@ def decision_figures(found_s: np.ndarray, found_i: np.ndarray, exact_s: np.ndarr
 
 def sweep(g, q: np.ndarray, exact_i: np.ndarray, exact_s: np.ndarray, q_ids: np.ndarray, floor: float,
           generator: str) -> list[dict]:
-    """p50 latency, recall and decision figures of an approximate segment at search parameters up to its tuned one."""
+    """p50 latency, recall and decision figures of an approximate segment at search parameters up to its tuned
+    one and two doublings past it."""
     seg = g.segments[0]
     if seg.exact:
         return []
     tuned = seg.spec
     rows = []
-    value = 16
-    while value <= (tuned.ef_search or tuned.nprobe):
+    top = tuned.ef_search or tuned.nprobe
+    # Up to the tuned value, and two doublings past it: where recall@10 over faces would have taken it.
+    widest = 4096 if tuned.kind == "hnsw" else tuned.nlist
+    values = [16 * 2**i for i in range(20) if 16 * 2**i < top] + [top] + [v for v in (2 * top, 4 * top) if v <= widest]
+    if tuned.kind == "hnsw":  # HNSW searches DEPTH neighbours at efSearch >= DEPTH whatever is set
+        values = sorted({max(v, DEPTH) for v in values})
+    for value in values:
         seg.spec = tuned.with_search(value)
         found_s, found = g.search(q, DEPTH)
         decided = decision_figures(found_s, found, exact_s, exact_i, q_ids, floor, generator)
         lat = []
         for i in range(300):
             t = time.perf_counter()
-            g.search(q[i:i + 1], 10)
+            g.search(q[i:i + 1], DEPTH)
             lat.append(time.perf_counter() - t)
         rows.append({"search": value, "p50_ms": 1000 * float(np.median(lat)),
                      "recall_at_1": float(np.mean(found[:, 0] == exact_i[:, 0])),
                      "recall_at_10": float(np.mean([len(set(found[i, :10]) & set(exact_i[i, :10])) / 10
                                                     for i in range(len(q))])),
                      "identity_agreement": decided["identity_agreement"], "floor_recall": decided["floor_recall"]})
-        value *= 2
     seg.spec = tuned
     return rows
 
