@@ -333,6 +333,7 @@ def test_approximate_segments_through_the_writer(tmp_path, writer_args, kind):
 def test_compaction_with_a_new_policy_records_it_for_the_next_merge(tmp_path, writer_args):
     from facesearch.index import read_manifest
     from facesearch.index.storage.manifest import IndexPolicy
+    from facesearch.index.storage.merging import identity_codes
     from facesearch.index.storage.writer import MIN_APPROXIMATE
 
     rng = np.random.default_rng(12)
@@ -352,6 +353,13 @@ def test_compaction_with_a_new_policy_records_it_for_the_next_merge(tmp_path, wr
     assert (m.policy.index_type, m.policy.target_recall) == ("hnsw", 0.97)
     (segment,) = m.segments
     assert segment.kind == "hnsw" and segment.spec["target_recall"] == 0.97
+    assert segment.spec["floor_source"] == "strangers"  # the merge read the faces' identities from the metadata
+    with GalleryIndex.open(idx) as g:
+        ids = g.segments[0].ids
+        codes = identity_codes(g.store, ids)
+        names = [r.identity for r in g.records(ids.tolist())]
+    assert len(set(codes.tolist())) == len(set(names)) == 240  # one code per identity, the same for its faces
+    assert all(len({n for n, c in zip(names, codes) if c == code}) == 1 for code in set(codes.tolist()))
 
     # The next merge (policy=None: keep the recorded one) builds with the recorded policy, not the old one.
     batch = 250

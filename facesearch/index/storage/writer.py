@@ -41,6 +41,7 @@ from facesearch.index.storage.merging import (
     build_merge,
     check_consistent,
     choose_kind,
+    cosine_threshold,
     dead_counts,
     install_merge,
     plan_merge,
@@ -518,7 +519,8 @@ class IndexWriter:
         # write lock, so waiting for it here, holding the write lock, could deadlock.
         with maintenance_lock(self.index_dir, MERGE_LOCK_FILE, wait):
             target = self._target
-            built = build_merge(self.index_dir, chosen, self.tombstones, target.policy, target.dim)
+            built = build_merge(self.index_dir, chosen, self.tombstones, target.policy, target.dim, store=self.store,
+                                calibration=target.calibration)
             try:
                 g = self.manifest.generation + 1
                 manifest = install_merge(self.index_dir, target, g, built)
@@ -547,18 +549,6 @@ class IndexWriter:
             return CommitResult(self.manifest.generation, False, self.manifest.faces, self.manifest.photos,
                                 self.manifest.identities)
         return self.merge([s.number for s in self.manifest.segments])
-
-
-def cosine_threshold(calibration: dict | None) -> float | None:
-    """The calibrated threshold of the manifest's record when it is a cosine (the score rule), for tuning's floor.
-
-    The margin rule's threshold is on the scale s1 + w (s1 - s2), not a face score: tuning then
-    estimates its floor from the segment's own scores instead.
-    """
-    if not calibration or calibration.get("rule") != "score":
-        return None
-    threshold = calibration.get("threshold")
-    return float(threshold) if isinstance(threshold, (int, float)) else None
 
 
 def _counters_on_disk(index_dir: Path) -> dict[str, int]:
