@@ -199,28 +199,10 @@ def tune(index: faiss.Index, spec: IndexSpec, vectors: np.ndarray, holdout: np.n
         return replace(spec.with_search(rungs[-1]), target_recall=target, recall_k=k, tune_sample=0,
                        recall=None, recall_at_1=None, target_met=None,
                        note=f"too few rows to hold any out: {spec.search_parameter[0]} {rungs[-1]}, the largest")
-    queries = float32_rows(vectors, held)
-    order = insertion_order(n, held) if spec.kind == "hnsw" else None
-    codes = decisions.position_labels(labels, n)
-    exact_scores, exact_positions = exact_knn(vectors, queries, max(k, decisions.DEPTH), exclude=held)
-    strangers = decisions.stranger_scores(exact_scores, exact_positions, codes,
-                                          codes[held] if labels is not None else None)
-    floor, _ = decisions.estimate_floor(strangers, threshold)
-    source = "calibration" if threshold is not None else "strangers" if labels is not None else "neighbours"
-    # Each held-out row is searched as itself and, with its own identity left out, as a stranger.
-    views = [None] if labels is None else [None, codes[held]]
-    exact_tops = [decisions.top_two(exact_scores, exact_positions, codes, own) for own in views]
-    truth = exact_scores[:, :k]
+    reference = _Reference.measure_exact(vectors, held, spec, depth, k, labels, threshold)
 
     def measure(trial: IndexSpec) -> Measurement:
-        scores, found = search(index, trial, queries, depth, raw=vectors)
-        if order is not None:  # HNSW ids are insertion order until the held-out rows are added
-            found = np.where(found >= 0, order[np.maximum(found, 0)], -1)
-        agreements = np.array([decisions.agreement(decisions.top_two(scores, found, codes, own), exact, floor)
-                               for own, exact in zip(views, exact_tops)])
-        found_agreement, strict = agreements.mean(axis=0)
-        return Measurement(recall_at(found, queries, vectors, truth, k), recall_at(found, queries, vectors, truth, 1),
-                           float(found_agreement), float(strict), decisions.floor_recall(scores, exact_scores, floor))
+        return reference.compare(index, trial, vectors)
 
     def meets(m: Measurement) -> bool:
         return m.meets(spec.objective, target, spec.target_agreement)
@@ -255,8 +237,53 @@ def tune(index: faiss.Index, spec: IndexSpec, vectors: np.ndarray, holdout: np.n
     return replace(trial, target_recall=target, recall=round(measured.recall, 6),
                    recall_at_1=round(measured.recall_at_1, 6), recall_k=k, tune_sample=int(held.size),
                    target_met=met, agreement=round(measured.agreement, 6),
-                   strict_agreement=round(measured.strict_agreement, 6), floor=round(floor, 6),
-                   floor_recall=round(measured.floor_recall, 6), floor_source=source, note=note)
+                   strict_agreement=round(measured.strict_agreement, 6), floor=round(reference.floor, 6),
+                   floor_recall=round(measured.floor_recall, 6), floor_source=reference.source, note=note)
+
+
+@dataclass(frozen=True)
+class _Reference:
+    """Exact search's answers for the held-out queries, and how an approximate search is compared with them."""
+
+    queries: np.ndarray  # (m, d) float32
+    order: np.ndarray | None  # HNSW: FAISS id -> position until the held-out rows are added
+    codes: np.ndarray  # (n,) identity code per position (`decisions.position_labels`)
+    views: list  # per view, the identity left out of each row's ranking: None (itself), own codes (stranger)
+    exact_tops: list  # per view, `decisions.TopTwo` of exact search
+    exact_scores: np.ndarray  # (m, max(k, DEPTH)), best first
+    depth: int  # neighbours the approximate search is asked for
+    k: int
+    floor: float
+    source: str  # `FLOOR_SOURCES`
+
+    @classmethod
+    def measure_exact(cls, vectors: np.ndarray, held: np.ndarray, spec: IndexSpec, depth: int, k: int,
+                      labels: np.ndarray | None, threshold: float | None) -> _Reference:
+        n = len(vectors)
+        queries = float32_rows(vectors, held)
+        order = insertion_order(n, held) if spec.kind == "hnsw" else None
+        codes = decisions.position_labels(labels, n)
+        exact_scores, exact_positions = exact_knn(vectors, queries, max(k, decisions.DEPTH), exclude=held)
+        strangers = decisions.stranger_scores(exact_scores, exact_positions, codes,
+                                              codes[held] if labels is not None else None)
+        floor, _ = decisions.estimate_floor(strangers, threshold)
+        source = "calibration" if threshold is not None else "strangers" if labels is not None else "neighbours"
+        # Each held-out row is searched as itself and, with its own identity left out, as a stranger.
+        views = [None] if labels is None else [None, codes[held]]
+        exact_tops = [decisions.top_two(exact_scores, exact_positions, codes, own) for own in views]
+        return cls(queries, order, codes, views, exact_tops, exact_scores, depth, k, floor, source)
+
+    def compare(self, index: faiss.Index, trial: IndexSpec, vectors: np.ndarray) -> Measurement:
+        """Search the queries with `trial`'s settings and measure every figure against exact search."""
+        scores, found = search(index, trial, self.queries, self.depth, raw=vectors)
+        if self.order is not None:
+            found = np.where(found >= 0, self.order[np.maximum(found, 0)], -1)
+        shares = np.array([decisions.agreement(decisions.top_two(scores, found, self.codes, own), exact, self.floor)
+                           for own, exact in zip(self.views, self.exact_tops)]).mean(axis=0)
+        truth = self.exact_scores[:, :self.k]
+        return Measurement(recall_at(found, self.queries, vectors, truth, self.k),
+                           recall_at(found, self.queries, vectors, truth, 1), float(shares[0]), float(shares[1]),
+                           decisions.floor_recall(scores, self.exact_scores, self.floor))
 
 
 def _shortfall(spec: IndexSpec, trial: IndexSpec, m: Measurement, target: float) -> str:
