@@ -289,6 +289,7 @@ class _Reference:
 def _shortfall(spec: IndexSpec, trial: IndexSpec, m: Measurement, target: float) -> str:
     """Why the objective was missed, and what was kept instead (for the spec's `note` and the log)."""
     name, value = trial.search_parameter
+    name = {"ef_search": "efSearch"}.get(name, name)
     if spec.objective == "recall":
         missed = f"recall@{spec.recall_k} {m.recall:.4f} < {target:g}"
     else:
