@@ -330,6 +330,29 @@ def test_approximate_segments_through_the_writer(tmp_path, writer_args, kind):
     assert_same(answers(idx, queries, 10), want)
 
 
+def test_an_index_whose_specs_predate_the_decision_fields_opens_and_answers_the_same(tmp_path, writer_args):
+    from facesearch.index.storage.manifest import IndexPolicy
+
+    rng = np.random.default_rng(13)
+    vectors = clustered(rng, 240, 5)
+    idx = tmp_path / "idx"
+    with open_writer(idx, **writer_args, policy=IndexPolicy(index_type="hnsw")) as w:
+        add(w, dict(zip([f"id{i // 5}-{i}" for i in range(len(vectors))], vectors)))
+        w.commit()
+    queries = vectors[::40] + 0.05 * rng.standard_normal((30, D)).astype(np.float32)
+    before = answers(idx, queries, 10)
+    manifest = json.loads((idx / "manifest.json").read_text())
+    new_fields = ("objective", "target_agreement", "agreement", "strict_agreement", "floor", "floor_recall",
+                  "floor_source", "note")
+    for segment in manifest["segments"]:  # as an earlier facesearch wrote it, plus a field of a later one
+        segment["spec"] = {k: v for k, v in segment["spec"].items() if k not in new_fields} | {"latency_ms": 0.3}
+    (idx / "manifest.json").write_text(json.dumps(manifest))
+    with GalleryIndex.open(idx) as g:
+        (segment,) = g.segments
+        assert segment.spec.objective == "recall" and segment.spec.agreement is None
+    assert answers(idx, queries, 10) == before
+
+
 def test_compaction_with_a_new_policy_records_it_for_the_next_merge(tmp_path, writer_args):
     from facesearch.index import read_manifest
     from facesearch.index.storage.manifest import IndexPolicy
