@@ -217,3 +217,24 @@ def test_an_old_spec_without_the_decision_fields_opens_as_tuned_for_recall():
     assert newer.objective == "decisions"  # a field of a later facesearch is ignored
     with pytest.raises(IndexFormatError, match="objective must be one of"):
         ann.IndexSpec.from_dict(old | {"objective": "speed"})
+
+
+def test_an_unreachable_target_keeps_the_smallest_value_that_reaches_what_the_largest_did():
+    spec = ann.IndexSpec("hnsw", D, hnsw_m=32, ef_construction=40)
+
+    def measured(agreement):
+        return ann_tuning.Measurement(0.95, 1.0, agreement, 0.9, 1.0)
+
+    # A plateau: 1024 already reaches within PLATEAU (0.002) of what 4096 does.
+    tried = [(spec.with_search(v), measured(a)) for v, a in [(512, 0.990), (1024, 0.9975), (2048, 0.9978),
+                                                             (4096, 0.998)]]
+    kept, m = ann_tuning._cheapest_alike(tried, *tried[-1], "decisions")
+    assert kept.ef_search == 1024 and m.agreement == 0.9975
+    note = ann_tuning._shortfall(spec, *tried[-1], kept, m, 0.99)
+    assert note == ("identity agreement 0.9980 < 0.999 at efSearch 4096, the largest tried; kept efSearch 1024, "
+                    "the smallest within 0.002 of it (identity agreement 0.9975, floor recall 1.0000)")
+    # Still climbing at the top: the largest is kept.
+    climbing = tried[:-1] + [(spec.with_search(4096), measured(0.9997))]
+    assert ann_tuning._cheapest_alike(climbing, *climbing[-1], "decisions")[0].ef_search == 2048
+    steep = [(spec.with_search(v), measured(a)) for v, a in [(1024, 0.99), (2048, 0.994), (4096, 0.998)]]
+    assert ann_tuning._cheapest_alike(steep, *steep[-1], "decisions")[0].ef_search == 4096
