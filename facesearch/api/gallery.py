@@ -97,8 +97,8 @@ class Gallery:
             rebuild: replace an index built with another model.
             fpir: the false-positive identification rate its "unknown" threshold is calibrated for.
             index_type, memory_budget, vector_dtype, target_recall: change the index's policy ("auto",
-                "flat", "hnsw" or "ivf"; bytes or "8G"; "float32" or "float16"; recall@10 the
-                approximate segments are tuned to); None keeps the index's (see docs/large-galleries.md).
+                "flat", "hnsw" or "ivf"; bytes or "8G"; "float32" or "float16"; the floor recall
+                approximate segments are tuned to, beside identity agreement 0.999); None keeps the index's (see docs/large-galleries.md).
             progress: a callback (phase, done, total), e.g. to draw a progress bar.
             labeled: False: the photos are unlabelled (see above).
 

@@ -17,7 +17,7 @@ def compact(
     index: IndexOpt = None,
     index_type: Annotated[Optional[str], typer.Option("--index-type", help="Rewrite the segments as this type: auto, flat, hnsw or ivf (default: keep the index's).")] = None,
     memory_budget: Annotated[Optional[str], typer.Option("--memory-budget", help="Bytes the search structures may take, e.g. 8G or 512M (default: keep the index's).")] = None,
-    target_recall: Annotated[Optional[float], typer.Option("--target-recall", min=0.5, max=1.0, help="Recall@10 against exact search the merged segment is tuned to (default: keep the index's).")] = None,
+    target_recall: Annotated[Optional[float], typer.Option("--target-recall", min=0.5, max=1.0, help="Share of the faces near or above the decision threshold the merged segment must find, against exact search, beside identity agreement 0.999 (default: keep the index's).")] = None,
     json_out: JsonOpt = False,
 ):
     """Merge the index's segments into one, dropping removed faces; choose and tune its type for the whole size."""

@@ -46,7 +46,7 @@ def build_index(
     index_type: Annotated[Optional[str], typer.Option("--index-type", help="auto (by size), flat (exact), hnsw or ivf; a change rewrites the segments from their stored vectors (default: the index's, else auto).")] = None,
     memory_budget: Annotated[Optional[str], typer.Option("--memory-budget", help="Memory the search structures may take, e.g. 8G (default: the index's, else a share of this machine's RAM).")] = None,
     vector_dtype: Annotated[Optional[str], typer.Option("--vector-dtype", help="How the raw vectors kept beside the index are stored: float32 or float16 (new segments).")] = None,
-    target_recall: Annotated[Optional[float], typer.Option("--target-recall", min=0.5, max=1.0, help="Recall@10 against exact search that approximate segments are tuned to at build (default: the index's, else 0.99).")] = None,
+    target_recall: Annotated[Optional[float], typer.Option("--target-recall", min=0.5, max=1.0, help="Share of the faces near or above the decision threshold that approximate segments must find at build, against exact search, beside identity agreement 0.999 (default: the index's, else 0.99).")] = None,
     fpir: fpir_option("False-positive identification rate the index's 'unknown' threshold is calibrated for, from the gallery itself (default: the stored one, else 0.01).") = None,
     json_out: JsonOpt = False,
 ):

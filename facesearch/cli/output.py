@@ -64,9 +64,32 @@ def format_build_report(report: dict) -> str:
         lines.extend(f"  {item['path']}: {item['reason']}" for item in report["skipped"])
     if not report["written"]:
         lines.append("nothing changed; the index was left as it was")
+    lines.extend(format_tuning(t) for t in report.get("tuning") or [])
     if report.get("calibration"):
         lines.append(f"open-set threshold: {report['calibration']['message']}")
     return "\n".join(lines)
+
+
+FLOOR_SOURCES = {"calibration": "the calibrated threshold", "strangers": "an estimated stranger threshold",
+                 "neighbours": "an estimated stranger threshold (no identities: 10th neighbours)"}
+
+
+def format_tuning(t: dict) -> str:
+    """One line per tuned segment: what was chosen, what it reached against exact search, and any shortfall."""
+    rerank = f", re-rank x{t['rerank']}" if t["rerank"] > 1 else ""
+    parameter = {"ef_search": "efSearch"}.get(t["parameter"], t["parameter"])
+    head = f"segment {t['segment']} ({t['faces']} faces): {t['factory']}, {parameter} {t['value']}{rerank}"
+    if t["tune_sample"] == 0:
+        return f"{head}; not tuned: {t['note']}"
+    recall = f"recall@{t['recall_k']} {t['recall']:.3f}, recall@1 {t['recall_at_1']:.3f}"
+    if t["objective"] == "recall":
+        body = f"tuned for {recall} (target {t['target_recall']:g}) on {t['tune_sample']} held-out faces"
+    else:
+        body = (f"identity agreement {t['agreement']:.4f} (target {t['target_agreement']:g}), floor recall "
+                f"{t['floor_recall']:.4f} (target {t['target_recall']:g}) above {t['floor']:.3f} "
+                f"({FLOOR_SOURCES.get(t['floor_source'], t['floor_source'])} - margin) on {t['tune_sample']} "
+                f"held-out faces; {recall}")
+    return f"{head}: {body}" + (f"; target missed: {t['note']}" if t["note"] else "")
 
 
 def format_train(result: dict) -> str:

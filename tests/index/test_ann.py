@@ -57,15 +57,18 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))
 
 
-def spec_of(kind: str, n: int, codes: str | None = None, target: float = 0.95) -> ann.IndexSpec:
-    """An untuned spec of `kind` (IVF codes forced with a budget just above their size)."""
+def spec_of(kind: str, n: int, codes: str | None = None, target: float = 0.95,
+            objective: str = "recall") -> ann.IndexSpec:
+    """An untuned spec of `kind` (IVF codes forced with a budget just above their size), tuned for
+    recall@10 unless asked otherwise: this module tests the ladder against recall, the decision
+    objective has tests/index/test_ann_decisions.py."""
     budget = 1 << 40
     if codes:
         nlist = ann.ivf_nlist(n)
         budget = ann.ivf_bytes(n, D, nlist, codes)
     spec = ann.choose_spec(n, D, budget, kind=kind, target_recall=target)
     assert codes is None or spec.codes == codes, spec
-    return spec
+    return dataclasses.replace(spec, objective=objective)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -90,7 +93,8 @@ def built(gallery):
     for name, kind, codes in [("hnsw", "hnsw", None), ("ivf-flat", "ivf", "flat"), ("ivf-sq8", "ivf", "sq8")]:
         out[name] = ann.build_and_tune(xb, spec_of(kind, len(xb), codes), seed=3)
     # choose_spec keeps PQ for >= 9,984 training rows (256 per codebook x 39); forced here on 4,000.
-    pq = ann.IndexSpec("ivf", D, nlist=ann.ivf_nlist(len(xb)), codes="pq8", rerank=8, target_recall=0.95)
+    pq = ann.IndexSpec("ivf", D, nlist=ann.ivf_nlist(len(xb)), codes="pq8", rerank=8, target_recall=0.95,
+                        objective="recall")
     out["ivf-pq"] = ann.build_and_tune(xb, pq, seed=3)
     return out
 
@@ -275,16 +279,17 @@ def test_tuning_says_when_the_target_is_out_of_reach(gallery, caplog, monkeypatc
     xb, _, _ = gallery
     # PQ with 4 bytes per vector and at most 2x re-ranking cannot find every exact neighbour.
     monkeypatch.setattr(ann_tuning, "RERANK_MAX", 2)
-    spec = ann.IndexSpec("ivf", D, nlist=16, codes="pq4", target_recall=1.0)
+    spec = ann.IndexSpec("ivf", D, nlist=16, codes="pq4", target_recall=1.0, objective="recall")
     with caplog.at_level(logging.WARNING, logger="facesearch.index.storage.ann.tuning"):
         _, tuned = ann.build_and_tune(xb, spec, seed=0, sample=200)
     assert tuned.target_met is False and tuned.nprobe == 16 and tuned.rerank == 2 and tuned.recall < 1.0
-    assert "the largest values tried" in caplog.text
+    assert tuned.note == f"recall@10 {tuned.recall:.4f} < 1 at nprobe 16 (re-rank x2), the largest tried: kept it"
+    assert tuned.note in caplog.text
 
 
 def test_tuning_raises_reranking_when_lossy_codes_stall(gallery):
     xb, _, fresh = gallery
-    spec = ann.IndexSpec("ivf", D, nlist=16, codes="pq4", rerank=1, target_recall=0.97)
+    spec = ann.IndexSpec("ivf", D, nlist=16, codes="pq4", rerank=1, target_recall=0.97, objective="recall")
     index, tuned = ann.build_and_tune(xb, spec, seed=0, sample=300)
     assert tuned.target_met and tuned.rerank > 1, tuned
     q = fresh(200, 11)
@@ -432,12 +437,14 @@ def test_spec_json_round_trip(built):
 
 @pytest.mark.parametrize("change, message", [
     ({"version": 2}, "version 2 is not one this facesearch reads"),
-    ({"colour": "red"}, r"unknown fields \['colour'\]"),
     ({"kind": "lsh"}, "kind must be one of"),
     ({"nlist": 0}, "nlist must be an integer >= 1"),
     ({"codes": "pq5"}, "pq5 needs a dimension divisible by 5"),
     ({"hnsw_m": 16}, "hnsw_m does not apply to ivf indexes"),
     ({"recall": 1.5}, r"recall must be a number in \[0, 1\]"),
+    ({"objective": "speed"}, "objective must be one of"),
+    ({"floor_source": "guess"}, "floor_source must be one of"),
+    ({"agreement": -0.1}, r"agreement must be a number in \[0, 1\]"),
 ])
 def test_spec_from_dict_refuses_bad_records(built, change, message):
     record = built["ivf-sq8"][1].to_dict() | change

@@ -44,7 +44,7 @@ class IndexPolicy:
     index_type: str = "auto"  # auto | flat | hnsw | ivf (see facesearch.index.storage.ann.choose_spec)
     memory_budget: int | None = None  # bytes the vectors' search structures may take; None: the default share
     vector_dtype: str = "float32"  # of the raw vectors kept beside every segment
-    target_recall: float = 0.99  # recall@10 against exact search that tuning aims for
+    target_recall: float = 0.99  # floor recall against exact search that tuning aims for (ann/README.md, "Tuning")
 
     def updated(self, *, index_type: str | None = None, memory_budget: int | str | None = None,
                 vector_dtype: str | None = None, target_recall: float | None = None) -> IndexPolicy:

@@ -64,7 +64,8 @@ class SegmentInfo:
 
 
 def write_segment(folder: Path, number: int, vectors: np.ndarray, ids: np.ndarray, *, dtype: str = "float32",
-                  kind: str = "flat", spec: dict | None = None, seed: int = 0) -> SegmentInfo:
+                  kind: str = "flat", spec: dict | None = None, seed: int = 0, labels: np.ndarray | None = None,
+                  threshold: float | None = None) -> SegmentInfo:
     """Write a new segment's files (fsynced) and return its manifest entry.
 
     Args:
@@ -75,6 +76,10 @@ def write_segment(folder: Path, number: int, vectors: np.ndarray, ids: np.ndarra
         dtype: how the raw vectors are stored.
         kind: "flat", or an approximate kind whose index `facesearch.index.storage.ann` builds (and tunes) from `spec`.
         spec: the approximate index's spec (`index.ann.IndexSpec.to_dict()`), chosen by the caller.
+        labels: `(n,)` int identity code per row (-1: none) for tuning's identity agreement; None:
+            unknown (tuning then treats each row as an identity of its own, and says so).
+        threshold: the index's calibrated threshold as a cosine (score rule), for tuning's floor;
+            None: tuning estimates one from the segment's own scores.
     """
     if dtype not in VECTOR_DTYPES:
         raise ValueError(f"vector dtype must be one of {VECTOR_DTYPES}, got {dtype!r}")
@@ -91,7 +96,7 @@ def write_segment(folder: Path, number: int, vectors: np.ndarray, ids: np.ndarra
     from facesearch.index.storage import ann
 
     index_spec = ann.IndexSpec.from_dict(spec or {})
-    built, tuned = ann.build_and_tune(vectors, index_spec, seed=seed)
+    built, tuned = ann.build_and_tune(vectors, index_spec, seed=seed, labels=labels, threshold=threshold)
     ann.write_index(built, folder / names["ann"])
     return SegmentInfo(number, len(ids), dtype, kind, tuned.to_dict())
 
@@ -108,6 +113,12 @@ def _save_npy(path: Path, array: np.ndarray, dtype: str | np.dtype, chunk: int =
         os.fsync(f.fileno())
 
 
+def _grown(array: np.ndarray, size: int, used: int) -> np.ndarray:
+    grown = np.empty(size, array.dtype)
+    grown[:used] = array[:used]
+    return grown
+
+
 class Spool:
     """Vectors appended to a temporary file (a generation's new ones, a merge's live ones), so a large ingest stays out of RAM."""
 
@@ -116,20 +127,30 @@ class Spool:
         self.dim = dim
         # One growing array, not an array per photo: those cost ~110 bytes each (1.1 GB at 10M photos).
         self._ids = np.empty(1024, np.int64)
+        self._labels = np.empty(1024, np.int32)  # identity code per row, -1 for none (for tuning)
+        self._codes: dict[str, int] = {}
         self.count = 0
         self._file = None
 
-    def append(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+    def append(self, ids: np.ndarray, vectors: np.ndarray, identity: str | None = None) -> None:
+        """Append rows; `identity` (of all of them, "" or None for none) feeds the tuning's identity agreement."""
         if self._file is None:
             self._file = open(self.path, "wb")
         self._file.write(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
         ids = np.asarray(ids, np.int64).ravel()
         if self.count + len(ids) > len(self._ids):
-            grown = np.empty(max(2 * len(self._ids), self.count + len(ids)), np.int64)
-            grown[:self.count] = self._ids[:self.count]
-            self._ids = grown
+            size = max(2 * len(self._ids), self.count + len(ids))
+            self._ids, self._labels = _grown(self._ids, size, self.count), _grown(self._labels, size, self.count)
         self._ids[self.count:self.count + len(ids)] = ids
+        self._labels[self.count:self.count + len(ids)] = self._codes.setdefault(identity, len(self._codes)) \
+            if identity else -1
         self.count += len(ids)
+
+    def labels(self) -> np.ndarray | None:
+        """`(count,)` int64 identity code per row appended (-1: none), or None when no row had an identity."""
+        if not self._codes:
+            return None
+        return self._labels[:self.count].astype(np.int64)
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids, vectors memmap) of everything appended."""

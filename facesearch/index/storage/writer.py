@@ -41,6 +41,7 @@ from facesearch.index.storage.merging import (
     build_merge,
     check_consistent,
     choose_kind,
+    cosine_threshold,
     dead_counts,
     install_merge,
     plan_merge,
@@ -301,7 +302,7 @@ class IndexWriter:
         ids = np.arange(self._next_id, self._next_id + len(faces), dtype=np.int64)
         self._next_id += len(faces)
         if len(ids):
-            self._spool.append(ids, vectors)
+            self._spool.append(ids, vectors, photo.identity)
         self._stage_faces(photo, [StoredFace(int(i), pos, box) for i, (pos, box) in zip(ids, faces)])
         return ids.tolist()
 
@@ -380,7 +381,8 @@ class IndexWriter:
             ids, vectors = self._spool.arrays()
             kind, spec = self._choose(len(ids))
             new_segment = write_segment(self.index_dir, number, vectors, ids, dtype=target.policy.vector_dtype,
-                                        kind=kind, spec=spec)
+                                        kind=kind, spec=spec, labels=self._spool.labels(),
+                                        threshold=cosine_threshold(target.calibration))
             segments.append(new_segment)
             number += 1
         seconds["segment"] = time.perf_counter() - t
@@ -517,7 +519,8 @@ class IndexWriter:
         # write lock, so waiting for it here, holding the write lock, could deadlock.
         with maintenance_lock(self.index_dir, MERGE_LOCK_FILE, wait):
             target = self._target
-            built = build_merge(self.index_dir, chosen, self.tombstones, target.policy, target.dim)
+            built = build_merge(self.index_dir, chosen, self.tombstones, target.policy, target.dim, store=self.store,
+                                calibration=target.calibration)
             try:
                 g = self.manifest.generation + 1
                 manifest = install_merge(self.index_dir, target, g, built)

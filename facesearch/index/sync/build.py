@@ -71,11 +71,36 @@ class BuildReport:
     seconds: dict[str, float] = field(default_factory=lambda: {"scan": 0.0, "embed": 0.0, "save": 0.0})
     images_per_second: float = 0.0  # photos read + embedded per second in the embed phase
     shard_files_read: int | None = None  # --from-embeddings: files read row by row (the others were unchanged)
+    tuning: list[dict] = field(default_factory=list)  # approximate segments written by this build, as tuned
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["skipped"] = [{"path": p, "reason": r} for p, r in self.skipped]
         return d
+
+
+def tuned_segments(manifest, first: int) -> list[dict]:
+    """How the approximate segments numbered `first` or above were tuned, for a build report.
+
+    One dict per segment: its number, faces and structure (`factory`), the search parameter chosen,
+    the objective and what was measured against exact search on its held-out rows (identity
+    agreement, floor recall and where the floor came from, recall@k), and `note` when the
+    targets were missed (what was kept instead).
+    """
+    from facesearch.index.storage.ann import IndexSpec
+
+    out = []
+    for info in manifest.segments:
+        if info.number < first or info.kind == "flat":
+            continue
+        spec = IndexSpec.from_dict(info.spec)
+        name, value = spec.search_parameter
+        out.append({"segment": info.number, "faces": info.count, "factory": spec.factory, "parameter": name,
+                    "value": value, "rerank": spec.rerank} | {key: getattr(spec, key) for key in (
+                        "objective", "target_met", "agreement", "target_agreement", "strict_agreement",
+                        "floor", "floor_source", "floor_recall", "target_recall", "recall", "recall_k",
+                        "recall_at_1", "tune_sample", "note")})
+    return out
 
 
 def build_index(source_dir: str | os.PathLike, index_dir: str | os.PathLike, embedder: EmbedderLike, *,
@@ -163,10 +188,12 @@ def build_index(source_dir: str | os.PathLike, index_dir: str | os.PathLike, emb
                 faces=faces if labeled else "all", workers=workers, progress=progress,
                 carried=carried.faces if carried else 0, source="folder" if labeled else UNLABELED)
         writer.request_calibration(fpir)
+        first_new = writer.manifest.next_segment
         t = time.perf_counter()
         result = writer.commit()
         report.seconds["save"] = time.perf_counter() - t
         m = writer.manifest
+        report.tuning = tuned_segments(m, first_new)
         report.written = result.written or retype
         report.merged = result.merged
         report.generation = m.generation
@@ -179,6 +206,7 @@ def build_index(source_dir: str | os.PathLike, index_dir: str | os.PathLike, emb
         m = read_manifest(index_dir)
         report.generation, report.vectors = m.generation, m.faces
         report.segments, report.index_types = len(m.segments), [s.kind for s in m.segments]
+        report.tuning = tuned_segments(m, 0)
         report.seconds["save"] += time.perf_counter() - t
     return report
 

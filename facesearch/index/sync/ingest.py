@@ -30,7 +30,7 @@ from facesearch.index.protocols import Progress
 from facesearch.index.storage.manifest import IndexPolicy
 from facesearch.index.storage.store import Photo
 from facesearch.index.storage.writer import IndexWriter
-from facesearch.index.sync.build import BuildReport
+from facesearch.index.sync.build import BuildReport, tuned_segments
 
 # Stored and incoming vectors of an unchanged photo differ by at most float rounding of a file round trip.
 SAME_VECTOR_ATOL = 1e-6
@@ -149,9 +149,11 @@ def build_index_from_embeddings(shards_dir: str | os.PathLike, index_dir: str | 
         report.removed = len(gone)
         report.seconds["scan"] = time.perf_counter() - start
         writer.request_calibration(fpir)
+        first_new = writer.manifest.next_segment
         t = time.perf_counter()
         result = writer.commit()
         report.seconds["save"] = time.perf_counter() - t
+        report.tuning = tuned_segments(writer.manifest, first_new)
         _record_files(index_dir, shards_dir, shards)  # after the commit: a crash before it keeps the old record
         m = writer.manifest
         report.written, report.merged, report.generation = result.written, result.merged, m.generation

@@ -224,13 +224,14 @@ def _two_level_centroids(xt: np.ndarray, nlist: int, seed: int) -> np.ndarray:
 
 
 def build_and_tune(vectors: np.ndarray, spec: IndexSpec, *, seed: int = 0, sample: int = 1000, k: int = 10,
+                   labels: np.ndarray | None = None, threshold: float | None = None,
                    progress: Progress | None = None) -> tuple[faiss.Index, IndexSpec]:
     """Build a segment's index and tune its search parameter on held-out rows of its own vectors.
 
     For HNSW and IVF: `holdout_sample(n, sample, seed)` rows are left out of the build, used as
-    queries by `tune` (recall@k against exact search over the other rows, until
-    `spec.target_recall`), then added, so the finished index holds every row. A flat index is
-    exact: it is built whole and reported with recall 1.0.
+    queries by `tune` (the spec's objective against exact search over the other rows: by default
+    identity agreement and floor recall, see `tune`), then added, so the finished index holds
+    every row. A flat index is exact: it is built whole and reported with every figure 1.0.
 
     Args:
         vectors: `(n, d)` float16/float32, rows L2-normalised; may be an `np.memmap`.
@@ -238,6 +239,9 @@ def build_and_tune(vectors: np.ndarray, spec: IndexSpec, *, seed: int = 0, sampl
         seed: seeds the held-out sample, the training sample and k-means.
         sample: held-out queries wanted (at most n // 10 are taken).
         k: the k of the recall that tuning measures.
+        labels: `(n,)` int identity code per row (-1: none), for the identity agreement; None: rows
+            count as identities of their own and the floor comes from their k-th neighbours.
+        threshold: the index's calibrated threshold as a cosine (score rule); None: estimated.
         progress: see `build_segment_index`; tuning reports `progress("tune", step, steps)`.
 
     Returns:
@@ -245,11 +249,12 @@ def build_and_tune(vectors: np.ndarray, spec: IndexSpec, *, seed: int = 0, sampl
     """
     if spec.kind == "flat":
         index = build_segment_index(vectors, spec, seed=seed, progress=progress)
-        return index, replace(spec, recall=1.0, recall_at_1=1.0, recall_k=k, target_met=True)
+        return index, replace(spec, recall=1.0, recall_at_1=1.0, recall_k=k, target_met=True, agreement=1.0,
+                              strict_agreement=1.0, floor_recall=1.0)
     n, _ = check_vectors(vectors, spec.dim)
     held = holdout_sample(n, sample, seed)
     index = build_segment_index(vectors, spec, seed=seed, exclude=held, progress=progress)
-    tuned = tune(index, spec, vectors, held, k=k, progress=progress)
+    tuned = tune(index, spec, vectors, held, k=k, labels=labels, threshold=threshold, progress=progress)
     if held.size:
         add_positions(index, tuned, vectors, held)
     apply_search_defaults(index, tuned)

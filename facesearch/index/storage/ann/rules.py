@@ -145,7 +145,8 @@ def choose_spec(n: int, d: int, memory_budget_bytes: int, kind: str = "auto", *,
         d: their dimension.
         memory_budget_bytes: what this segment's index may take (see `estimate_memory`).
         kind: "auto", "flat", "hnsw" or "ivf" (`build-index --index-type`).
-        target_recall: recall@10 against exact search that `tune` will aim for.
+        target_recall: the floor recall (objective "decisions", the default) or recall@10 that
+            `tune` will aim for.
 
     Returns:
         An untuned `IndexSpec` (flat ones are exact: recall 1.0).
@@ -166,7 +167,7 @@ def choose_spec(n: int, d: int, memory_budget_bytes: int, kind: str = "auto", *,
         if not flat_fits:
             raise _over_budget("a flat index", n, d, flat_bytes(n, d), budget)
         return IndexSpec("flat", d, target_recall=target_recall, recall=1.0, recall_at_1=1.0,
-                         target_met=True)
+                         target_met=True, agreement=1.0, strict_agreement=1.0, floor_recall=1.0)
     if kind == "hnsw" or (kind == "auto" and n <= HNSW_MAX_N):
         # autofaiss's rule: M = floor((budget / (4n) - d) / 2), HNSW if M >= 8, at most 32.
         m = min(HNSW_MAX_M, (budget // n - 4 * d - 16) // 8)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from dataclasses import asdict, dataclass, fields, replace
@@ -10,6 +11,14 @@ from facesearch.embedder.core.errors import AnnInputError, IndexFormatError
 
 SPEC_VERSION = 1
 KINDS = ("flat", "hnsw", "ivf")
+# What tuning aims for (`facesearch.index.storage.ann.tune`): the agreement of the verdict's inputs with
+# exact search ("decisions"), or recall@k over faces ("recall", the only objective before it existed).
+OBJECTIVES = ("decisions", "recall")
+# Where the floor of `floor_recall` came from: the index's calibrated threshold (score rule), the
+# held-out rows' best other-identity scores, or (rows without identities) their k-th neighbours'.
+FLOOR_SOURCES = ("calibration", "strangers", "neighbours")
+
+log = logging.getLogger(__name__)
 _PQ = re.compile(r"^pq([1-9][0-9]*)$")
 
 
@@ -45,13 +54,27 @@ class IndexSpec:
         nprobe: IVF lists visited per query (tuned); ivf only.
         rerank: for lossy codes (sq8, pq) the index returns `k * rerank` candidates that are
             re-scored exactly from the segment's raw vectors; 1 for exact codes.
-        target_recall: recall@`recall_k` against exact search that tuning aimed for.
-        recall: recall@`recall_k` measured by tuning (1.0 for flat, None before tuning).
+        target_recall: with objective "decisions", the floor recall tuning aimed for; with
+            "recall", recall@`recall_k` against exact search.
+        recall: recall@`recall_k` measured by tuning (1.0 for flat, None before tuning); a reported
+            figure under the "decisions" objective.
         recall_at_1: recall@1 measured on the same sample.
         recall_k: the k of `recall`.
         tune_sample: held-out queries the recall was measured on (0: not measured).
-        target_met: whether tuning reached `target_recall` (False: it stopped at the largest
+        target_met: whether tuning reached its objective's targets (False: it stopped at the largest
             search parameter it tries; see `facesearch.index.storage.ann.tune`). None before tuning.
+        objective: "decisions" (agreement >= `target_agreement` and floor recall >=
+            `target_recall`) or "recall" (recall@`recall_k` >= `target_recall`); records read
+            from manifests written before objectives existed say "recall".
+        target_agreement: identity agreement tuning aimed for (objective "decisions").
+        agreement: share of held-out queries (searched as themselves and, with their own identity
+            left out, as strangers) whose top and runner-up identities agree with exact search
+            wherever those score at or above `floor` (ties count as agreeing).
+        strict_agreement: the same share with no floor (reported).
+        floor: the score above which every face must be found ("threshold - margin", a cosine).
+        floor_recall: share of the exact neighbours scoring at or above `floor` that were found.
+        floor_source: where `floor` came from (`FLOOR_SOURCES`).
+        note: why the targets were not met and what was kept instead; None when they were.
         version: format version of this record.
     """
 
@@ -70,6 +93,14 @@ class IndexSpec:
     recall_k: int = 10
     tune_sample: int = 0
     target_met: bool | None = None
+    objective: str = "decisions"
+    target_agreement: float = 0.999
+    agreement: float | None = None
+    strict_agreement: float | None = None
+    floor: float | None = None
+    floor_recall: float | None = None
+    floor_source: str | None = None
+    note: str | None = None
     version: int = SPEC_VERSION
 
     def __post_init__(self) -> None:
@@ -104,7 +135,16 @@ class IndexSpec:
                 return f"{self.codes} needs a dimension divisible by {match.group(1)}, got {self.dim}"
         if self.rerank != 1 and not self.lossy:
             return "rerank applies only to lossy codes (ivf sq8 / pq)"
-        for name in ("target_recall", "recall", "recall_at_1"):
+        if self.objective not in OBJECTIVES:
+            return f"objective must be one of {OBJECTIVES}, got {self.objective!r}"
+        if self.floor_source is not None and self.floor_source not in FLOOR_SOURCES:
+            return f"floor_source must be one of {FLOOR_SOURCES} or null, got {self.floor_source!r}"
+        if self.floor is not None and not (isinstance(self.floor, (int, float)) and math.isfinite(self.floor)):
+            return "floor must be a finite number or null"
+        if self.note is not None and not isinstance(self.note, str):
+            return "note must be a string or null"
+        for name in ("target_recall", "recall", "recall_at_1", "target_agreement", "agreement",
+                     "strict_agreement", "floor_recall"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)
                                           and 0.0 <= value <= 1.0):
@@ -154,8 +194,12 @@ class IndexSpec:
     def from_dict(cls, d: dict) -> IndexSpec:
         """Read a spec written by `to_dict`.
 
+        Fields this version does not know (written by a newer facesearch of the same format
+        version) are ignored; fields it knows but the record lacks take their defaults, except
+        `objective`: a record without one was tuned for recall@k, before objectives existed.
+
         Raises:
-            IndexFormatError: not a dict, a newer or unknown version, unknown or missing fields, or
+            IndexFormatError: not a dict, a newer or unknown version, missing `kind`/`dim`, or
                 values that do not make a valid spec.
         """
         if not isinstance(d, dict):
@@ -168,8 +212,9 @@ class IndexSpec:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise IndexFormatError(f"index spec has unknown fields {unknown}: it was written by another "
-                                   "facesearch version; rebuild the index with this one")
+            log.info("index spec fields %s are not known to this facesearch: ignored", unknown)
+        d = {name: value for name, value in d.items() if name in known}
+        d.setdefault("objective", "recall")
         missing = sorted({"kind", "dim"} - set(d))
         if missing:
             raise IndexFormatError(f"index spec lacks {missing}: the manifest is damaged; rebuild the index")
