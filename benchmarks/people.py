@@ -173,7 +173,7 @@ def scale_one(n: int, threads: int, seed: int = 0) -> dict:
     t_assign, c_assign = time.perf_counter() - t0, time.process_time() - c0
     # How often a new face joined the group holding most of its identity's faces.
     right = 0
-    per = synthetic.FACES_PER_IDENTITY
+    per = synthetic.FACES_PER_IDENTITY["lfw"]
     for face, who in zip(new, q_truth):
         held = labels[who * per:(who + 1) * per]
         held = held[held >= 0]
