@@ -81,6 +81,15 @@ def milvus_store(request, tmp_path):
     store.close()
 
 
+@pytest.fixture(params=[kind for kind in MILVUS_KINDS if kind != "milvus-server"])
+def lite_store(request, tmp_path):
+    """A Milvus gallery for tests whose client path is the same on every kind (Milvus Lite in-process, and
+    $FACESEARCH_TEST_MILVUS when set): the uri/token path is `milvus_store`'s."""
+    store = _milvus_store(request.param, tmp_path, request)
+    yield store
+    store.close()
+
+
 @pytest.fixture(params=["folder", *MILVUS_KINDS])
 def store(request, tmp_path):
     """Where a test's gallery lives: an index folder, or each kind of Milvus gallery."""

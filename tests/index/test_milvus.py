@@ -1,8 +1,10 @@
 """The Milvus gallery (facesearch.index.milvus): addresses and tokens, index types, the folder index's answers
 on the same vectors, writes seen by other processes, a writer killed mid-write, and the faults a user meets.
 
-Run against Milvus Lite in this process and against `milvus-lite server` on a loopback port (conftest.py);
-`make test-milvus MILVUS=milvus://host:19530/coll` adds a real server.
+`milvus_store` runs a test against Milvus Lite in this process and against `milvus-lite server` on a loopback
+port (the uri/token path: parity, other processes, the killed writer, the lease); `lite_store` against Lite
+alone where the client path does not differ. `make test-milvus MILVUS=milvus://host:19530/coll` adds a real
+server to both (conftest.py).
 """
 
 from __future__ import annotations
@@ -150,24 +152,24 @@ def test_types_milvus_lite_accepts_but_never_builds_are_refused(kind):
         choose_index("annoy", None, lite=True)
 
 
-def test_a_refused_type_is_refused_before_anything_is_written(milvus_store, tmp_path, rng):
+def test_a_refused_type_is_refused_before_anything_is_written(lite_store, tmp_path, rng):
     paths, v = people(rng, 5, 2)
     shards = write_shards(tmp_path / "shards", paths, v)
     with pytest.raises(MilvusError, match="IVF_PQ"):
-        milvus_store.ingest(shards, index_type="IVF_PQ")
+        lite_store.ingest(shards, index_type="IVF_PQ")
     with pytest.raises(IndexFormatError, match="no facesearch gallery"):
-        milvus_store.open()
+        lite_store.open()
 
 
-def test_ivf_sq8_and_hnsw_galleries_find_what_exact_search_finds(milvus_store, tmp_path, rng):
+def test_ivf_sq8_and_hnsw_galleries_find_what_exact_search_finds(lite_store, tmp_path, rng):
     paths, v = people(rng, 100, 3)
     shards = write_shards(tmp_path / "shards", paths, v)
     queries = v[::7]
     _, want = reference_top(paths, v, queries, 1)
     for kind in ("IVF_SQ8", "HNSW"):
-        report = milvus_store.ingest(shards, index_type=kind)
+        report = lite_store.ingest(shards, index_type=kind)
         assert report.index_types == [kind]
-        with milvus_store.open() as g:
+        with lite_store.open() as g:
             _, ids = g.search(queries, 1)
             got = [[r.path] for r in g.records(ids[:, 0])]
         assert np.mean([a == b for a, b in zip(got, want)]) >= 0.95
@@ -214,20 +216,20 @@ def test_enrol_and_remove_keep_search_equal_to_numpy_and_to_the_folder_index(mil
     assert (unchanged.written, unchanged.generation) == (False, again.generation)
 
 
-def test_removals_by_identity_face_and_photo(milvus_store, tmp_path, rng):
+def test_removals_by_identity_face_and_photo(lite_store, tmp_path, rng):
     from facesearch.index.milvus.enrolment import remove
 
     paths, v = people(rng, 6, 3)
-    milvus_store.ingest(write_shards(tmp_path / "shards", paths, v))
-    address = milvus_store.address
+    lite_store.ingest(write_shards(tmp_path / "shards", paths, v))
+    address = lite_store.address
     gone = remove(address, None, identity="p002")
     assert (gone.identity, gone.faces_removed, gone.photos_removed, gone.generation) == ("p002", 3, 3, 2)
-    with milvus_store.open() as g:
+    with lite_store.open() as g:
         face = g.records(g.search(v[:1], 1)[1][0])[0]  # p000/0.jpg
         assert (len(g), g.manifest.identities) == (15, 5)
     assert remove(address, None, face_id=face.id).faces_removed == 1
     assert remove(address, None, path="p005/2.jpg").identity == "p005"
-    with milvus_store.open() as g:
+    with lite_store.open() as g:
         assert (len(g), g.manifest.identities, g.manifest.photos) == (13, 5, 13)
         assert {r.path for r in g.records(g.ids())}.isdisjoint({"p000/0.jpg", "p005/2.jpg", "p002/0.jpg"})
     with pytest.raises(IdentityNotFoundError, match="p002"):
@@ -238,45 +240,45 @@ def test_removals_by_identity_face_and_photo(milvus_store, tmp_path, rng):
         remove(address, None, path="p005/2.jpg")
 
 
-def test_photo_builds_are_incremental(milvus_store, tmp_path, rng, model_dir):
+def test_photo_builds_are_incremental(lite_store, tmp_path, rng, model_dir):
     from index_fakes import PixelEmbedder, bump_mtime, make_gallery, write_photo
 
     root = tmp_path / "photos"
     rels = make_gallery(root, {"alice": 3, "bob": 2, "carol": 4}, rng)
     emb = PixelEmbedder(model_dir)
-    first = milvus_store.build(root, emb)
+    first = lite_store.build(root, emb)
     assert (first.added, first.vectors, first.identities) == (9, 9, 3)
     emb.read.clear()
-    again = milvus_store.build(root, emb)
+    again = lite_store.build(root, emb)
     assert (again.unchanged, again.written, sum(emb.read.values())) == (9, False, 0)  # nothing read at all
     bump_mtime(root / rels[0])  # same bytes: checksummed, not embedded
     write_photo(root / rels[1], rng, key=99)  # new bytes: embedded again
     (root / rels[-1]).unlink()
     emb.read.clear()
-    third = milvus_store.build(root, emb)
+    third = lite_store.build(root, emb)
     assert (third.updated, third.removed, third.unchanged, third.vectors) == (1, 1, 7, 8)
     assert list(emb.read) == [(root / rels[1]).as_posix()]
-    with milvus_store.open() as g:
+    with lite_store.open() as g:
         (found,) = g.records(g.search(emb.reference([root / rels[1]]), 1)[1][0])
         assert found.path == rels[1]
 
 
 # --- faults ------------------------------------------------------------------------------------------------
 
-def test_another_model_and_another_dimension_are_refused_naming_both(milvus_store, tmp_path, rng):
+def test_another_model_and_another_dimension_are_refused_naming_both(lite_store, tmp_path, rng):
     paths, v = people(rng, 4, 2)
-    milvus_store.ingest(write_shards(tmp_path / "a", paths, v))
+    lite_store.ingest(write_shards(tmp_path / "a", paths, v))
     other = ModelCard(name="other-model", input_height=8, input_width=8, embedding_size=DIM, alignment_template="none")
     with pytest.raises(IndexMismatchError, match="'synthetic-16' \\(16-d\\).*'other-model' \\(16-d\\).*--rebuild"):
-        milvus_store.ingest(write_shards(tmp_path / "b", paths, v, other))
+        lite_store.ingest(write_shards(tmp_path / "b", paths, v, other))
     wide = ModelCard(name="synthetic-16", input_height=8, input_width=8, embedding_size=32, alignment_template="none")
     with pytest.raises(IndexMismatchError, match="16-d"):
-        milvus_store.ingest(write_shards(tmp_path / "c", paths, unit(rng.standard_normal((8, 32))), wide))
-    with milvus_store.open() as g:
+        lite_store.ingest(write_shards(tmp_path / "c", paths, unit(rng.standard_normal((8, 32))), wide))
+    with lite_store.open() as g:
         with pytest.raises(IndexMismatchError, match="32-d but the Milvus gallery"):
             g.search(unit(rng.standard_normal((1, 32))), 3)
         assert len(g) == 8  # unchanged by the refused builds
-    rebuilt = milvus_store.ingest(tmp_path / "b", rebuild=True)
+    rebuilt = lite_store.ingest(tmp_path / "b", rebuild=True)
     assert (rebuilt.vectors, rebuilt.rebuilt) == (8, True)
 
 
@@ -413,25 +415,25 @@ def test_a_writer_killed_mid_write_leaves_no_face_half_written(milvus_store, tmp
     assert (done.generation, done.vectors, done.identities) == (2, len(paths) + len(more_paths), 80)
 
 
-def test_an_enrolment_is_found_and_enrolling_it_again_changes_nothing(milvus_store, tmp_path, rng):
+def test_an_enrolment_is_found_and_enrolling_it_again_changes_nothing(lite_store, tmp_path, rng):
     from facesearch.index.milvus.enrolment import enrol_face
     from facesearch.index.storage.store import Photo
 
     paths, v = people(rng, 5, 2)
-    milvus_store.ingest(write_shards(tmp_path / "shards", paths, v))  # the shards record no face policy
+    lite_store.ingest(write_shards(tmp_path / "shards", paths, v))  # the shards record no face policy
     ada = unit(rng.standard_normal(DIM))
     photo = Photo(".enrolled/ada/" + "ab" * 32 + ".jpg", "ada", 10, 0, "ab" * 32, 2, "api")
-    args = (milvus_store.address, None, CARD, "model", "ada", photo, 1, (1.0, 2.0, 30.0, 40.0), ada)
+    args = (lite_store.address, None, CARD, "model", "ada", photo, 1, (1.0, 2.0, 30.0, 40.0), ada)
     first = enrol_face(*args, build={"faces": "largest", "crops": "x"})
     again = enrol_face(*args, build={"faces": "all", "crops": "y"})  # an enrolment checks the model only
     assert (first.new, again.new, again.id, again.generation) == (True, False, first.id, first.generation)
-    with milvus_store.open() as g:
+    with lite_store.open() as g:
         (record,) = g.records(g.search(ada[None], 1)[1][0])
         assert (record.identity, record.face, record.box, len(g), g.manifest.identities) == \
                ("ada", 1, (1.0, 2.0, 30.0, 40.0), 11, 6)
     other = ModelCard(name="other", input_height=8, input_width=8, embedding_size=DIM, alignment_template="none")
     with pytest.raises(IndexMismatchError, match="'other'"):
-        enrol_face(milvus_store.address, None, other, "model", "bob", photo, 0, None, ada, build={})
+        enrol_face(lite_store.address, None, other, "model", "bob", photo, 0, None, ada, build={})
 
 
 def test_a_second_writer_is_refused_while_the_first_holds_the_lease(milvus_store, tmp_path, rng):

@@ -114,6 +114,18 @@ def commit_write(writer: MilvusWriter, *, fpir: float | None = None, force_calib
     return writer.commit(replace(pending, calibration=outcome.calibration)), outcome.to_dict()
 
 
+def _finish(writer: MilvusWriter, report: BuildReport, fpir: float | None, **changes) -> BuildReport:
+    """Commit what a build staged (nothing staged and no rate asked: nothing written) and fill its report."""
+    t = time.perf_counter()
+    if writer.added or writer.removed or fpir is not None:
+        m, calibration = commit_write(writer, fpir=fpir, **changes)
+        written = True
+    else:
+        m, calibration, written = writer.manifest, unchanged_calibration(writer.manifest.calibration), False
+    report.seconds["save"] = time.perf_counter() - t
+    return _report(report, m, written, calibration)
+
+
 def _report(report: BuildReport, m: MilvusManifest, written: bool, calibration: dict) -> BuildReport:
     report.vectors, report.photos, report.identities, report.generation = m.faces, m.photos, m.identities, m.generation
     report.written, report.calibration = written, calibration
@@ -168,14 +180,7 @@ def build_from_photos(source_dir: str | os.PathLike, address: MilvusAddress, tok
             if writer.manifest.faces + writer.added - writer.removed == 0:
                 raise DatasetError(f"no face was found in any of the {len(scan.files)} photos of '{root}' "
                                    f"({len(report.skipped)} unreadable): nothing to index")
-            t = time.perf_counter()
-            if writer.added or writer.removed or fpir is not None:
-                m, calibration = commit_write(writer, fpir=fpir, source_dir=str(root))
-                written = True
-            else:
-                m, calibration, written = writer.manifest, unchanged_calibration(writer.manifest.calibration), False
-            report.seconds["save"] = time.perf_counter() - t
-            return _report(report, m, written, calibration)
+            return _finish(writer, report, fpir, source_dir=str(root))
         finally:
             writer.release()
     finally:
@@ -277,14 +282,7 @@ def build_from_embeddings(shards_dir: str | os.PathLike, address: MilvusAddress,
             report.seconds["embed"] = time.perf_counter() - start
             if writer.manifest.faces + writer.added - writer.removed == 0:
                 raise DatasetError(f"the shards in '{shards_dir}' hold no row: nothing to index")
-            t = time.perf_counter()
-            if writer.added or writer.removed or fpir is not None:
-                m, calibration = commit_write(writer, fpir=fpir)
-                written = True
-            else:
-                m, calibration, written = writer.manifest, unchanged_calibration(writer.manifest.calibration), False
-            report.seconds["save"] = time.perf_counter() - t
-            return _report(report, m, written, calibration)
+            return _finish(writer, report, fpir)
         finally:
             writer.release()
     finally:
