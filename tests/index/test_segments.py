@@ -353,6 +353,21 @@ def test_an_index_whose_specs_predate_the_decision_fields_opens_and_answers_the_
     assert answers(idx, queries, 10) == before
 
 
+def test_a_merge_beside_the_writer_tunes_with_the_faces_identities(tmp_path, writer_args):
+    from facesearch.index import read_manifest
+    from facesearch.index.storage.manifest import IndexPolicy
+    from facesearch.index.storage.merging import merge_segments
+
+    idx = tmp_path / "idx"
+    with open_writer(idx, **writer_args, policy=IndexPolicy(index_type="flat")) as w:
+        add(w, dict(zip([f"a{i // 5}-{i}" for i in range(1200)], clustered(np.random.default_rng(14), 240, 5))))
+        w.commit()
+    result = merge_segments(idx, everything=True, force=True, policy=IndexPolicy(index_type="hnsw"))
+    assert result.written
+    (segment,) = read_manifest(idx).segments
+    assert segment.kind == "hnsw" and segment.spec["floor_source"] == "strangers", segment.spec
+
+
 def test_compaction_with_a_new_policy_records_it_for_the_next_merge(tmp_path, writer_args):
     from facesearch.index import read_manifest
     from facesearch.index.storage.manifest import IndexPolicy
