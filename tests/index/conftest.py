@@ -16,6 +16,18 @@ sys.path.insert(0, str(Path(__file__).parent))
 from index_fakes import PixelEmbedder, make_gallery  # noqa: E402
 
 
+@pytest.fixture(scope="module")
+def one_faiss_thread():
+    """FAISS on one thread for a module: HNSW is then built in one insertion order (its graph, and a value
+    tuned on it, are reproducible), and no spinning OpenMP thread slows a shared 2-core machine 3x."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)

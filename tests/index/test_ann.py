@@ -71,13 +71,7 @@ def spec_of(kind: str, n: int, codes: str | None = None, target: float = 0.95,
     return dataclasses.replace(spec, objective=objective)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_faiss_thread():
-    """FAISS on one thread: on a shared 2-core machine its spinning OpenMP threads run 3x slower."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")  # tests/index/conftest.py
 
 
 @pytest.fixture(scope="module")

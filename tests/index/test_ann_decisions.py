@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-import faiss
 import numpy as np
 import pytest
 
@@ -17,13 +16,7 @@ from facesearch.index.storage.ann import tuning as ann_tuning
 D = 64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_faiss_thread():
-    """One FAISS thread: HNSW is then built in one order, so its graph (and the tuned value) is reproducible."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")  # tests/index/conftest.py
 
 
 def arcface_like(identities: int, per: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

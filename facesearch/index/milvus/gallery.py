@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from facesearch.embedder.core.errors import IndexMismatchError
 from facesearch.embedder.core.model_card import ModelCard
 from facesearch.index.milvus.address import MilvusAddress
 from facesearch.index.milvus.engine import MAX_TOP_K, connect, disconnect, translated
 from facesearch.index.milvus.meta import MilvusManifest, read_manifest
+from facesearch.index.storage.gallery import check_search
 from facesearch.index.storage.store import FaceRecord, Photo
 
 RECORD_FIELDS = ["id", "identity", "path", "face", "has_box", "x1", "y1", "x2", "y2", "size", "mtime_ns", "sha256"]
@@ -209,17 +209,7 @@ class MilvusIndex:
             TypeError, ValueError: not a 2-d float32 array, or `k < 1`.
             IndexMismatchError: `d` is not the gallery's dimension.
         """
-        if not isinstance(vectors, np.ndarray) or vectors.dtype != np.float32:
-            got = vectors.dtype if isinstance(vectors, np.ndarray) else type(vectors).__name__
-            raise TypeError(f"query vectors must be a float32 numpy array, got {got}")
-        if vectors.ndim != 2:
-            raise ValueError(f"query vectors must have shape (m, {self.dim}), got {vectors.shape}")
-        if vectors.shape[1] != self.dim:
-            raise IndexMismatchError(f"query vectors are {vectors.shape[1]}-d but the Milvus gallery {self.address} "
-                                     f"holds {self.dim}-d vectors of model {self.card.describe()}")
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
-        k = min(int(k), len(self), MAX_TOP_K)
+        k = min(check_search(vectors, k, self.dim, self.card, f"the Milvus gallery {self.address}"), len(self), MAX_TOP_K)
         m = len(vectors)
         scores = np.full((m, k), -np.inf, np.float32)
         ids = np.full((m, k), -1, np.int64)

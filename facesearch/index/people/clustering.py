@@ -275,8 +275,8 @@ def _hnsw_knn(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     inserts differently from run to run; three 2-thread builds of 50,000 faces here gave the same
     graph. The settings are the cheapest that lose nothing the grouping uses: on 100,000
     synthetic faces (benchmarks/scale.py) efConstruction 40 / efSearch 48 find the same 95.9% of
-    each face's same-person faces as 80 / 128 did, in 18 s instead of 37 s on 2 cores (and 66 s
-    with the build on one thread).
+    each face's same-person faces as 80 / 128 did, in 18 s instead of 37 s on 2 cores, in one run
+    (the one-thread build at 80 / 128 took 66 s in another, more loaded one).
     """
     import faiss
 

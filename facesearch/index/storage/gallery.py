@@ -24,6 +24,27 @@ from facesearch.index.storage.store import FaceRecord, IndexStore
 COUNT_CHECK_LIMIT = 200_000
 
 
+def check_search(vectors: np.ndarray, k: int, dim: int, card: ModelCard, where: str) -> int:
+    """The checks every gallery's `search` makes of its input; returns `k` as an int.
+
+    Raises:
+        TypeError: `vectors` is not a float32 numpy array.
+        ValueError: `vectors` is not 2-D, or `k` is not a positive integer.
+        IndexMismatchError: `d` differs from `dim` (`where` names the gallery in the message).
+    """
+    if not isinstance(vectors, np.ndarray) or vectors.dtype != np.float32:
+        got = vectors.dtype if isinstance(vectors, np.ndarray) else type(vectors).__name__
+        raise TypeError(f"query vectors must be a float32 numpy array, got {got}")
+    if vectors.ndim != 2:
+        raise ValueError(f"query vectors must have shape (m, {dim}), got {vectors.shape}")
+    if vectors.shape[1] != dim:
+        raise IndexMismatchError(f"query vectors are {vectors.shape[1]}-d but {where} holds "
+                                 f"{dim}-d vectors of model {card.describe()}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    return int(k)
+
+
 class GalleryIndex:
     """A gallery index opened for search. Use `GalleryIndex.open(index_dir)`.
 
@@ -155,17 +176,7 @@ class GalleryIndex:
             ValueError: `vectors` is not 2-D, or `k < 1`.
             IndexMismatchError: `d` differs from the index's dimension.
         """
-        if not isinstance(vectors, np.ndarray) or vectors.dtype != np.float32:
-            got = vectors.dtype if isinstance(vectors, np.ndarray) else type(vectors).__name__
-            raise TypeError(f"query vectors must be a float32 numpy array, got {got}")
-        if vectors.ndim != 2:
-            raise ValueError(f"query vectors must have shape (m, {self.dim}), got {vectors.shape}")
-        if vectors.shape[1] != self.dim:
-            raise IndexMismatchError(f"query vectors are {vectors.shape[1]}-d but index '{self.index_dir}' holds "
-                                     f"{self.dim}-d vectors of model {self.card.describe()}")
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
-        k = min(int(k), len(self))
+        k = min(check_search(vectors, k, self.dim, self.card, f"index '{self.index_dir}'"), len(self))
         m = len(vectors)
         if k == 0:
             return np.empty((m, 0), np.float32), np.empty((m, 0), np.int64)
